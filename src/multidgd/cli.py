@@ -1,0 +1,238 @@
+"""The ``multidgd`` command line: ``demo`` and ``train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "train_and_report"]
+
+logger = logging.getLogger("multidgd")
+
+
+def train_and_report(
+    data: Any,
+    out: Path,
+    *,
+    source: str,
+    rna_mod: str = "rna",
+    atac_mod: str = "atac",
+    layer: str | None = None,
+    cell_type_key: str | None = None,
+    covariate_keys: list[str] | None = None,
+    max_epochs: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    resume: bool = False,
+    batch_size: int | None = None,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Train on ``data`` and write model, annotated data, figures and a summary into ``out``.
+
+    Returns the summary (also written as ``summary.json``).
+    """
+    from .config import TrainConfig
+    from .io import add_results, write
+    from .model import DGD
+    from .plotting import plot_covariate_space, plot_history, plot_umap, umap_coordinates
+
+    covariate_keys = covariate_keys or []
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = DGD(
+        data,
+        rna_mod=rna_mod,
+        atac_mod=atac_mod,
+        layer=layer,
+        cell_type_key=cell_type_key,
+        covariate_keys=covariate_keys,
+    )
+    config = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)
+    model.train(
+        max_epochs=max_epochs,
+        seed=seed,
+        device=device,
+        config=config,
+        checkpoint_path=out / "checkpoint.pt",
+        resume=resume,
+        progress_bar=progress_bar,
+    )
+    train_seconds = time.perf_counter() - t0
+    model.save(out / "model.pt")
+
+    add_results(data, model)
+    data_path = write(data, out / "multidgd")
+    history = model.history
+    history.to_csv(out / "history.csv")
+    figures = [plot_history(history, out / "training_curves.png", best_epoch=model.best_epoch)]
+
+    latent = model.get_latent_representation()
+    ok = ~np.isnan(latent).any(axis=1)
+    clustering = model.cluster()
+    colorings = {"cluster": clustering.labels[ok]}
+    if cell_type_key:
+        cell_types = _obs_column(data, cell_type_key, model.obs_names)
+        colorings = {"cell type": cell_types[ok], **colorings}
+    coords = np.full((len(latent), 2), np.nan)
+    coords[ok] = umap_coordinates(latent[ok], seed=seed)
+    figures.append(plot_umap(coords[ok], colorings, out / "umap.png", title="UMAP of the basal latent"))
+    for v, key in enumerate(model.covariate_keys):
+        mixture = model.module.covariates[v]
+        figures.append(
+            plot_covariate_space(
+                model.get_covariate_representation(key),
+                _obs_column(data, key, model.obs_names),
+                mixture.mean.detach().cpu().numpy(),
+                mixture.sd.detach().cpu().numpy().ravel(),
+                model.covariate_categories[v],
+                out / f"covariate_{key}.png",
+                title=f"covariate space of {key!r}",
+            )
+        )
+
+    state = model._state
+    train_cells = np.zeros(len(latent), dtype=bool)
+    where, _, _ = model._cell_rows()
+    train_cells[where == 0] = True
+    used = np.unique(clustering.labels[train_cells])
+    best = history.loc[model.best_epoch]
+    summary: dict[str, Any] = {
+        "data": source,
+        "cells": int(len(model.obs_names)),
+        "cells_trained": int(len(state.train_index)),
+        "cells_validation": int(len(state.val_index)),
+        "genes": len(model.var_names["rna"]),
+        "peaks": len(model.var_names["atac"]),
+        "components": model.n_components,
+        "components_used": int(len(used)),
+        "epochs": int(state.epoch),
+        "best_epoch": int(model.best_epoch),
+        "stopped_early": bool(state.stopped_early),
+        "train_nll_rna": float(best["train_nll_rna"]),
+        "train_nll_atac": float(best["train_nll_atac"]),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": round(train_seconds, 1),
+        "seconds_per_epoch": round(float(history["seconds"].median()), 3),
+    }
+    if "val_nll_rna" in best:
+        summary["val_nll_rna"] = float(best["val_nll_rna"])
+        summary["val_nll_atac"] = float(best["val_nll_atac"])
+    if cell_type_key:
+        from sklearn.metrics import adjusted_rand_score
+
+        summary["ari_clusters_vs_cell_type"] = round(
+            float(adjusted_rand_score(cell_types[train_cells], clustering.labels[train_cells])), 4
+        )
+    summary["outputs"] = sorted(str(p.name) for p in [data_path, out / "model.pt", out / "history.csv", *figures])
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _obs_column(data: Any, key: str, obs_names) -> np.ndarray:
+    frames = [data.obs] + ([m.obs for m in data.mod.values()] if hasattr(data, "mod") else [])
+    for frame in frames:
+        if key in frame.columns:
+            return frame[key].reindex(obs_names).astype(str).to_numpy()
+    raise KeyError(key)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    lines = [
+        f"multidgd: trained on {summary['data']} "
+        f"({summary['cells_trained']} training + {summary['cells_validation']} validation cells, "
+        f"{summary['genes']} genes, {summary['peaks']} peaks)",
+        f"  epochs: {summary['epochs']} (best {summary['best_epoch']}"
+        f"{', early stop' if summary['stopped_early'] else ''}), "
+        f"{summary['seconds_per_epoch']} s/epoch, total {summary['seconds']} s",
+        f"  per-cell NLL at best epoch: train RNA {summary['train_nll_rna']:.2f}, ATAC {summary['train_nll_atac']:.2f}",
+    ]
+    if "val_nll_rna" in summary:
+        lines.append(
+            f"                              validation RNA {summary['val_nll_rna']:.2f}, ATAC {summary['val_nll_atac']:.2f}"
+        )
+    lines.append(f"  mixture components used: {summary['components_used']} of {summary['components']}")
+    if "ari_clusters_vs_cell_type" in summary:
+        lines.append(f"  ARI clusters vs cell types (training cells): {summary['ari_clusters_vs_cell_type']:.3f}")
+    lines.append(f"  outputs in {out}: {', '.join(summary['outputs'])}")
+    print("\n".join(lines))
+
+
+def _add_common(p: argparse.ArgumentParser, *, default_epochs: int) -> None:
+    p.add_argument("--out", type=Path, default=None, help="output directory")
+    p.add_argument("--max-epochs", type=int, default=default_epochs, help="upper bound on epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--batch-size", type=int, default=None, help="cells per minibatch (default 128)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multidgd", description="multiDGD for paired RNA + ATAC counts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train on the bundled SNARE-seq demo data")
+    _add_common(demo, default_epochs=1000)
+    train = sub.add_parser("train", help="train on a .h5mu or .h5ad file")
+    train.add_argument("data", type=Path, help=".h5mu (MuData) or .h5ad (AnnData with var['feature_types'])")
+    train.add_argument("--rna-mod", default="rna")
+    train.add_argument("--atac-mod", default="atac")
+    train.add_argument("--layer", default=None, help="layer with raw counts (default X)")
+    train.add_argument("--cell-type-key", default=None)
+    train.add_argument("--covariate-keys", nargs="*", default=[])
+    _add_common(train, default_epochs=1000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    from .datasets import demo_path
+    from .io import read
+
+    try:
+        if args.command == "demo":
+            path = demo_path()
+            kw = {"cell_type_key": "cell_type", "covariate_keys": ["sample"]}
+            out = args.out or Path("multidgd_demo")
+        else:
+            path = args.data
+            kw = {
+                "rna_mod": args.rna_mod,
+                "atac_mod": args.atac_mod,
+                "layer": args.layer,
+                "cell_type_key": args.cell_type_key,
+                "covariate_keys": args.covariate_keys,
+            }
+            out = args.out or Path(f"multidgd_{Path(path).stem}")
+        data = read(path)
+        summary = train_and_report(
+            data,
+            out,
+            source=Path(path).name,
+            max_epochs=args.max_epochs,
+            seed=args.seed,
+            device=args.device,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            progress_bar=not args.quiet,
+            **kw,
+        )
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"multidgd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"multidgd: interrupted; rerun with --resume to continue from {out / 'checkpoint.pt'}", file=sys.stderr)
+        return 130
+    _print_summary(summary, out)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

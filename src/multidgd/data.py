@@ -1,0 +1,386 @@
+"""From MuData/AnnData to validated arrays: sparse counts, library sizes, label codes.
+
+The whole count matrices are kept in CSR form; a minibatch is turned into coordinate
+lists of its non-zeros (:func:`gather_rows`) and never into a dense cells x features block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+__all__ = ["MultiomeData", "read_multiome", "make_validation_split", "gather_rows", "MODALITIES"]
+
+logger = logging.getLogger(__name__)
+
+#: Internal modality names, in decoder order.
+MODALITIES = ("rna", "atac")
+
+_FEATURE_TYPE_ALIASES = {
+    "gene expression": "rna",
+    "gex": "rna",
+    "rna": "rna",
+    "peaks": "atac",
+    "atac": "atac",
+    "chromatin accessibility": "atac",
+}
+
+_SPLIT_VALUES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
+
+
+@dataclass
+class MultiomeData:
+    """Validated training input.
+
+    Attributes
+    ----------
+    obs_names
+        Names of the cells used (empty cells removed), in order.
+    input_obs_names
+        Names of every cell of the input, in order.
+    kept
+        (n_input,) bool, which input cells are in ``obs_names``.
+    counts
+        Modality -> (n, F_m) CSR float32 raw counts.
+    var_names
+        Modality -> feature names.
+    library_size
+        (n, n_modalities) float32 total counts per modality.
+    covariate_keys, covariate_codes, covariate_categories
+        Per covariate key: (n, V) int64 class codes and the class names.
+    cell_type_key, cell_type_codes, cell_type_categories
+        Optional cell-type labels: (n,) int64 codes and class names.
+    split
+        (n,) array of "train"/"validation"/"test" when the user gave a split, else None.
+    source_modality
+        Modality -> the name it had in the input.
+    """
+
+    obs_names: pd.Index
+    input_obs_names: pd.Index
+    kept: np.ndarray
+    counts: dict[str, sp.csr_matrix]
+    var_names: dict[str, pd.Index]
+    library_size: np.ndarray
+    covariate_keys: list[str] = field(default_factory=list)
+    covariate_codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    covariate_categories: list[list[str]] = field(default_factory=list)
+    cell_type_key: str | None = None
+    cell_type_codes: np.ndarray | None = None
+    cell_type_categories: list[str] | None = None
+    split: np.ndarray | None = None
+    source_modality: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.obs_names)
+
+    @property
+    def n_features(self) -> dict[str, int]:
+        return {m: x.shape[1] for m, x in self.counts.items()}
+
+
+def read_multiome(
+    data: Any,
+    *,
+    rna_mod: str = "rna",
+    atac_mod: str = "atac",
+    layer: str | None = None,
+    cell_type_key: str | None = None,
+    covariate_keys: Sequence[str] = (),
+    split_key: str | None = None,
+    drop_empty_cells: bool = True,
+) -> MultiomeData:
+    """Validate paired RNA + ATAC input and extract what training needs.
+
+    Parameters
+    ----------
+    data
+        A MuData with an RNA and an ATAC modality, or one AnnData whose
+        ``var["feature_types"]`` marks genes ("Gene Expression", "GEX", "rna") and peaks
+        ("Peaks", "ATAC").
+    rna_mod, atac_mod
+        Modality names in a MuData.
+    layer
+        Layer holding raw counts in both modalities; ``None`` uses ``X``.
+    cell_type_key
+        Optional ``obs`` column of cell types (sets the number of basal components).
+    covariate_keys
+        ``obs`` columns of categorical covariates (e.g. batch, sample, donor).
+    split_key
+        Optional ``obs`` column with values train / validation (or val) / test.
+    drop_empty_cells
+        Cells with zero counts in a modality are dropped with a warning (True) or rejected
+        with an error (False).
+
+    Returns
+    -------
+    The validated :class:`MultiomeData`. The input is not modified.
+    """
+    if isinstance(covariate_keys, str):
+        covariate_keys = [covariate_keys]
+    covariate_keys = list(covariate_keys)
+    if len(set(covariate_keys)) != len(covariate_keys):
+        raise ValueError(f"covariate_keys contains duplicates: {covariate_keys}")
+
+    mods, obs, source = _split_modalities(data, rna_mod=rna_mod, atac_mod=atac_mod)
+    obs_names = _check_obs_names(mods, source)
+    # align the second modality to the first one's cell order
+    for m in MODALITIES:
+        if not mods[m].obs_names.equals(obs_names):
+            mods[m] = mods[m][obs_names]
+
+    counts: dict[str, sp.csr_matrix] = {}
+    var_names: dict[str, pd.Index] = {}
+    for m in MODALITIES:
+        adata = mods[m]
+        if adata.n_vars == 0:
+            raise ValueError(f"modality {source[m]!r} has no features")
+        x = _get_matrix(adata, layer, source[m])
+        counts[m] = _to_count_csr(x, source[m], layer)
+        var_names[m] = pd.Index(adata.var_names.astype(str))
+        if not var_names[m].is_unique:
+            dup = var_names[m][var_names[m].duplicated()].unique()[:5].tolist()
+            raise ValueError(f"feature names repeat in modality {source[m]!r}, e.g. {dup}")
+
+    columns = _collect_obs(obs, mods, [*([cell_type_key] if cell_type_key else []), *covariate_keys,
+                                        *([split_key] if split_key else [])], obs_names)
+
+    library = np.stack([np.asarray(counts[m].sum(axis=1)).ravel() for m in MODALITIES], axis=1)
+    empty = library == 0
+    kept = ~empty.any(axis=1)
+    if not kept.all():
+        detail = ", ".join(f"{int(empty[:, j].sum())} with no {source[m]} counts" for j, m in enumerate(MODALITIES))
+        if not drop_empty_cells:
+            raise ValueError(
+                f"{int((~kept).sum())} cells have zero counts in a modality ({detail}); remove them "
+                "(e.g. sc.pp.filter_cells(adata, min_counts=1) per modality) or pass drop_empty_cells=True"
+            )
+        logger.warning(
+            "dropping %d of %d cells with zero counts in a modality (%s); their outputs are NaN",
+            int((~kept).sum()), len(kept), detail,
+        )
+        counts = {m: x[kept] for m, x in counts.items()}
+        library = library[kept]
+        columns = {k: v[kept] for k, v in columns.items()}
+
+    out = MultiomeData(
+        obs_names=obs_names[kept],
+        input_obs_names=obs_names,
+        kept=kept,
+        counts=counts,
+        var_names=var_names,
+        library_size=library.astype(np.float32),
+        source_modality=source,
+    )
+    codes = []
+    for key in covariate_keys:
+        c, cats = _encode(columns[key], key)
+        codes.append(c)
+        out.covariate_categories.append(cats)
+    out.covariate_keys = covariate_keys
+    out.covariate_codes = (
+        np.stack(codes, axis=1) if codes else np.zeros((out.n_cells, 0), dtype=np.int64)
+    )
+    if cell_type_key:
+        out.cell_type_key = cell_type_key
+        out.cell_type_codes, out.cell_type_categories = _encode(columns[cell_type_key], cell_type_key)
+    if split_key:
+        out.split = _parse_split(columns[split_key], split_key)
+    return out
+
+
+def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
+    """Return ({'rna': AnnData, 'atac': AnnData}, global obs or None, source names)."""
+    import anndata as ad
+
+    try:
+        import mudata as md
+
+        is_mudata = isinstance(data, md.MuData)
+    except ImportError:  # pragma: no cover - mudata is a dependency
+        is_mudata = False
+    if is_mudata:
+        available = list(data.mod.keys())
+        for name, role in ((rna_mod, "RNA"), (atac_mod, "ATAC")):
+            if name not in data.mod:
+                raise ValueError(
+                    f"{role} modality {name!r} not in the MuData; available modalities: {available}. "
+                    f"Pass rna_mod=/atac_mod= (CLI: --rna-mod/--atac-mod)."
+                )
+        if rna_mod == atac_mod:
+            raise ValueError(f"rna_mod and atac_mod are both {rna_mod!r}; they must differ")
+        mods = {"rna": data.mod[rna_mod], "atac": data.mod[atac_mod]}
+        return mods, data.obs, {"rna": rna_mod, "atac": atac_mod}
+    if isinstance(data, ad.AnnData):
+        if "feature_types" not in data.var:
+            raise ValueError(
+                "an AnnData input needs var['feature_types'] marking genes ('Gene Expression') and "
+                f"peaks ('Peaks'); var columns are {list(data.var.columns)}. Or pass a MuData."
+            )
+        types = data.var["feature_types"].astype(str).str.strip().str.lower().map(_FEATURE_TYPE_ALIASES)
+        found = sorted(data.var["feature_types"].astype(str).unique().tolist())
+        mods = {}
+        for m in MODALITIES:
+            mask = (types == m).to_numpy()
+            if not mask.any():
+                raise ValueError(
+                    f"no {m.upper()} features in var['feature_types'] (found {found}); allowed: "
+                    "'Gene Expression'/'GEX'/'rna' for genes and 'Peaks'/'ATAC' for peaks"
+                )
+            mods[m] = data[:, mask]
+        other = types.isna().to_numpy()
+        if other.any():
+            logger.warning("ignoring %d features of other types %s", int(other.sum()),
+                           sorted(data.var["feature_types"][other].astype(str).unique().tolist()))
+        return mods, data.obs, {"rna": "Gene Expression", "atac": "Peaks"}
+    raise TypeError(f"expected a MuData or an AnnData, got {type(data).__name__}")
+
+
+def _check_obs_names(mods, source) -> pd.Index:
+    names = {m: pd.Index(mods[m].obs_names.astype(str)) for m in MODALITIES}
+    for m in MODALITIES:
+        if not names[m].is_unique:
+            dup = names[m][names[m].duplicated()].unique()[:5].tolist()
+            raise ValueError(
+                f"obs names repeat in modality {source[m]!r}, e.g. {dup}; make them unique "
+                "(adata.obs_names_make_unique())"
+            )
+    rna, atac = names["rna"], names["atac"]
+    if not rna.equals(atac) and (len(rna) != len(atac) or not rna.isin(atac).all()):
+        only_rna = rna.difference(atac)
+        only_atac = atac.difference(rna)
+        raise ValueError(
+            f"modalities {source['rna']!r} and {source['atac']!r} hold different cells: "
+            f"{len(only_rna)} only in {source['rna']!r} (e.g. {only_rna[:3].tolist()}), "
+            f"{len(only_atac)} only in {source['atac']!r} (e.g. {only_atac[:3].tolist()}); "
+            "training needs every cell in both modalities"
+        )
+    if len(rna) == 0:
+        raise ValueError("the input has no cells")
+    return rna
+
+
+def _get_matrix(adata, layer: str | None, mod_name: str):
+    if layer is None:
+        if adata.X is None:
+            raise ValueError(f"modality {mod_name!r} has no X; pass layer= with one of {list(adata.layers)}")
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(
+            f"layer {layer!r} not in the layers of modality {mod_name!r}; available: {list(adata.layers)}"
+        )
+    return adata.layers[layer]
+
+
+def _to_count_csr(x, mod_name: str, layer: str | None) -> sp.csr_matrix:
+    where = f"modality {mod_name!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
+        values = x.data
+    else:
+        x = np.asarray(x)
+        values = x.ravel()
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise ValueError(f"{where} holds {values.dtype} values; raw counts are needed")
+    hint = "multiDGD needs raw integer counts, not normalised, log-transformed, TF-IDF or LSI values"
+    if np.issubdtype(values.dtype, np.floating):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(f"{where} has {int(bad.sum())} NaN or infinite values; {hint}")
+    if (values < 0).any():
+        raise ValueError(f"{where} has {int((values < 0).sum())} negative values; {hint}")
+    if np.issubdtype(values.dtype, np.floating):
+        frac = values != np.round(values)
+        if frac.any():
+            example = values[frac][:3].tolist()
+            raise ValueError(f"{where} has {int(frac.sum())} non-integer values (e.g. {example}); {hint}")
+    out = sp.csr_matrix(x, dtype=np.float32)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def _collect_obs(obs: pd.DataFrame | None, mods, keys: list[str], obs_names: pd.Index) -> dict[str, np.ndarray]:
+    columns = {}
+    for key in keys:
+        frames = [("", obs)] + [(m, mods[m].obs) for m in MODALITIES]
+        col = None
+        for _, frame in frames:
+            if frame is not None and key in frame.columns:
+                col = frame[key].reindex(obs_names) if not frame.index.equals(obs_names) else frame[key]
+                break
+        if col is None:
+            avail = sorted(set().union(*[set(f.columns) for _, f in frames if f is not None]))
+            raise ValueError(f"obs key {key!r} not found; available obs columns: {avail}")
+        missing = col.isna().to_numpy()
+        if missing.any():
+            raise ValueError(
+                f"obs column {key!r} has {int(missing.sum())} missing values (e.g. cells "
+                f"{obs_names[missing][:3].tolist()}); fill or drop them before training"
+            )
+        columns[key] = col.to_numpy()
+    return columns
+
+
+def _encode(values: np.ndarray, key: str) -> tuple[np.ndarray, list[str]]:
+    cat = pd.Categorical(values)
+    cat = cat.remove_unused_categories()
+    return np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories]
+
+
+def _parse_split(values: np.ndarray, key: str) -> np.ndarray:
+    mapped = pd.Series(values).astype(str).str.lower().map(_SPLIT_VALUES)
+    if mapped.isna().any():
+        bad = sorted(pd.Series(values)[mapped.isna()].astype(str).unique().tolist())[:5]
+        raise ValueError(f"obs column {key!r} has values {bad}; allowed: train, validation (or val), test")
+    out = mapped.to_numpy().astype(str)
+    if not (out == "train").any():
+        raise ValueError(f"obs column {key!r} marks no cell as 'train'")
+    return out
+
+
+def make_validation_split(
+    n_cells: int, fraction: float, *, strata: np.ndarray | None = None, seed: int = 0
+) -> np.ndarray:
+    """Seeded random validation split, stratified by ``strata`` when given.
+
+    Each stratum contributes ``round(fraction * size)`` cells. Returns (n_cells,) bool,
+    True for validation cells.
+    """
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(n_cells, dtype=bool)
+    if fraction <= 0:
+        return is_val
+    groups = np.zeros(n_cells, dtype=np.int64) if strata is None else np.asarray(strata)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        n_val = int(round(fraction * len(members)))
+        if n_val:
+            is_val[rng.choice(members, size=n_val, replace=False)] = True
+    return is_val
+
+
+def gather_rows(x: sp.csr_matrix, rows: np.ndarray, device: torch.device | str = "cpu"):
+    """Non-zeros of the given CSR rows as coordinate tensors.
+
+    Returns
+    -------
+    (batch_rows, cols, values): (nnz,) int64, (nnz,) int64, (nnz,) float32, where
+    ``batch_rows`` indexes into ``rows``.
+    """
+    sub = x[rows]
+    counts_per_row = np.diff(sub.indptr)
+    batch_rows = np.repeat(np.arange(len(rows), dtype=np.int64), counts_per_row)
+    return (
+        torch.from_numpy(batch_rows).to(device),
+        torch.from_numpy(sub.indices.astype(np.int64)).to(device),
+        torch.from_numpy(sub.data.astype(np.float32, copy=False)).to(device),
+    )

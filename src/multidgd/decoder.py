@@ -1,0 +1,82 @@
+"""Decoder: shared trunk plus one head per modality, ending in a softmax over features."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["Decoder", "head_width"]
+
+
+def head_width(hidden_dim: int, n_features: int) -> int:
+    """Width of a head's penultimate layer: ``max(H, round(sqrt(F)))``."""
+    return max(hidden_dim, int(round(math.sqrt(n_features))))
+
+
+class Decoder(nn.Module):
+    """Maps representations to per-modality log-fractions.
+
+    Parameters
+    ----------
+    input_dim
+        Basal dimension plus all covariate dimensions.
+    n_features
+        Features per modality, in modality order.
+    hidden_dim, n_trunk, n_head
+        See :class:`~multidgd.ModelConfig`.
+    """
+
+    def __init__(
+        self, input_dim: int, n_features: dict[str, int], *, hidden_dim: int, n_trunk: int, n_head: int
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = input_dim
+        for _ in range(n_trunk):
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+            width = hidden_dim
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict()
+        for name, n_out in n_features.items():
+            head: list[nn.Module] = []
+            w_in = width
+            for _ in range(n_head - 2):
+                head += [nn.Linear(w_in, hidden_dim), nn.ReLU()]
+                w_in = hidden_dim
+            if n_head >= 2:
+                w = head_width(hidden_dim, n_out)
+                head += [nn.Linear(w_in, w), nn.ReLU()]
+                w_in = w
+            head.append(nn.Linear(w_in, n_out))
+            self.heads[name] = nn.Sequential(*head)
+
+    def forward(self, z: torch.Tensor, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Decode representations.
+
+        Parameters
+        ----------
+        z
+            (n, input_dim) concatenated basal and covariate representations.
+        modalities
+            Which heads to run (default all).
+
+        Returns
+        -------
+        Mapping modality -> (n, F_m) log-fractions (``log_softmax`` over features).
+        """
+        h = self.trunk(z)
+        names = list(self.heads) if modalities is None else modalities
+        return {m: torch.log_softmax(self.heads[m](h), dim=1) for m in names}
+
+    @torch.no_grad()
+    def add_l1_grad(self, coefficient: float) -> None:
+        """Add the gradient of ``coefficient * weight_l1()`` to the weights' ``.grad``."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.weight.grad is not None:
+                m.weight.grad.add_(torch.sign(m.weight), alpha=coefficient)
+
+    def weight_l1(self) -> torch.Tensor:
+        """Sum of absolute values of all weight matrices (biases excluded)."""
+        return sum(m.weight.abs().sum() for m in self.modules() if isinstance(m, nn.Linear))

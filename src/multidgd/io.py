@@ -1,0 +1,68 @@
+"""Reading and writing of .h5mu / .h5ad files and of results into them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["read", "write", "add_results"]
+
+
+def read(path: str | Path):
+    """Read an ``.h5mu`` (MuData) or ``.h5ad`` (AnnData) file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".h5mu":
+        import mudata as md
+
+        md.set_options(pull_on_update=False)
+        return md.read_h5mu(path)
+    if suffix == ".h5ad":
+        import anndata as ad
+
+        return ad.read_h5ad(path)
+    raise ValueError(f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData) or .h5ad (AnnData)")
+
+
+def write(data: Any, path: str | Path) -> Path:
+    """Write a MuData to ``.h5mu`` or an AnnData to ``.h5ad`` (the suffix is set to match)."""
+    import anndata as ad
+
+    path = Path(path)
+    path = path.with_suffix(".h5ad" if isinstance(data, ad.AnnData) else ".h5mu")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.write(path)
+    return path
+
+
+def add_results(data: Any, model, *, prefix: str = "multidgd") -> None:
+    """Store a trained model's results in ``data`` (aligned by ``obs_names``).
+
+    Writes ``obsm["X_<prefix>"]`` (basal latent), ``obsm["X_<prefix>_<covariate>"]`` for
+    each covariate, ``obs["<prefix>_cluster"]`` (categorical, NaN for cells not trained)
+    and ``obs["<prefix>_cluster_probability"]``.
+    """
+    index = pd.Index(data.obs_names.astype(str))
+    missing = index.difference(model.obs_names)
+    if len(missing):
+        raise ValueError(f"{len(missing)} cells of the data are unknown to the model, e.g. {missing[:3].tolist()}")
+    pos = model.obs_names.get_indexer(index)
+    data.obsm[f"X_{prefix}"] = model.get_latent_representation()[pos]
+    for key in model.covariate_keys:
+        data.obsm[f"X_{prefix}_{key}"] = model.get_covariate_representation(key)[pos]
+    clustering = model.cluster()
+    labels = clustering.labels[pos]
+    data.obs[f"{prefix}_cluster"] = pd.Categorical(
+        np.where(labels >= 0, labels.astype(str), None),
+        categories=[str(k) for k in range(model.n_components)],
+    )
+    probs = clustering.probabilities[pos]
+    best = np.full(len(pos), np.nan, dtype=np.float32)
+    ok = ~np.isnan(probs).any(axis=1)
+    best[ok] = probs[ok].max(axis=1)
+    data.obs[f"{prefix}_cluster_probability"] = best

@@ -1,0 +1,127 @@
+"""Figures: training curves, UMAP of the basal latent, covariate spaces.
+
+matplotlib (Agg backend) and scanpy are imported only when a figure is made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["plot_history", "plot_umap", "plot_covariate_space", "umap_coordinates"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: pd.DataFrame, path: str | Path, *, best_epoch: int | None = None) -> Path:
+    """Training and validation loss terms (per-cell means) against epoch; writes a PNG."""
+    plt = _pyplot()
+    groups = [
+        ("reconstruction NLL", [c for c in history.columns if "_nll_" in c]),
+        ("prior terms", [c for c in history.columns if c.endswith("_prior")]),
+    ]
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4))
+    for ax, (title, cols) in zip(np.atleast_1d(axes), groups):
+        for c in cols:
+            ax.plot(history.index, history[c], label=c, ls="--" if c.startswith("val_") else "-")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", lw=0.8, ls=":", label=f"best epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("per-cell value")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def umap_coordinates(latent: np.ndarray, *, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    """2-D UMAP of a latent via scanpy (kNN graph on the latent itself). Returns (n, 2)."""
+    import anndata as ad
+    import scanpy as sc
+
+    adata = ad.AnnData(np.asarray(latent, dtype=np.float32))
+    sc.pp.neighbors(adata, use_rep="X", n_neighbors=n_neighbors, random_state=seed)
+    sc.tl.umap(adata, random_state=seed)
+    return np.asarray(adata.obsm["X_umap"])
+
+
+def plot_umap(coords: np.ndarray, colorings: dict[str, np.ndarray], path: str | Path, *, title: str = "") -> Path:
+    """Scatter of UMAP coordinates, one panel per coloring (categorical labels); writes a PNG."""
+    plt = _pyplot()
+    n = len(colorings)
+    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 5.5), squeeze=False)
+    for ax, (name, labels) in zip(axes[0], colorings.items()):
+        _categorical_scatter(ax, coords, np.asarray(labels).astype(str))
+        ax.set_title(f"{title} coloured by {name}".strip())
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("UMAP1")
+        ax.set_ylabel("UMAP2")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_covariate_space(
+    rep: np.ndarray,
+    labels: np.ndarray,
+    means: np.ndarray,
+    sds: np.ndarray,
+    class_names: list[str],
+    path: str | Path,
+    *,
+    title: str = "",
+) -> Path:
+    """2-D covariate representations coloured by class, with each component's mean and
+    1 and 2 standard-deviation circles; writes a PNG."""
+    plt = _pyplot()
+    from matplotlib.patches import Circle
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    colors = _categorical_scatter(ax, rep, np.asarray(labels).astype(str), order=class_names)
+    for k, name in enumerate(class_names):
+        color = colors.get(name, "black")
+        ax.plot(*means[k], marker="x", color="black", ms=9, mew=2)
+        for s in (1.0, 2.0):
+            ax.add_patch(Circle(means[k], s * float(sds[k]), fill=False, color=color, lw=1.2, ls="-" if s == 1 else ":"))
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title or "covariate space (x: component means; circles: 1 and 2 sd)")
+    ax.set_xlabel("dim 1")
+    ax.set_ylabel("dim 2")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _categorical_scatter(ax, coords, labels, order=None) -> dict[str, tuple]:
+    plt = _pyplot()
+    ok = ~np.isnan(coords).any(axis=1)
+    cats = list(order) if order is not None else sorted(pd.unique(labels[ok]), key=_natural_key)
+    cmap = plt.get_cmap("tab20" if len(cats) > 10 else "tab10")
+    colors = {c: cmap(i % cmap.N) for i, c in enumerate(cats)}
+    size = max(2.0, min(20.0, 20000.0 / max(1, ok.sum())))
+    for c in cats:
+        sel = ok & (labels == c)
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=size, color=colors[c], label=c, linewidths=0, alpha=0.8)
+    ax.legend(markerscale=max(1.0, 6.0 / size), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return colors
+
+
+def _natural_key(s: str):
+    return (0, int(s)) if s.lstrip("-").isdigit() else (1, s)
+
+
+def _save(fig, path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,268 @@
+"""The training loop: separate Adam optimisers, per-epoch representation steps, validation,
+early stopping with best-state restore, and atomic checkpoints for resume."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import write_atomic
+from .config import TrainConfig
+from .data import MultiomeData, gather_rows
+from .network import DGDModule
+from .representation import RepresentationTable
+
+__all__ = ["TrainingState", "fit", "per_cell_terms"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingState:
+    """Everything that changes during training, so that a run can be resumed exactly."""
+
+    module: DGDModule
+    tables: dict[str, RepresentationTable]  # train_basal, train_covariate, val_basal, val_covariate
+    train_index: np.ndarray  # rows of the data used for training, in table order
+    val_index: np.ndarray
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float = float("inf")
+    best_snapshot: dict[str, Any] | None = None
+    optimizer_states: dict[str, Any] | None = None
+    shuffle_rng_state: torch.Tensor | None = None
+    stopped_early: bool = False
+
+
+def per_cell_terms(
+    module: DGDModule,
+    basal: torch.Tensor,
+    covariate: torch.Tensor,
+    counts: dict,
+    library_size: torch.Tensor,
+    labels: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """Per-cell loss terms of a minibatch, each (n,): ``nll_<modality>``, ``basal_prior``,
+    ``covariate_prior``. ``labels`` (n, V) selects the supervised covariate term."""
+    log_fraction = module.decode(basal, covariate)
+    terms = {f"nll_{m}": v for m, v in module.reconstruction_nll(log_fraction, counts, library_size).items()}
+    terms["basal_prior"] = -module.basal.log_prob(basal)
+    terms["covariate_prior"] = module.covariate_nll(covariate, labels)
+    return terms
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+    order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _make_optimizers(module: DGDModule, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    # fused Adam: one kernel per parameter instead of a dozen element-wise passes
+    kw = {"betas": cfg.betas, "weight_decay": cfg.weight_decay, "fused": True}
+    opts = {
+        "decoder": torch.optim.Adam(
+            [*module.decoder.parameters(), *module.dispersion_rho.parameters()], lr=cfg.lr_decoder, **kw
+        ),
+        "basal_mixture": torch.optim.Adam(module.basal.parameters(), lr=cfg.lr_basal_mixture, **kw),
+    }
+    if len(module.covariates):
+        opts["covariate_mixture"] = torch.optim.Adam(
+            module.covariates.parameters(), lr=cfg.lr_covariate_mixture, **kw
+        )
+    return opts
+
+
+def _snapshot(state: TrainingState) -> dict[str, Any]:
+    return {
+        "module": copy.deepcopy({k: v.detach().cpu() for k, v in state.module.state_dict().items()}),
+        "tables": {k: t.values.detach().cpu().clone() for k, t in state.tables.items()},
+    }
+
+
+def fit(
+    state: TrainingState,
+    data: MultiomeData,
+    *,
+    config: TrainConfig,
+    max_epochs: int,
+    device: torch.device,
+    seed: int,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
+    progress_bar: bool = True,
+) -> TrainingState:
+    """Train ``state`` in place up to ``max_epochs`` (continuing from ``state.epoch``).
+
+    Each epoch: every minibatch steps the decoder and mixture optimisers; the training
+    representations step once per epoch (or per minibatch, see ``TrainConfig``); the
+    validation representations take one step with everything else frozen, and their
+    reconstruction loss drives early stopping. At the end the best epoch's parameters and
+    representations are restored.
+    """
+    from tqdm.auto import tqdm
+
+    module = state.module.to(device)
+    tables = {k: t.to(device) for k, t in state.tables.items()}
+    state.tables = tables
+    optimizers = _make_optimizers(module, config)
+    if state.optimizer_states is not None:
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state.optimizer_states[name])
+    shuffle = torch.Generator().manual_seed(seed)
+    if state.shuffle_rng_state is not None:
+        shuffle.set_state(state.shuffle_rng_state)
+
+    library = torch.from_numpy(data.library_size).to(device)
+    codes = torch.from_numpy(data.covariate_codes).to(device)
+    has_val = len(state.val_index) > 0
+    n_train = len(state.train_index)
+    rep_kw = {"lr": config.lr_representation, "betas": config.betas, "weight_decay": config.weight_decay}
+
+    def batch_inputs(rows: np.ndarray):
+        counts = {m: gather_rows(x, rows, device) for m, x in data.counts.items()}
+        g = torch.from_numpy(rows).to(device)
+        return counts, library[g], codes[g]
+
+    def save_checkpoint() -> None:
+        if checkpoint_path is None:
+            return
+        payload = {
+            "kind": "multidgd-training-checkpoint",
+            "epoch": state.epoch,
+            "module": module.state_dict(),
+            "tables": {k: t.state_dict() for k, t in tables.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "shuffle_rng_state": shuffle.get_state(),
+            "history": state.history,
+            "best_epoch": state.best_epoch,
+            "best_metric": state.best_metric,
+            "best_snapshot": state.best_snapshot,
+            "train_index": torch.from_numpy(state.train_index),
+            "val_index": torch.from_numpy(state.val_index),
+            "stopped_early": state.stopped_early,
+            "train_config": config.to_dict(),
+            "seed": seed,
+            **(checkpoint_extra() if checkpoint_extra else {}),
+        }
+        write_atomic(payload, checkpoint_path)
+
+    bar = tqdm(
+        range(state.epoch + 1, max_epochs + 1),
+        initial=state.epoch,
+        total=max_epochs,
+        desc="Training",
+        unit="epoch",
+        disable=None if progress_bar else True,
+    )
+    for epoch in bar:
+        if state.stopped_early:
+            break
+        t0 = time.perf_counter()
+        module.train()
+        sums: dict[str, float] = {}
+        total = 0.0
+        batches = _batches(n_train, config.batch_size, shuffle)
+        n_batches = len(batches)
+        for local in batches:
+            rows = state.train_index[local]
+            counts, lib, labels = batch_inputs(rows)
+            idx = torch.from_numpy(local).to(device)
+            zb = tables["train_basal"].rows(idx)
+            zc = tables["train_covariate"].rows(idx)
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            terms = per_cell_terms(module, zb, zc, counts, lib, labels)
+            per_cell = sum(terms.values())
+            hyper_scale = len(local) if config.hyperprior_per_cell else len(local) / n_train
+            loss = per_cell.sum() + hyper_scale * module.hyperprior_nll()
+            loss.backward()
+            if config.l1_decoder:
+                # the L1 term's gradient, added directly: cheaper than differentiating |W|
+                module.decoder.add_l1_grad(config.l1_decoder)
+            for opt in optimizers.values():
+                opt.step()
+            tables["train_basal"].accumulate(idx, zb.grad)
+            tables["train_covariate"].accumulate(idx, zc.grad)
+            if config.representation_update == "batch":
+                tables["train_basal"].step(**rep_kw)
+                tables["train_covariate"].step(**rep_kw)
+            total += float(loss.detach())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
+        if config.representation_update == "epoch":
+            tables["train_basal"].step(**rep_kw)
+            tables["train_covariate"].step(**rep_kw)
+
+        if config.l1_decoder:
+            with torch.no_grad():
+                total += n_batches * config.l1_decoder * float(module.decoder.weight_l1())
+        row: dict[str, float] = {"epoch": epoch, "train_loss": total / n_train}
+        row.update({f"train_{k}": v / n_train for k, v in sums.items()})
+        if has_val:
+            row.update(_validation_epoch(module, tables, state.val_index, batch_inputs, config, rep_kw, device))
+        row["seconds"] = time.perf_counter() - t0
+        state.history.append(row)
+        state.epoch = epoch
+
+        metric = row.get("val_reconstruction", float("nan"))
+        if has_val and metric < state.best_metric:
+            state.best_metric, state.best_epoch = metric, epoch
+            state.best_snapshot = _snapshot(state)
+        if (
+            has_val
+            and config.early_stopping
+            and epoch >= config.min_epochs
+            and epoch - state.best_epoch >= config.patience
+        ):
+            state.stopped_early = True
+        postfix = {"loss": f"{row['train_loss']:.4g}"}
+        if has_val:
+            postfix["val_rec"] = f"{metric:.4g}"
+        bar.set_postfix(postfix, refresh=False)
+        if epoch % config.checkpoint_every == 0 or state.stopped_early or epoch == max_epochs:
+            save_checkpoint()
+    bar.close()
+    if state.stopped_early:
+        logger.info("early stopping at epoch %d; best epoch %d", state.epoch, state.best_epoch)
+    if has_val and state.best_snapshot is not None:
+        module.load_state_dict(state.best_snapshot["module"])
+        for k, values in state.best_snapshot["tables"].items():
+            tables[k].values.copy_(values.to(device))
+    state.optimizer_states = {k: o.state_dict() for k, o in optimizers.items()}
+    state.shuffle_rng_state = shuffle.get_state()
+    return state
+
+
+def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, device) -> dict[str, float]:
+    """One pass over validation cells: grads reach only their representations, then one step."""
+    module.eval()
+    sums: dict[str, float] = {}
+    for local in _batches(len(val_index), config.batch_size, None):
+        counts, lib, _ = batch_inputs(val_index[local])
+        idx = torch.from_numpy(local).to(device)
+        zb = tables["val_basal"].rows(idx)
+        zc = tables["val_covariate"].rows(idx)
+        terms = per_cell_terms(module, zb, zc, counts, lib, None)
+        loss = sum(terms.values()).sum()
+        inputs = [zb, zc] if zc.shape[1] else [zb]
+        grads = torch.autograd.grad(loss, inputs)
+        tables["val_basal"].accumulate(idx, grads[0])
+        if zc.shape[1]:
+            tables["val_covariate"].accumulate(idx, grads[1])
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
+    tables["val_basal"].step(**rep_kw)
+    tables["val_covariate"].step(**rep_kw)
+    n = len(val_index)
+    out = {f"val_{k}": v / n for k, v in sums.items()}
+    out["val_reconstruction"] = sum(v for k, v in out.items() if k.startswith("val_nll_"))
+    return out

@@ -1,0 +1,80 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+import torch
+
+from multidgd.distributions import (
+    dirichlet_log_prob,
+    nb_log_prob,
+    nb_log_prob_sparse,
+    normal_log_prob,
+    softball_log_prob,
+    softball_sample,
+)
+
+
+def test_nb_matches_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 40, size=(7, 11)).astype(np.float64)
+    mu = rng.gamma(2.0, 3.0, size=(7, 11))
+    r = rng.uniform(1.0, 6.0, size=11)
+    ours = nb_log_prob(torch.tensor(x), torch.log(torch.tensor(mu)), torch.tensor(r)).numpy()
+    expected = scipy.stats.nbinom.logpmf(x, r, r / (r + mu))
+    np.testing.assert_allclose(ours, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_sparse_nb_equals_dense():
+    rng = np.random.default_rng(1)
+    x = rng.poisson(0.3, size=(9, 50)).astype(np.float32)
+    log_mu = torch.randn(9, 50, dtype=torch.float64)
+    r = torch.tensor(rng.uniform(1.0, 4.0, 50))
+    rows, cols = np.nonzero(x)
+    sparse = nb_log_prob_sparse(
+        log_mu, r, torch.from_numpy(rows), torch.from_numpy(cols), torch.tensor(x[rows, cols], dtype=torch.float64)
+    )
+    dense = nb_log_prob(torch.tensor(x, dtype=torch.float64), log_mu, r).sum(1)
+    np.testing.assert_allclose(sparse.numpy(), dense.numpy(), rtol=1e-12)
+    # the gradients agree too
+    lm1 = log_mu.clone().requires_grad_(True)
+    lm2 = log_mu.clone().requires_grad_(True)
+    nb_log_prob_sparse(lm1, r, torch.from_numpy(rows), torch.from_numpy(cols), torch.tensor(x[rows, cols], dtype=torch.float64)).sum().backward()
+    nb_log_prob(torch.tensor(x, dtype=torch.float64), lm2, r).sum().backward()
+    np.testing.assert_allclose(lm1.grad.numpy(), lm2.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_sparse_nb_all_zero_rows():
+    log_mu = torch.zeros(3, 4, dtype=torch.float64)
+    r = torch.full((4,), 2.0, dtype=torch.float64)
+    empty = torch.zeros(0, dtype=torch.int64)
+    out = nb_log_prob_sparse(log_mu, r, empty, empty, torch.zeros(0, dtype=torch.float64))
+    # mu = 1, r = 2: log P(0) = 2 log(2/3) per entry
+    np.testing.assert_allclose(out.numpy(), 4 * 2 * math.log(2 / 3))
+
+
+@pytest.mark.parametrize("dim,radius,a", [(2, 2.0, 5.0), (20, 2.0, 5.0), (5, 1.5, 3.0)])
+def test_softball_formula(dim, radius, a):
+    x = torch.randn(6, dim, dtype=torch.float64) * radius
+    vol = math.pi ** (dim / 2) * radius**dim / math.gamma(dim / 2 + 1)
+    norm = np.linalg.norm(x.numpy(), axis=1)
+    expected = -math.log(vol) - np.log1p(np.exp(a * (norm / radius - 1)))
+    np.testing.assert_allclose(softball_log_prob(x, radius, a).numpy(), expected, rtol=1e-10)
+
+
+def test_softball_sample_inside_ball():
+    s = softball_sample(2000, 3, 2.0, torch.Generator().manual_seed(0))
+    norms = torch.linalg.vector_norm(s, dim=1)
+    assert norms.max() <= 2.0 + 1e-6
+    # uniform in the ball: P(|x| < R/2) = 1/8 in 3-D
+    assert abs(float((norms < 1.0).float().mean()) - 1 / 8) < 0.03
+
+
+def test_normal_and_dirichlet():
+    x = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    np.testing.assert_allclose(normal_log_prob(x, 0.5, 2.0).numpy(), scipy.stats.norm.logpdf(x.numpy(), 0.5, 2.0))
+    w = np.array([0.2, 0.5, 0.3])
+    for alpha in (1.0, 2.0, 0.7):
+        ours = float(dirichlet_log_prob(torch.tensor(np.log(w)), alpha))
+        assert ours == pytest.approx(scipy.stats.dirichlet.logpdf(w, [alpha] * 3), rel=1e-10)
