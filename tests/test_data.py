@@ -1,0 +1,200 @@
+import logging
+import warnings
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from multidgd.data import gather_rows, make_validation_split, read_multiome
+
+from .conftest import make_mudata
+
+
+def test_mudata_input(mdata):
+    d = read_multiome(mdata, cell_type_key="cell_type", covariate_keys=["batch"])
+    assert d.n_cells == 160
+    assert d.n_features == {"rna": 30, "atac": 60}
+    np.testing.assert_allclose(d.library_size[:, 0], np.asarray(mdata["rna"].X.sum(1)).ravel())
+    assert d.covariate_categories == [["b0", "b1"]]
+    assert d.cell_type_categories == ["type0", "type1", "type2"]
+    assert (np.array(d.cell_type_categories)[d.cell_type_codes] == mdata.obs["cell_type"].astype(str).to_numpy()).all()
+
+
+def test_custom_modality_names_and_layer(mdata):
+    rna, atac = mdata["rna"].copy(), mdata["atac"].copy()
+    rna.layers["counts"] = rna.X.copy()
+    atac.layers["counts"] = atac.X.copy()
+    rna.X = sp.csr_matrix(np.log1p(rna.X.toarray()))  # X normalised, counts in the layer
+    atac.X = sp.csr_matrix(np.log1p(atac.X.toarray()))
+    m2 = md.MuData({"gex": rna, "peaks": atac})
+    d = read_multiome(m2, rna_mod="gex", atac_mod="peaks", layer="counts")
+    assert d.source_modality == {"rna": "gex", "atac": "peaks"}
+    with pytest.raises(ValueError, match="non-integer values"):
+        read_multiome(m2, rna_mod="gex", atac_mod="peaks")
+
+
+def test_anndata_with_feature_types_equals_mudata(mdata):
+    rna, atac = mdata["rna"], mdata["atac"]
+    x = sp.hstack([rna.X, atac.X]).tocsr()
+    var = pd.DataFrame(
+        {"feature_types": ["Gene Expression"] * rna.n_vars + ["Peaks"] * atac.n_vars},
+        index=list(rna.var_names) + list(atac.var_names),
+    )
+    adata = ad.AnnData(x, obs=mdata.obs.copy(), var=var)
+    a = read_multiome(adata, cell_type_key="cell_type")
+    m = read_multiome(mdata, cell_type_key="cell_type")
+    for mod in ("rna", "atac"):
+        assert (a.counts[mod] != m.counts[mod]).nnz == 0
+        assert a.var_names[mod].equals(m.var_names[mod])
+    # lower-case aliases work too
+    adata.var["feature_types"] = ["gex"] * rna.n_vars + ["ATAC"] * atac.n_vars
+    assert read_multiome(adata).n_features == {"rna": 30, "atac": 60}
+
+
+def test_dense_input_equals_sparse(mdata):
+    dense = mdata.copy()
+    for mod in ("rna", "atac"):
+        dense.mod[mod].X = np.asarray(dense.mod[mod].X.toarray())
+    a, b = read_multiome(dense), read_multiome(mdata)
+    for mod in ("rna", "atac"):
+        assert sp.issparse(a.counts[mod])
+        assert (a.counts[mod] != b.counts[mod]).nnz == 0
+
+
+def test_input_not_modified(mdata):
+    before = mdata["rna"].X.copy()
+    read_multiome(mdata, covariate_keys=["batch"])
+    assert (mdata["rna"].X != before).nnz == 0
+    assert "multidgd" not in " ".join(mdata.obs.columns)
+
+
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        (0.5, "non-integer values"),
+        (-1.0, "negative values"),
+        (np.nan, "NaN or infinite"),
+        (np.inf, "NaN or infinite"),
+    ],
+)
+def test_bad_count_values(mdata, value, match):
+    x = mdata["atac"].X.toarray()
+    x[3, 4] = value
+    mdata.mod["atac"].X = sp.csr_matrix(x)
+    with pytest.raises(ValueError, match=match) as err:
+        read_multiome(mdata)
+    assert "raw integer counts" in str(err.value)
+    assert "'atac'" in str(err.value)
+
+
+def test_missing_modality_layer_and_key(mdata):
+    with pytest.raises(ValueError, match=r"RNA modality 'gex' not in the MuData; available modalities: \['rna', 'atac'\]"):
+        read_multiome(mdata, rna_mod="gex")
+    with pytest.raises(ValueError, match=r"layer 'counts' not in the layers of modality 'rna'; available: \[\]"):
+        read_multiome(mdata, layer="counts")
+    with pytest.raises(ValueError, match="obs key 'donor' not found; available obs columns"):
+        read_multiome(mdata, covariate_keys=["donor"])
+    with pytest.raises(ValueError, match="obs key 'celltype' not found"):
+        read_multiome(mdata, cell_type_key="celltype")
+
+
+def test_anndata_without_feature_types(mdata):
+    with pytest.raises(ValueError, match="feature_types"):
+        read_multiome(mdata["rna"])
+    rna = mdata["rna"].copy()
+    rna.var["feature_types"] = "Gene Expression"
+    with pytest.raises(ValueError, match="no ATAC features"):
+        read_multiome(rna)
+
+
+def test_obs_names_differ_or_repeat(mdata):
+    atac = mdata["atac"].copy()
+    atac.obs_names = [f"other{i}" for i in range(atac.n_obs)]
+    m2 = md.MuData({"rna": mdata["rna"].copy(), "atac": atac})
+    with pytest.raises(ValueError, match="hold different cells: 160 only in 'rna'"):
+        read_multiome(m2)
+    rna = mdata["rna"].copy()
+    atac = mdata["atac"].copy()
+    names = list(rna.obs_names)
+    names[1] = names[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata and mudata warn about the repeat too
+        rna.obs_names = names
+        atac.obs_names = names
+        m3 = md.MuData({"rna": rna, "atac": atac})
+    with pytest.raises(ValueError, match="obs names repeat"):
+        read_multiome(m3)
+
+
+def test_same_cells_other_order_are_aligned(mdata):
+    atac = mdata["atac"][::-1].copy()
+    m2 = md.MuData({"rna": mdata["rna"].copy(), "atac": atac})
+    d = read_multiome(m2)
+    ref = read_multiome(mdata)
+    assert (d.counts["atac"] != ref.counts["atac"]).nnz == 0
+
+
+def test_missing_labels(mdata):
+    obs = mdata.obs.copy()
+    obs["batch"] = obs["batch"].astype(object)
+    obs.iloc[5, obs.columns.get_loc("batch")] = np.nan
+    mdata.obs = obs
+    with pytest.raises(ValueError, match="obs column 'batch' has 1 missing values"):
+        read_multiome(mdata, covariate_keys=["batch"])
+
+
+def test_empty_cells_dropped_with_warning_or_error(mdata, caplog):
+    x = mdata["atac"].X.toarray()
+    x[[2, 7]] = 0
+    mdata.mod["atac"].X = sp.csr_matrix(x)
+    with caplog.at_level(logging.WARNING):
+        d = read_multiome(mdata)
+    assert d.n_cells == 158
+    assert not d.kept[[2, 7]].any()
+    assert "dropping 2 of 160 cells" in caplog.text and "2 with no atac counts" in caplog.text
+    with pytest.raises(ValueError, match="2 cells have zero counts"):
+        read_multiome(mdata, drop_empty_cells=False)
+
+
+def test_validation_split_is_seeded_and_stratified():
+    strata = np.repeat([0, 1, 2], [100, 50, 10])
+    a = make_validation_split(160, 0.1, strata=strata, seed=3)
+    b = make_validation_split(160, 0.1, strata=strata, seed=3)
+    c = make_validation_split(160, 0.1, strata=strata, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert [int(a[strata == g].sum()) for g in range(3)] == [10, 5, 1]
+
+
+def test_user_split(mdata):
+    obs = mdata.obs.copy()
+    obs["split"] = ["train"] * 120 + ["val"] * 20 + ["test"] * 20
+    mdata.obs = obs
+    d = read_multiome(mdata, split_key="split")
+    assert (d.split == "validation").sum() == 20
+    obs["split"] = ["train"] * 150 + ["holdout"] * 10
+    mdata.obs = obs
+    with pytest.raises(ValueError, match=r"values \['holdout'\]; allowed: train, validation"):
+        read_multiome(mdata, split_key="split")
+
+
+def test_gather_rows_matches_dense():
+    x = sp.random(20, 15, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    rows = np.array([4, 0, 19, 4])
+    r, c, v = gather_rows(x, rows)
+    dense = torch.zeros(4, 15)
+    dense[r, c] = v
+    np.testing.assert_array_equal(dense.numpy(), x[rows].toarray())
+
+
+def test_wrong_type():
+    with pytest.raises(TypeError, match="expected a MuData or an AnnData"):
+        read_multiome(np.zeros((3, 3)))
+
+
+def test_make_mudata_builder():
+    m = make_mudata(n_cells=10)
+    assert m["rna"].shape == (10, 30)

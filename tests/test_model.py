@@ -1,0 +1,181 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import multidgd
+import multidgd.train as train_module
+from multidgd import DGD, ModelConfig, TrainConfig
+
+FAST = TrainConfig(batch_size=32, min_epochs=2, patience=2, checkpoint_every=1)
+
+
+def _model(mdata, **kw):
+    kw.setdefault("cell_type_key", "cell_type")
+    kw.setdefault("covariate_keys", ["batch"])
+    return DGD(mdata, config=ModelConfig(hidden_dim=16), **kw)
+
+
+def _trained(mdata, epochs=4, seed=0, **kw):
+    return _model(mdata, **kw).train(max_epochs=epochs, seed=seed, device="cpu", config=FAST, progress_bar=False)
+
+
+def test_same_seed_same_embedding(mdata):
+    a, b, c = _trained(mdata), _trained(mdata), _trained(mdata, seed=1)
+    np.testing.assert_array_equal(a.get_latent_representation(), b.get_latent_representation())
+    np.testing.assert_array_equal(a.get_covariate_representation("batch"), b.get_covariate_representation("batch"))
+    assert not np.allclose(a.get_latent_representation(), c.get_latent_representation())
+
+
+def test_outputs_shapes_and_history(mdata):
+    model = _trained(mdata, epochs=3)
+    z = model.get_latent_representation()
+    assert z.shape == (160, 20) and np.isfinite(z).all()
+    assert model.get_covariate_representation().shape == (160, 2)
+    h = model.history
+    assert list(h.index) == [1, 2, 3]
+    for col in ["train_nll_rna", "train_nll_atac", "train_basal_prior", "train_covariate_prior",
+                "val_nll_rna", "val_nll_atac", "val_reconstruction", "seconds"]:
+        assert col in h.columns and np.isfinite(h[col]).all()
+    np.testing.assert_allclose(h["val_reconstruction"], h["val_nll_rna"] + h["val_nll_atac"])
+    # 10 % validation, stratified by cell type
+    nll = model.reconstruction_nll()
+    assert set(nll["split"]) == {"train", "validation"}
+    assert (nll["split"] == "validation").sum() == 16
+    frac = model.decode("atac")
+    np.testing.assert_allclose(frac.sum(1), 1.0, rtol=1e-5)
+    assert model.n_components == 3
+
+
+def test_training_lowers_loss(mdata):
+    model = _model(mdata).train(
+        max_epochs=30, seed=0, device="cpu", progress_bar=False,
+        config=TrainConfig(batch_size=32, early_stopping=False, representation_update="batch"),
+    )
+    h = model.history
+    assert h["train_nll_rna"].iloc[-1] < h["train_nll_rna"].iloc[0]
+    assert h["val_reconstruction"].iloc[-1] < h["val_reconstruction"].iloc[0]
+
+
+def test_cluster_probabilities(mdata):
+    model = _trained(mdata)
+    cl = model.cluster()
+    assert cl.probabilities.shape == (160, 3)
+    np.testing.assert_allclose(cl.probabilities.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(cl.labels, cl.probabilities.argmax(1))
+    z = torch.from_numpy(model.get_latent_representation())
+    brute = model.module.basal.joint_log_prob(z).detach()
+    np.testing.assert_array_equal(cl.labels, brute.argmax(1).numpy())
+
+
+def test_save_load_identical(mdata, tmp_path):
+    model = _trained(mdata)
+    model.save(tmp_path / "m.pt")
+    loaded = DGD.load(tmp_path / "m.pt")
+    assert loaded.data is None
+    np.testing.assert_array_equal(model.get_latent_representation(), loaded.get_latent_representation())
+    np.testing.assert_array_equal(model.get_covariate_representation(), loaded.get_covariate_representation())
+    for mod in ("rna", "atac"):
+        np.testing.assert_array_equal(model.decode(mod), loaded.decode(mod))
+    np.testing.assert_array_equal(model.cluster().labels, loaded.cluster().labels)
+    pd.testing.assert_frame_equal(model.history, loaded.history)
+    assert loaded.obs_names.equals(model.obs_names)
+    assert loaded.config == model.config
+    with pytest.raises(RuntimeError, match="without data"):
+        loaded.train(max_epochs=1)
+
+
+def test_load_rejects_other_files(tmp_path):
+    torch.save({"kind": "something"}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="expected 'multidgd-model'"):
+        DGD.load(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError):
+        DGD.load(tmp_path / "missing.pt")
+
+
+def test_resume_after_interruption_matches_uninterrupted(mdata, tmp_path, monkeypatch):
+    full = _model(mdata).train(max_epochs=6, seed=3, device="cpu", config=FAST, progress_bar=False,
+                               checkpoint_path=tmp_path / "a.pt")
+    calls = {"n": 0}
+    original = train_module._validation_epoch
+
+    def interrupt_in_epoch_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_validation_epoch", interrupt_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        _model(mdata).train(max_epochs=6, seed=3, device="cpu", config=FAST, progress_bar=False,
+                            checkpoint_path=tmp_path / "b.pt")
+    monkeypatch.setattr(train_module, "_validation_epoch", original)
+    assert not (tmp_path / "b.pt.tmp").exists()
+    resumed = _model(mdata).train(max_epochs=6, seed=3, device="cpu", config=FAST, progress_bar=False,
+                                  checkpoint_path=tmp_path / "b.pt", resume=True)
+    np.testing.assert_array_equal(full.get_latent_representation(), resumed.get_latent_representation())
+    for (k, v), (k2, v2) in zip(full.module.state_dict().items(), resumed.module.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    cols = [c for c in full.history.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(full.history[cols], resumed.history[cols])
+
+
+def test_resume_rejects_other_data(mdata, tmp_path):
+    _trained(mdata).train(max_epochs=2, seed=0, device="cpu", config=FAST, progress_bar=False,
+                          checkpoint_path=tmp_path / "c.pt")
+    other = _model(mdata, covariate_keys=[])
+    with pytest.raises(ValueError, match="written for other data"):
+        other.train(max_epochs=3, config=FAST, checkpoint_path=tmp_path / "c.pt", resume=True, progress_bar=False)
+
+
+def test_no_covariates_no_validation(mdata):
+    model = DGD(mdata, config=ModelConfig(hidden_dim=16)).train(
+        max_epochs=2, device="cpu", progress_bar=False, config=TrainConfig(batch_size=32, validation_fraction=0.0)
+    )
+    assert model.n_components == 1
+    assert np.isfinite(model.get_latent_representation()).all()
+    assert "val_reconstruction" not in model.history.columns
+    with pytest.raises(ValueError, match="no covariates"):
+        model.get_covariate_representation()
+
+
+def test_several_covariates(mdata):
+    obs = mdata.obs.copy()
+    obs["donor"] = pd.Categorical(np.where(np.arange(160) % 3 == 0, "d1", "d2"))
+    mdata.obs = obs
+    model = _trained(mdata, epochs=2, covariate_keys=["batch", "donor"])
+    assert model.module.decoder.trunk[0].in_features == 20 + 2 * 2
+    assert model.get_covariate_representation("donor").shape == (160, 2)
+    with pytest.raises(ValueError, match="several covariates"):
+        model.get_covariate_representation()
+
+
+def test_fewer_cells_than_batch(mdata):
+    with pytest.raises(ValueError, match="fewer than one minibatch"):
+        _model(mdata).train(max_epochs=1, config=TrainConfig(batch_size=500), progress_bar=False)
+
+
+def test_untrained_and_bad_arguments(mdata):
+    model = _model(mdata)
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.get_latent_representation()
+    with pytest.raises(ValueError, match="device must be"):
+        model.train(max_epochs=1, device="tpu")
+    with pytest.raises(ValueError, match="max_epochs"):
+        model.train(max_epochs=0)
+    with pytest.raises(ValueError, match="representation_update"):
+        TrainConfig(representation_update="sometimes")
+
+
+def test_test_split_cells_are_nan(mdata):
+    obs = mdata.obs.copy()
+    obs["split"] = ["train"] * 130 + ["validation"] * 15 + ["test"] * 15
+    mdata.obs = obs
+    model = _trained(mdata, epochs=2, split_key="split")
+    z = model.get_latent_representation()
+    assert np.isnan(z[145:]).all() and np.isfinite(z[:145]).all()
+    assert (model.cluster().labels[145:] == -1).all()
+
+
+def test_public_api():
+    assert set(multidgd.__all__) >= {"DGD", "ModelConfig", "TrainConfig"}
