@@ -114,7 +114,12 @@ class TrainConfig:
         gradient accumulated over the epoch (the original's schedule). ``"batch"``: the rows
         of a minibatch take their step right after that minibatch.
     basal_init
-        Initial training basal representations: ``"zero"`` or ``"normal"`` (N(0, basal_init_sd²)).
+        Initial training basal representations: ``"zero"`` (the original's), ``"normal"``
+        (N(0, basal_init_sd²)) or ``"pca"`` (a joint PCA of the log-normalised counts of both
+        modalities, scaled to lie within half the softball radius).
+    mixture_init
+        Initial basal mixture means: ``"prior"`` (uniform in the softball, the original's) or
+        ``"kmeans"`` (k-means centres of the initial training representations).
     basal_init_sd
         Standard deviation of the ``"normal"`` initialisation.
     validation_fraction
@@ -139,7 +144,8 @@ class TrainConfig:
     l1_decoder: float = 1.0
     hyperprior_per_cell: bool = True
     representation_update: Literal["epoch", "batch"] = "epoch"
-    basal_init: Literal["zero", "normal"] = "zero"
+    basal_init: Literal["zero", "normal", "pca"] = "zero"
+    mixture_init: Literal["prior", "kmeans"] = "prior"
     basal_init_sd: float = 0.1
     validation_fraction: float = 0.1
     early_stopping: bool = True
@@ -156,8 +162,10 @@ class TrainConfig:
             raise ValueError(
                 f"representation_update must be 'epoch' or 'batch', got {self.representation_update!r}"
             )
-        if self.basal_init not in ("zero", "normal"):
-            raise ValueError(f"basal_init must be 'zero' or 'normal', got {self.basal_init!r}")
+        if self.basal_init not in ("zero", "normal", "pca"):
+            raise ValueError(f"basal_init must be 'zero', 'normal' or 'pca', got {self.basal_init!r}")
+        if self.mixture_init not in ("prior", "kmeans"):
+            raise ValueError(f"mixture_init must be 'prior' or 'kmeans', got {self.mixture_init!r}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.weight_decay < 0 or self.l1_decoder < 0:

@@ -15,6 +15,7 @@ import torch
 from . import checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import MODALITIES, MultiomeData, gather_rows, make_validation_split, read_multiome
+from .initialization import kmeans_centres, spectral_embedding
 from .network import DGDModule
 from .representation import RepresentationTable
 from .train import TrainingState, fit
@@ -241,10 +242,17 @@ class DGD:
         gen = torch.Generator().manual_seed(seed + 1)
         L, dc = self.config.latent_dim, self.config.covariate_dim * len(n_classes)
 
-        def basal_init(m: int) -> torch.Tensor:
-            if config.basal_init == "normal":
-                return config.basal_init_sd * torch.randn(m, L, generator=gen)
-            return torch.zeros(m, L)
+        if config.basal_init == "pca":
+            basal = torch.from_numpy(
+                spectral_embedding(d.counts, train_index, L, radius=self.config.basal_radius, seed=seed)
+            )
+        elif config.basal_init == "normal":
+            basal = config.basal_init_sd * torch.randn(len(train_index), L, generator=gen)
+        else:
+            basal = torch.zeros(len(train_index), L)
+        if config.mixture_init == "kmeans":
+            with torch.no_grad():
+                module.basal.mean.copy_(torch.from_numpy(kmeans_centres(basal.numpy(), self.n_components, seed=seed)))
 
         # training covariate rows start at their class mean; validation rows at 0
         cov = torch.zeros(len(train_index), dc)
@@ -253,7 +261,7 @@ class DGD:
                 labels = torch.from_numpy(d.covariate_codes[train_index, v])
                 cov[:, 2 * v : 2 * v + 2] = mixture.mean[labels]
         tables = {
-            "train_basal": RepresentationTable(basal_init(len(train_index))),
+            "train_basal": RepresentationTable(basal),
             "train_covariate": RepresentationTable(cov),
             "val_basal": RepresentationTable(torch.zeros(len(val_index), L)),
             "val_covariate": RepresentationTable(torch.zeros(len(val_index), dc)),
