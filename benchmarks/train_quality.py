@@ -45,6 +45,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-epochs", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--config", default="{}", help="JSON of TrainConfig overrides (development only)")
+    p.add_argument("--history", default=None, help="write the per-epoch history to this CSV")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +92,8 @@ def main(argv=None) -> dict:
             base[m] = float(module.reconstruction_nll(logf, counts, lib)[m].mean())
 
     h = model.history
+    if args.history:
+        h.to_csv(args.history)
     out = {
         "data": args.data.rsplit("/", 1)[-1],
         "seed": args.seed,

@@ -1,4 +1,4 @@
-"""Data-driven starting values: a sparse PCA of both modalities for the training
+"""Data-driven starting values: a sparse PCA of both modalities for the basal
 representations, and k-means centres of those for the basal mixture means."""
 
 from __future__ import annotations
@@ -40,14 +40,36 @@ def _centred_svd(x: sp.csr_matrix, n_components: int, seed: int) -> np.ndarray:
     return u[:, order] * s[order]
 
 
-def spectral_embedding(
-    counts: dict[str, sp.csr_matrix], rows: np.ndarray, dim: int, *, radius: float, seed: int = 0
-) -> np.ndarray:
-    """Joint PCA of log-normalised counts of every modality, for ``rows``.
+def _scale_columns(x: sp.csr_matrix) -> sp.csr_matrix:
+    """Divide every feature by its standard deviation (sparsity kept; centring is implicit)."""
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    mean_sq = np.asarray(x.multiply(x).mean(axis=0)).ravel()
+    sd = np.sqrt(np.maximum(mean_sq - mean**2, 0.0))
+    inv = np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
+    return (x @ sp.diags(inv)).tocsr()
 
-    Each modality's top ``dim`` component scores are scaled to unit total variance, the
-    blocks are concatenated and reduced again to ``dim`` components, and the result is
-    scaled so that 95 % of cells lie within ``radius / 2`` of the origin.
+
+def spectral_embedding(
+    counts: dict[str, sp.csr_matrix],
+    rows: np.ndarray,
+    dim: int,
+    *,
+    radius: float,
+    groups: np.ndarray | None = None,
+    n_pcs: int = 50,
+    seed: int = 0,
+) -> np.ndarray:
+    """Joint PCA of log-normalised, feature-scaled counts of every modality, for ``rows``.
+
+    Each modality's top ``n_pcs`` component scores are scaled to unit total variance, the
+    blocks are concatenated, centred within each class of every column of ``groups`` (the
+    covariates, whose own representations model batch shifts), reduced to ``dim``
+    components, and scaled so that 95 % of cells lie within ``radius / 2`` of the origin.
+
+    Parameters
+    ----------
+    groups
+        (n_cells_total, V) covariate codes indexed like the counts' rows, or None.
 
     Returns
     -------
@@ -55,10 +77,15 @@ def spectral_embedding(
     """
     blocks = []
     for x in counts.values():
-        scores = _centred_svd(_log_normalise(x[rows]).astype(np.float64), dim, seed)
+        scaled = _scale_columns(_log_normalise(x[rows]).astype(np.float64))
+        scores = _centred_svd(scaled, n_pcs, seed)
         blocks.append(scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)))
     joint = np.hstack(blocks)
     joint = joint - joint.mean(axis=0)
+    if groups is not None:
+        for codes in np.asarray(groups)[rows].T:
+            for g in np.unique(codes):
+                joint[codes == g] -= joint[codes == g].mean(axis=0)
     u, s, _ = np.linalg.svd(joint, full_matrices=False)
     emb = u[:, :dim] * s[:dim]
     if emb.shape[1] < dim:

@@ -119,21 +119,26 @@ class DGD:
             drop_empty_cells=drop_empty_cells,
         )
         d = self.data
-        self.obs_names = d.input_obs_names
-        self.var_names = dict(d.var_names)
-        self.covariate_keys = list(d.covariate_keys)
-        self.covariate_categories = [list(c) for c in d.covariate_categories]
-        self.cell_type_key = d.cell_type_key
-        self.cell_type_categories = d.cell_type_categories
-        self.source_modality = dict(d.source_modality)
         if config.n_components is not None:
-            self.n_components = config.n_components
+            n_components = config.n_components
         elif d.cell_type_categories is not None:
-            self.n_components = len(d.cell_type_categories)
+            n_components = len(d.cell_type_categories)
         else:
-            self.n_components = 1
-        self._kept = d.kept
-        self._fingerprint = _fingerprint(d)
+            n_components = 1
+        self._apply_description(
+            {
+                "obs_names": list(d.input_obs_names),
+                "kept": d.kept,
+                "var_names": d.var_names,
+                "covariate_keys": d.covariate_keys,
+                "covariate_categories": d.covariate_categories,
+                "cell_type_key": d.cell_type_key,
+                "cell_type_categories": d.cell_type_categories,
+                "source_modality": d.source_modality,
+                "n_components": n_components,
+                "fingerprint": _fingerprint(d),
+            }
+        )
         self.module: DGDModule | None = None
         self._state: TrainingState | None = None
         self.train_config: TrainConfig | None = None
@@ -242,10 +247,15 @@ class DGD:
         gen = torch.Generator().manual_seed(seed + 1)
         L, dc = self.config.latent_dim, self.config.covariate_dim * len(n_classes)
 
+        val_basal = torch.zeros(len(val_index), L)
         if config.basal_init == "pca":
-            basal = torch.from_numpy(
-                spectral_embedding(d.counts, train_index, L, radius=self.config.basal_radius, seed=seed)
+            # one embedding of training and validation cells, so both start alike
+            both = np.concatenate([train_index, val_index])
+            emb = spectral_embedding(
+                d.counts, both, L, radius=self.config.basal_radius, groups=d.covariate_codes, seed=seed
             )
+            emb = torch.from_numpy(emb)
+            basal, val_basal = emb[: len(train_index)], emb[len(train_index) :]
         elif config.basal_init == "normal":
             basal = config.basal_init_sd * torch.randn(len(train_index), L, generator=gen)
         else:
@@ -254,7 +264,7 @@ class DGD:
             with torch.no_grad():
                 module.basal.mean.copy_(torch.from_numpy(kmeans_centres(basal.numpy(), self.n_components, seed=seed)))
 
-        # training covariate rows start at their class mean; validation rows at 0
+        # training covariate rows start at their class mean; validation rows at 0 (unsupervised)
         cov = torch.zeros(len(train_index), dc)
         with torch.no_grad():
             for v, mixture in enumerate(module.covariates):
@@ -263,7 +273,7 @@ class DGD:
         tables = {
             "train_basal": RepresentationTable(basal),
             "train_covariate": RepresentationTable(cov),
-            "val_basal": RepresentationTable(torch.zeros(len(val_index), L)),
+            "val_basal": RepresentationTable(val_basal),
             "val_covariate": RepresentationTable(torch.zeros(len(val_index), dc)),
         }
         return TrainingState(module=module, tables=tables, train_index=train_index, val_index=val_index)
@@ -322,7 +332,8 @@ class DGD:
     def best_epoch(self) -> int:
         """Epoch whose state was restored (the last one without validation)."""
         state = self._require_trained()
-        return state.best_epoch if len(state.val_index) else state.epoch
+        restored = len(state.val_index) and (self.train_config is None or self.train_config.early_stopping)
+        return state.best_epoch if restored else state.epoch
 
     def _cell_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For every input cell: which table holds it (0 train, 1 validation, -1 none) and its row."""
@@ -461,6 +472,21 @@ class DGD:
             "fingerprint": self._fingerprint,
         }
 
+    def _apply_description(self, described: dict[str, Any]) -> None:
+        """Set the data-independent attributes (names, labels, K) from a description."""
+        self.obs_names = pd.Index([str(x) for x in described["obs_names"]])
+        self.var_names = {m: pd.Index([str(x) for x in v]) for m, v in described["var_names"].items()}
+        self.covariate_keys = list(described["covariate_keys"])
+        self.covariate_categories = [list(c) for c in described["covariate_categories"]]
+        self.cell_type_key = described["cell_type_key"]
+        cats = described["cell_type_categories"]
+        self.cell_type_categories = None if cats is None else list(cats)
+        self.source_modality = dict(described["source_modality"])
+        self.n_components = int(described["n_components"])
+        kept = described["kept"]
+        self._kept = kept.numpy() if isinstance(kept, torch.Tensor) else np.asarray(kept, dtype=bool)
+        self._fingerprint = described["fingerprint"]
+
     def save(self, path: str | Path) -> None:
         """Write the trained model to one file that :meth:`load` reads without any data."""
         state = self._require_trained()
@@ -489,16 +515,7 @@ class DGD:
         self = cls.__new__(cls)
         self.config = ModelConfig.from_dict(described["model_config"])
         self.data = None
-        self.obs_names = pd.Index(described["obs_names"])
-        self.var_names = {m: pd.Index(v) for m, v in described["var_names"].items()}
-        self.covariate_keys = list(described["covariate_keys"])
-        self.covariate_categories = [list(c) for c in described["covariate_categories"]]
-        self.cell_type_key = described["cell_type_key"]
-        self.cell_type_categories = described["cell_type_categories"]
-        self.source_modality = dict(described["source_modality"])
-        self.n_components = int(described["n_components"])
-        self._kept = described["kept"].numpy()
-        self._fingerprint = described["fingerprint"]
+        self._apply_description(described)
         n_features = {m: len(v) for m, v in self.var_names.items()}
         module = DGDModule(n_features, [len(c) for c in self.covariate_categories], self.n_components, self.config)
         module.load_state_dict(payload["module"])

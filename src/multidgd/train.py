@@ -233,7 +233,7 @@ def fit(
     bar.close()
     if state.stopped_early:
         logger.info("early stopping at epoch %d; best epoch %d", state.epoch, state.best_epoch)
-    if has_val and state.best_snapshot is not None:
+    if has_val and config.early_stopping and state.best_snapshot is not None:
         module.load_state_dict(state.best_snapshot["module"])
         for k, values in state.best_snapshot["tables"].items():
             tables[k].values.copy_(values.to(device))

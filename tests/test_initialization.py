@@ -1,0 +1,36 @@
+import numpy as np
+import scipy.sparse as sp
+
+from multidgd.initialization import _centred_svd, kmeans_centres, spectral_embedding
+
+
+def test_centred_svd_equals_dense_pca():
+    x = sp.random(60, 25, density=0.3, format="csr", random_state=1)
+    scores = _centred_svd(x, 4, seed=0)
+    dense = x.toarray() - x.toarray().mean(0)
+    u, s, _ = np.linalg.svd(dense, full_matrices=False)
+    ref = u[:, :4] * s[:4]
+    for j in range(4):  # equal up to the sign of each component
+        sign = np.sign(scores[:, j] @ ref[:, j])
+        np.testing.assert_allclose(sign * scores[:, j], ref[:, j], atol=1e-8)
+
+
+def test_spectral_embedding_separates_groups():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1], 50)
+    profiles = rng.gamma(0.5, 1.0, (2, 40))
+    x = sp.csr_matrix(rng.poisson(profiles[groups] * 3).astype(np.float32))
+    y = sp.csr_matrix(rng.poisson(profiles[::-1][groups] * 3).astype(np.float32))
+    emb = spectral_embedding({"rna": x, "atac": y}, np.arange(100), 5, radius=2.0)
+    assert emb.shape == (100, 5) and emb.dtype == np.float32
+    assert np.quantile(np.linalg.norm(emb, axis=1), 0.95) <= 1.0 + 1e-5
+    # the first component splits the two groups
+    first = emb[:, 0]
+    assert min((first[groups == 0] > 0).mean(), (first[groups == 0] < 0).mean()) < 0.05
+    assert np.sign(np.median(first[groups == 0])) != np.sign(np.median(first[groups == 1]))
+
+
+def test_kmeans_centres_count():
+    pts = np.random.default_rng(0).standard_normal((10, 3))
+    assert kmeans_centres(pts, 4).shape == (4, 3)
+    assert kmeans_centres(pts, 15).shape == (15, 3)
