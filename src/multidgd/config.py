@@ -144,8 +144,8 @@ class TrainConfig:
     l1_decoder: float = 1.0
     hyperprior_per_cell: bool = True
     representation_update: Literal["epoch", "batch"] = "epoch"
-    basal_init: Literal["zero", "normal", "pca"] = "zero"
-    mixture_init: Literal["prior", "kmeans"] = "prior"
+    basal_init: Literal["zero", "normal", "pca"] = "pca"
+    mixture_init: Literal["prior", "kmeans"] = "kmeans"
     basal_init_sd: float = 0.1
     validation_fraction: float = 0.1
     early_stopping: bool = True

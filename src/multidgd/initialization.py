@@ -99,7 +99,7 @@ def kmeans_centres(points: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
     from sklearn.cluster import KMeans
 
     k_eff = min(k, len(points))
-    centres = KMeans(n_clusters=k_eff, n_init=3, random_state=seed).fit(points).cluster_centers_
+    centres = KMeans(n_clusters=k_eff, n_init=20, random_state=seed).fit(points).cluster_centers_
     if k_eff < k:  # more components than points: repeat with a little jitter
         rng = np.random.default_rng(seed)
         extra = centres[rng.integers(0, k_eff, k - k_eff)] + 0.01 * rng.standard_normal((k - k_eff, points.shape[1]))
