@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     module = model.module.to("cpu")
     base = {}
     with torch.no_grad():
-        for j, m in enumerate(MODALITIES):
+        for _j, m in enumerate(MODALITIES):
             x = data.counts[m]
             profile = np.asarray(x[state.train_index].sum(axis=0)).ravel() + 1e-12
             log_profile = torch.from_numpy(np.log(profile / profile.sum())).float()

@@ -51,7 +51,9 @@ def make_mudata(
     )
     rna = ad.AnnData(sp.csr_matrix(x_rna), obs=obs.copy(), var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
     atac = ad.AnnData(
-        sp.csr_matrix(x_atac), obs=obs.copy(), var=pd.DataFrame(index=[f"chr1:{100 * j}-{100 * j + 50}" for j in range(n_peaks)])
+        sp.csr_matrix(x_atac),
+        obs=obs.copy(),
+        var=pd.DataFrame(index=[f"chr1:{100 * j}-{100 * j + 50}" for j in range(n_peaks)]),
     )
     mdata = md.MuData({"rna": rna, "atac": atac})
     mdata.obs = obs.copy()

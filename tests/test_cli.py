@@ -22,7 +22,9 @@ def _run(args):
 def test_train_bmmc_with_batch(tmp_path, capsys):
     path = shared_file("bmmc_neurips2021_starter", "bmmc_multiome_starter_500cells.h5mu")
     out = tmp_path / "bmmc"
-    assert _run(["train", str(path), "--out", str(out), "--cell-type-key", "cell_type", "--covariate-keys", "batch"]) == 0
+    assert (
+        _run(["train", str(path), "--out", str(out), "--cell-type-key", "cell_type", "--covariate-keys", "batch"]) == 0
+    )
     files = {p.name for p in out.iterdir()}
     assert EXPECTED_FILES | {"multidgd.h5mu", "covariate_batch.png"} <= files
     result = read(out / "multidgd.h5mu")
@@ -67,7 +69,10 @@ def test_resume_flag(tmp_path):
     path = shared_file("bmmc_neurips2021_starter", "bmmc_multiome_starter_500cells.h5mu")
     out = tmp_path / "r"
     assert _run(["train", str(path), "--out", str(out)]) == 0
-    assert main(["train", str(path), "--out", str(out), "--max-epochs", "5", "--resume", "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(["train", str(path), "--out", str(out), "--max-epochs", "5", "--resume", "--quiet", "--device", "cpu"])
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["epochs"] == 5
 
 

@@ -92,7 +92,9 @@ def test_bad_count_values(mdata, value, match):
 
 
 def test_missing_modality_layer_and_key(mdata):
-    with pytest.raises(ValueError, match=r"RNA modality 'gex' not in the MuData; available modalities: \['rna', 'atac'\]"):
+    with pytest.raises(
+        ValueError, match=r"RNA modality 'gex' not in the MuData; available modalities: \['rna', 'atac'\]"
+    ):
         read_multiome(mdata, rna_mod="gex")
     with pytest.raises(ValueError, match=r"layer 'counts' not in the layers of modality 'rna'; available: \[\]"):
         read_multiome(mdata, layer="counts")

@@ -40,7 +40,9 @@ def test_sparse_nb_equals_dense():
     # the gradients agree too
     lm1 = log_mu.clone().requires_grad_(True)
     lm2 = log_mu.clone().requires_grad_(True)
-    nb_log_prob_sparse(lm1, r, torch.from_numpy(rows), torch.from_numpy(cols), torch.tensor(x[rows, cols], dtype=torch.float64)).sum().backward()
+    nb_log_prob_sparse(
+        lm1, r, torch.from_numpy(rows), torch.from_numpy(cols), torch.tensor(x[rows, cols], dtype=torch.float64)
+    ).sum().backward()
     nb_log_prob(torch.tensor(x, dtype=torch.float64), lm2, r).sum().backward()
     np.testing.assert_allclose(lm1.grad.numpy(), lm2.grad.numpy(), rtol=1e-10, atol=1e-12)
 

@@ -12,8 +12,14 @@ from multidgd.mixture import GaussianMixture
 
 def _mixture(k=4, d=3, covariance="diagonal", seed=0):
     gm = GaussianMixture(
-        k, d, sd_init=0.4 / k, radius=2.0, sharpness=5.0, dirichlet_alpha=1.0,
-        covariance=covariance, generator=torch.Generator().manual_seed(seed),
+        k,
+        d,
+        sd_init=0.4 / k,
+        radius=2.0,
+        sharpness=5.0,
+        dirichlet_alpha=1.0,
+        covariance=covariance,
+        generator=torch.Generator().manual_seed(seed),
     ).double()
     with torch.no_grad():
         gm.log_precision.copy_(torch.randn_like(gm.log_precision))

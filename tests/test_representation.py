@@ -9,7 +9,7 @@ def test_row_adam_equals_torch_adam_on_full_table():
     table = RepresentationTable(init)
     ref = torch.nn.Parameter(init.clone())
     opt = torch.optim.Adam([ref], lr=0.01, betas=(0.5, 0.7), weight_decay=1e-4)
-    for step in range(5):
+    for _step in range(5):
         grad = torch.randn(6, 3)
         table.accumulate(torch.arange(6), grad)
         table.step(lr=0.01, betas=(0.5, 0.7), weight_decay=1e-4)

@@ -154,9 +154,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         f"  per-cell NLL at best epoch: train RNA {summary['train_nll_rna']:.2f}, ATAC {summary['train_nll_atac']:.2f}",
     ]
     if "val_nll_rna" in summary:
-        lines.append(
-            f"                              validation RNA {summary['val_nll_rna']:.2f}, ATAC {summary['val_nll_atac']:.2f}"
-        )
+        pad = " " * len("  per-cell NLL at best epoch: ")
+        lines.append(f"{pad}validation RNA {summary['val_nll_rna']:.2f}, ATAC {summary['val_nll_atac']:.2f}")
     lines.append(f"  mixture components used: {summary['components_used']} of {summary['components']}")
     if "ari_clusters_vs_cell_type" in summary:
         lines.append(f"  ARI clusters vs cell types (training cells): {summary['ari_clusters_vs_cell_type']:.3f}")

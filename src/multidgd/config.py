@@ -159,9 +159,7 @@ class TrainConfig:
         _check_positive(self, ["lr_decoder", "lr_basal_mixture", "lr_covariate_mixture"])
         _check_positive(self, ["lr_representation"])
         if self.representation_update not in ("epoch", "batch"):
-            raise ValueError(
-                f"representation_update must be 'epoch' or 'batch', got {self.representation_update!r}"
-            )
+            raise ValueError(f"representation_update must be 'epoch' or 'batch', got {self.representation_update!r}")
         if self.basal_init not in ("zero", "normal", "pca"):
             raise ValueError(f"basal_init must be 'zero', 'normal' or 'pca', got {self.basal_init!r}")
         if self.mixture_init not in ("prior", "kmeans"):

@@ -150,8 +150,12 @@ def read_multiome(
             dup = var_names[m][var_names[m].duplicated()].unique()[:5].tolist()
             raise ValueError(f"feature names repeat in modality {source[m]!r}, e.g. {dup}")
 
-    columns = _collect_obs(obs, mods, [*([cell_type_key] if cell_type_key else []), *covariate_keys,
-                                        *([split_key] if split_key else [])], obs_names)
+    columns = _collect_obs(
+        obs,
+        mods,
+        [*([cell_type_key] if cell_type_key else []), *covariate_keys, *([split_key] if split_key else [])],
+        obs_names,
+    )
 
     library = np.stack([np.asarray(counts[m].sum(axis=1)).ravel() for m in MODALITIES], axis=1)
     empty = library == 0
@@ -165,7 +169,9 @@ def read_multiome(
             )
         logger.warning(
             "dropping %d of %d cells with zero counts in a modality (%s); their outputs are NaN",
-            int((~kept).sum()), len(kept), detail,
+            int((~kept).sum()),
+            len(kept),
+            detail,
         )
         counts = {m: x[kept] for m, x in counts.items()}
         library = library[kept]
@@ -186,9 +192,7 @@ def read_multiome(
         codes.append(c)
         out.covariate_categories.append(cats)
     out.covariate_keys = covariate_keys
-    out.covariate_codes = (
-        np.stack(codes, axis=1) if codes else np.zeros((out.n_cells, 0), dtype=np.int64)
-    )
+    out.covariate_codes = np.stack(codes, axis=1) if codes else np.zeros((out.n_cells, 0), dtype=np.int64)
     if cell_type_key:
         out.cell_type_key = cell_type_key
         out.cell_type_codes, out.cell_type_categories = _encode(columns[cell_type_key], cell_type_key)
@@ -238,8 +242,11 @@ def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
             mods[m] = data[:, mask]
         other = types.isna().to_numpy()
         if other.any():
-            logger.warning("ignoring %d features of other types %s", int(other.sum()),
-                           sorted(data.var["feature_types"][other].astype(str).unique().tolist()))
+            logger.warning(
+                "ignoring %d features of other types %s",
+                int(other.sum()),
+                sorted(data.var["feature_types"][other].astype(str).unique().tolist()),
+            )
         return mods, data.obs, {"rna": "Gene Expression", "atac": "Peaks"}
     raise TypeError(f"expected a MuData or an AnnData, got {type(data).__name__}")
 
@@ -274,9 +281,7 @@ def _get_matrix(adata, layer: str | None, mod_name: str):
             raise ValueError(f"modality {mod_name!r} has no X; pass layer= with one of {list(adata.layers)}")
         return adata.X
     if layer not in adata.layers:
-        raise ValueError(
-            f"layer {layer!r} not in the layers of modality {mod_name!r}; available: {list(adata.layers)}"
-        )
+        raise ValueError(f"layer {layer!r} not in the layers of modality {mod_name!r}; available: {list(adata.layers)}")
     return adata.layers[layer]
 
 

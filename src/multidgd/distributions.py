@@ -112,14 +112,10 @@ def softball_log_prob(x: torch.Tensor, radius: float, sharpness: float) -> torch
     """
     dim = x.shape[-1]
     norm = torch.linalg.vector_norm(x, dim=-1)
-    return -log_ball_volume(dim, radius) - torch.nn.functional.softplus(
-        sharpness * (norm / radius - 1.0)
-    )
+    return -log_ball_volume(dim, radius) - torch.nn.functional.softplus(sharpness * (norm / radius - 1.0))
 
 
-def softball_sample(
-    n: int, dim: int, radius: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def softball_sample(n: int, dim: int, radius: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Points drawn uniformly inside the ``dim``-ball of the given radius. Returns (n, dim)."""
     direction = torch.randn(n, dim, generator=generator)
     direction = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True)

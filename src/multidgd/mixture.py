@@ -69,9 +69,7 @@ class GaussianMixture(nn.Module):
         self.logprecision_prior_sd = float(logprecision_prior_sd)
         n_prec = dim if covariance == "diagonal" else 1
         self.mean = nn.Parameter(softball_sample(n_components, dim, radius, generator))
-        self.log_precision = nn.Parameter(
-            torch.full((n_components, n_prec), self.logprecision_prior_mean)
-        )
+        self.log_precision = nn.Parameter(torch.full((n_components, n_prec), self.logprecision_prior_mean))
         self.logits = nn.Parameter(torch.zeros(n_components))
 
     @property
@@ -124,9 +122,7 @@ class GaussianMixture(nn.Module):
         """log p(phi): softball on means + Gaussian on log-precisions + Dirichlet on weights."""
         return (
             softball_log_prob(self.mean, self.radius, self.sharpness).sum()
-            + normal_log_prob(
-                self.log_precision, self.logprecision_prior_mean, self.logprecision_prior_sd
-            ).sum()
+            + normal_log_prob(self.log_precision, self.logprecision_prior_mean, self.logprecision_prior_sd).sum()
             + dirichlet_log_prob(self.log_weights, self.dirichlet_alpha)
         )
 

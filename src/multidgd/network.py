@@ -125,9 +125,7 @@ class DGDModule(nn.Module):
             out[m] = -nb_log_prob_sparse(log_mu, self.dispersion(m), *counts[m])
         return out
 
-    def covariate_nll(
-        self, covariate: torch.Tensor, labels: torch.Tensor | None
-    ) -> torch.Tensor:
+    def covariate_nll(self, covariate: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Per-cell covariate prior term, (n,).
 
         With labels (training cells), each covariate representation is scored under its own

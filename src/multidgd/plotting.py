@@ -30,7 +30,7 @@ def plot_history(history: pd.DataFrame, path: str | Path, *, best_epoch: int | N
         ("prior terms", [c for c in history.columns if c.endswith("_prior")]),
     ]
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4))
-    for ax, (title, cols) in zip(np.atleast_1d(axes), groups):
+    for ax, (title, cols) in zip(np.atleast_1d(axes), groups, strict=False):
         for c in cols:
             ax.plot(history.index, history[c], label=c, ls="--" if c.startswith("val_") else "-")
         if best_epoch:
@@ -59,7 +59,7 @@ def plot_umap(coords: np.ndarray, colorings: dict[str, np.ndarray], path: str | 
     plt = _pyplot()
     n = len(colorings)
     fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 5.5), squeeze=False)
-    for ax, (name, labels) in zip(axes[0], colorings.items()):
+    for ax, (name, labels) in zip(axes[0], colorings.items(), strict=False):
         _categorical_scatter(ax, coords, np.asarray(labels).astype(str))
         ax.set_title(f"{title} coloured by {name}".strip())
         ax.set_xticks([])
@@ -91,7 +91,9 @@ def plot_covariate_space(
         color = colors.get(name, "black")
         ax.plot(*means[k], marker="x", color="black", ms=9, mew=2)
         for s in (1.0, 2.0):
-            ax.add_patch(Circle(means[k], s * float(sds[k]), fill=False, color=color, lw=1.2, ls="-" if s == 1 else ":"))
+            ax.add_patch(
+                Circle(means[k], s * float(sds[k]), fill=False, color=color, lw=1.2, ls="-" if s == 1 else ":")
+            )
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title or "covariate space (x: component means; circles: 1 and 2 sd)")
     ax.set_xlabel("dim 1")

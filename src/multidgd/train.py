@@ -75,9 +75,7 @@ def _make_optimizers(module: DGDModule, cfg: TrainConfig) -> dict[str, torch.opt
         "basal_mixture": torch.optim.Adam(module.basal.parameters(), lr=cfg.lr_basal_mixture, **kw),
     }
     if len(module.covariates):
-        opts["covariate_mixture"] = torch.optim.Adam(
-            module.covariates.parameters(), lr=cfg.lr_covariate_mixture, **kw
-        )
+        opts["covariate_mixture"] = torch.optim.Adam(module.covariates.parameters(), lr=cfg.lr_covariate_mixture, **kw)
     return opts
 
 
