@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/multidgd demo --out demo_out
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)

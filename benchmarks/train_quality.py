@@ -46,6 +46,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--config", default="{}", help="JSON of TrainConfig overrides (development only)")
     p.add_argument("--history", default=None, help="write the per-epoch history to this CSV")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (written every 5 epochs)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,7 +65,15 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     model = DGD(mdata, cell_type_key=args.cell_type_key, covariate_keys=[args.batch_key], split_key="_split")
     config = TrainConfig(**json.loads(args.config))
-    model.train(max_epochs=args.max_epochs, seed=args.seed, device="cpu", config=config, progress_bar=False)
+    model.train(
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        device="cpu",
+        config=config,
+        progress_bar=False,
+        checkpoint_path=args.checkpoint,
+        resume=args.resume,
+    )
     seconds = time.perf_counter() - t0
 
     where, row, kept_pos = model._cell_rows()
@@ -111,6 +121,8 @@ def main(argv=None) -> dict:
         "train_nll_rna": round(float(nll.loc[train, "nll_rna"].mean()), 3),
         "train_nll_atac": round(float(nll.loc[train, "nll_atac"].mean()), 3),
         "epochs": int(h.index[-1]),
+        "stopped_early": bool(model._state.stopped_early),
+        "max_epochs": args.max_epochs,
         "best_epoch": int(model.best_epoch),
         "seconds_per_epoch": round(float(h["seconds"].median()), 3),
         "total_seconds": round(seconds, 1),
