@@ -136,11 +136,9 @@ def train_and_report(
 
 
 def _obs_column(data: Any, key: str, obs_names) -> np.ndarray:
-    frames = [data.obs] + ([m.obs for m in data.mod.values()] if hasattr(data, "mod") else [])
-    for frame in frames:
-        if key in frame.columns:
-            return frame[key].reindex(obs_names).astype(str).to_numpy()
-    raise KeyError(key)
+    from .data import obs_column
+
+    return obs_column(data, key, obs_names).astype(str).to_numpy()
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-__all__ = ["MultiomeData", "read_multiome", "make_validation_split", "gather_rows", "MODALITIES"]
+__all__ = ["MultiomeData", "read_multiome", "obs_column", "make_validation_split", "gather_rows", "MODALITIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -313,17 +313,30 @@ def _to_count_csr(x, mod_name: str, layer: str | None) -> sp.csr_matrix:
     return out
 
 
+def _find_obs_column(frames: list[pd.DataFrame | None], key: str, obs_names: pd.Index) -> pd.Series | None:
+    """The first frame's column ``key``, aligned to ``obs_names``; None when no frame has it."""
+    for frame in frames:
+        if frame is not None and key in frame.columns:
+            return frame[key] if frame.index.equals(obs_names) else frame[key].reindex(obs_names)
+    return None
+
+
+def obs_column(data: Any, key: str, obs_names: pd.Index) -> pd.Series:
+    """Column ``key`` of ``data.obs`` (for a MuData, else of a modality's obs), aligned to ``obs_names``."""
+    frames = [data.obs, *(m.obs for m in getattr(data, "mod", {}).values())]
+    col = _find_obs_column(frames, key, obs_names)
+    if col is None:
+        raise KeyError(key)
+    return col
+
+
 def _collect_obs(obs: pd.DataFrame | None, mods, keys: list[str], obs_names: pd.Index) -> dict[str, np.ndarray]:
     columns = {}
+    frames = [obs] + [mods[m].obs for m in MODALITIES]
     for key in keys:
-        frames = [("", obs)] + [(m, mods[m].obs) for m in MODALITIES]
-        col = None
-        for _, frame in frames:
-            if frame is not None and key in frame.columns:
-                col = frame[key].reindex(obs_names) if not frame.index.equals(obs_names) else frame[key]
-                break
+        col = _find_obs_column(frames, key, obs_names)
         if col is None:
-            avail = sorted(set().union(*[set(f.columns) for _, f in frames if f is not None]))
+            avail = sorted(set().union(*[set(f.columns) for f in frames if f is not None]))
             raise ValueError(f"obs key {key!r} not found; available obs columns: {avail}")
         missing = col.isna().to_numpy()
         if missing.any():
