@@ -48,6 +48,10 @@ def main(argv=None) -> dict:
     p.add_argument("--history", default=None, help="write the per-epoch history to this CSV")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (written every 5 epochs)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--save-model", default=None, help="write the trained model to this file")
+    p.add_argument(
+        "--exclude-batch", default=None, help="leave every cell of this batch out (the split stays the same)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,6 +66,12 @@ def main(argv=None) -> dict:
     obs = mdata.obs.copy()
     obs["_split"] = stratified_split(obs[args.cell_type_key].astype(str).to_numpy(), args.seed)
     mdata.obs = obs
+    if args.exclude_batch is not None:
+        keep = (obs[args.batch_key].astype(str) != args.exclude_batch).to_numpy()
+        if keep.all():
+            raise SystemExit(f"no cell has {args.batch_key} == {args.exclude_batch!r}")
+        mdata = mdata[keep].copy()
+        obs = mdata.obs.copy()
     t0 = time.perf_counter()
     model = DGD(mdata, cell_type_key=args.cell_type_key, covariate_keys=[args.batch_key], split_key="_split")
     config = TrainConfig(**json.loads(args.config))
@@ -75,6 +85,8 @@ def main(argv=None) -> dict:
         resume=args.resume,
     )
     seconds = time.perf_counter() - t0
+    if args.save_model:
+        model.save(args.save_model)
 
     where, row, kept_pos = model._cell_rows()
     train = where == 0
@@ -107,13 +119,18 @@ def main(argv=None) -> dict:
     out = {
         "data": args.data.rsplit("/", 1)[-1],
         "seed": args.seed,
+        "excluded_batch": args.exclude_batch,
         "config": json.loads(args.config),
         "cells_train": int(train.sum()),
         "cells_validation": int(val.sum()),
         "ari": round(float(adjusted_rand_score(labels[train], clusters[train])), 4),
         "components": model.n_components,
         "components_used": int(len(np.unique(clusters[train]))),
-        "batch_1_minus_asw": round(float(1 - silhouette_score(z[train], batches[train])), 4),
+        "batch_1_minus_asw": (
+            round(float(1 - silhouette_score(z[train], batches[train])), 4)
+            if len(np.unique(batches[train])) > 1
+            else None
+        ),
         "val_nll_rna": round(float(nll.loc[val, "nll_rna"].mean()), 3),
         "val_nll_atac": round(float(nll.loc[val, "nll_atac"].mean()), 3),
         "baseline_val_nll_rna": round(base["rna"], 3),

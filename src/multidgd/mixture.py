@@ -126,6 +126,19 @@ class GaussianMixture(nn.Module):
             + dirichlet_log_prob(self.log_weights, self.dirichlet_alpha)
         )
 
+    @torch.no_grad()
+    def add_components(self, n: int) -> list[int]:
+        """Append ``n`` components (mean at the origin, precision at its prior mean, weight
+        logit at the mean of the others). Existing values are kept. Returns the new indices."""
+        k = self.n_components
+        dev = self.mean.device
+        self.mean = nn.Parameter(torch.cat([self.mean, torch.zeros(n, self.dim, device=dev)]))
+        lp = torch.full((n, self.log_precision.shape[1]), self.logprecision_prior_mean, device=dev)
+        self.log_precision = nn.Parameter(torch.cat([self.log_precision, lp]))
+        self.logits = nn.Parameter(torch.cat([self.logits, self.logits.mean().expand(n)]))
+        self.n_components = k + n
+        return list(range(k, k + n))
+
     @property
     def sd(self) -> torch.Tensor:
         """Component standard deviations, (K, d) or (K, 1)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -15,8 +17,10 @@ import torch
 from . import checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import MODALITIES, MultiomeData, gather_rows, make_validation_split, read_multiome
+from .inference import Embedding, embed_cells
 from .initialization import kmeans_centres, spectral_embedding
 from .network import DGDModule
+from .query import read_query
 from .representation import RepresentationTable
 from .train import TrainingState, fit
 
@@ -137,12 +141,14 @@ class DGD:
                 "source_modality": d.source_modality,
                 "n_components": n_components,
                 "fingerprint": _fingerprint(d),
+                "learned_classes": {},
             }
         )
         self.module: DGDModule | None = None
         self._state: TrainingState | None = None
         self.train_config: TrainConfig | None = None
         self.seed: int | None = None
+        self._table_library: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ training
     def train(
@@ -188,6 +194,11 @@ class DGD:
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if resume and checkpoint_path is None:
             raise ValueError("resume=True needs checkpoint_path")
+        if any(self.learned_classes.values()):
+            raise RuntimeError(
+                f"covariate classes {self.learned_classes} were learned after training; training again "
+                "would drop them. Train a new DGD on data that includes those cells instead."
+            )
         dev = resolve_device(device)
 
         if resume and Path(checkpoint_path).is_file():
@@ -219,6 +230,10 @@ class DGD:
             checkpoint_extra=extra,
             progress_bar=progress_bar,
         )
+        self._table_library = {
+            "train": torch.from_numpy(self.data.library_size[state.train_index]),
+            "val": torch.from_numpy(self.data.library_size[state.val_index]),
+        }
         return self
 
     def _initial_state(self, config: TrainConfig, seed: int) -> TrainingState:
@@ -455,6 +470,314 @@ class DGD:
         split = np.array(["none", "train", "validation"])[where + 1]
         return pd.DataFrame({"nll_rna": out[:, 0], "nll_atac": out[:, 1], "split": split}, index=self.obs_names)
 
+    # ------------------------------------------------------------------ new cells
+    def infer(
+        self,
+        data: Any,
+        *,
+        rna_mod: str | None = None,
+        atac_mod: str | None = None,
+        layer: str | None = None,
+        new_classes: str = "naive",
+        covariate_start: str = "search",
+        n_steps: int = 50,
+        lr: float = 1e-2,
+        rna_library_key: str | None = None,
+        atac_library_key: str | None = None,
+        min_feature_fraction: float = 0.5,
+        batch_size: int = 512,
+        memory_budget_mb: float = 1024,
+        device: str | torch.device = "auto",
+        progress_bar: bool = True,
+    ) -> Embedding:
+        """Place new cells into the trained model; the model is left unchanged (see ``new_classes``).
+
+        Parameters
+        ----------
+        data
+            MuData or AnnData of raw counts. Both modalities, one of them, or both with some
+            cells lacking one (a MuData whose modalities hold different cells) are accepted;
+            a cell lacking a modality is placed by the other and the missing one can be
+            predicted with :meth:`get_normalized_expression` /
+            :meth:`get_normalized_accessibility`. Features are matched by ``var_names``
+            (reordered; absent features are left out of the loss). Every covariate key of
+            the model must be an obs column; labels the model never saw are new classes.
+            Not modified.
+        rna_mod, atac_mod
+            Modality names in a MuData (default: the names used in training).
+        layer
+            Layer with raw counts (default ``X``).
+        new_classes
+            ``"naive"``: covariate representations are inferred without labels, under the
+            mixture of known classes (a new batch lands near the best-fitting known one).
+            ``"learn"``: each covariate label unknown to the model becomes a new component,
+            learned from its cells' labels with every other parameter frozen; it is kept in
+            the model (and in files written by :meth:`save`) for later data of that class.
+            All labelled cells are then scored under their own class's component.
+        covariate_start
+            ``"search"``: start from the best of every (basal component, covariate class)
+            pair; ``"label"``: cells of a class the model knows start at that class's mean
+            (only the basal component is searched).
+        n_steps, lr
+            Adam steps (and learning rate) of the representations after the start.
+        rna_library_key, atac_library_key
+            obs columns with each modality's library size, used to scale predicted counts
+            of a modality a cell lacks; without them it is estimated from training cells.
+        min_feature_fraction
+            Refuse a modality when fewer than this fraction of its model features match.
+        batch_size
+            Cells processed together.
+        memory_budget_mb
+            Bound on the largest temporary block of the best-start search.
+        device
+            ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+        progress_bar
+            Show a progress bar.
+
+        Returns
+        -------
+        :class:`~multidgd.inference.Embedding` with representations, clusters, per-cell NLL
+        and library sizes. ``Embedding.add_to(data)`` writes them into ``data``.
+        """
+        self._require_trained()
+        if new_classes not in ("naive", "learn"):
+            raise ValueError(f"new_classes must be 'naive' or 'learn', got {new_classes!r}")
+        if covariate_start not in ("search", "label"):
+            raise ValueError(f"covariate_start must be 'search' or 'label', got {covariate_start!r}")
+        if not isinstance(n_steps, int | np.integer) or n_steps < 0:
+            raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
+        for name, value in (("lr", lr), ("batch_size", batch_size), ("memory_budget_mb", memory_budget_mb)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        dev = resolve_device(device)
+        names = {
+            "rna": rna_mod or self.source_modality.get("rna", "rna"),
+            "atac": atac_mod or self.source_modality.get("atac", "atac"),
+        }
+        library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
+        query = read_query(
+            data,
+            var_names=self.var_names,
+            modality_names=names,
+            covariate_keys=self.covariate_keys,
+            layer=layer,
+            library_size_keys=library_keys,
+            min_feature_fraction=min_feature_fraction,
+        )
+        codes = np.full((query.n_cells, len(self.covariate_keys)), -1, dtype=np.int64)
+        unseen: dict[str, list[str]] = {}
+        for v, key in enumerate(self.covariate_keys):
+            cats = pd.Index(self.covariate_categories[v])
+            codes[:, v] = cats.get_indexer(query.covariate_labels[v])
+            new = sorted(set(query.covariate_labels[v][codes[:, v] < 0].tolist()))
+            if new:
+                unseen[key] = new
+                logger.info("%s: %d cells of classes unknown to the model %s", key, int((codes[:, v] < 0).sum()), new)
+
+        module = self.module
+        original_device = next(module.parameters()).device
+        new_components = None
+        if new_classes == "learn" and unseen:
+            # grow a copy, so that a failure leaves the model as it was
+            module = copy.deepcopy(module)
+            new_components = []
+            for v, key in enumerate(self.covariate_keys):
+                added = module.covariates[v].add_components(len(unseen.get(key, [])))
+                new_components.append(np.asarray(added, dtype=np.int64))
+                for name, c in zip(unseen.get(key, []), added, strict=True):
+                    codes[query.covariate_labels[v] == name, v] = c
+            covariate_start = "label"
+        module.to(dev).eval()
+        train_config = self.train_config or TrainConfig()
+        try:
+            with _frozen(module):
+                result = embed_cells(
+                    module,
+                    query,
+                    class_codes=codes,
+                    supervised=new_components is not None,
+                    covariate_start=covariate_start,
+                    n_steps=int(n_steps),
+                    lr=lr,
+                    betas=train_config.betas,
+                    new_components=new_components,
+                    mixture_lr=train_config.lr_covariate_mixture,
+                    batch_size=int(batch_size),
+                    memory_budget_mb=memory_budget_mb,
+                    device=dev,
+                    progress_bar=progress_bar,
+                )
+        finally:
+            self.module.to(original_device)
+        learned = {}
+        if new_components is not None:
+            module.to(original_device)
+            self.module = module
+            self._state.module = module
+            for v, key in enumerate(self.covariate_keys):
+                if unseen.get(key):
+                    self.covariate_categories[v] = [*self.covariate_categories[v], *unseen[key]]
+                    self.learned_classes[key] = [*self.learned_classes.get(key, []), *unseen[key]]
+                    learned[key] = unseen[key]
+            logger.info("learned new covariate classes %s; save() keeps them", learned)
+
+        library = result["library_total"]
+        source = np.where(np.isnan(library), "", "observed").astype(object)
+        for j in range(len(MODALITIES)):
+            given = ~np.isnan(query.given_library_size[:, j]) & np.isnan(library[:, j])
+            library[given, j] = query.given_library_size[given, j]
+            source[given, j] = "given"
+        todo = np.isnan(library)
+        if todo.any():
+            estimate = self._estimate_library(result["latent"])
+            if estimate is not None:
+                library[todo] = estimate[todo]
+                source[todo] = "estimated"
+            else:
+                logger.warning("no training library sizes stored in this model; counts of missing modalities are NaN")
+        with torch.no_grad():
+            logp = self.module.basal.to("cpu").log_responsibilities(torch.from_numpy(result["latent"])).numpy()
+        return Embedding(
+            obs_names=query.obs_names,
+            latent=result["latent"],
+            covariate=result["covariate"],
+            covariate_keys=list(self.covariate_keys),
+            cluster=logp.argmax(axis=1),
+            cluster_probabilities=np.exp(logp).astype(np.float32),
+            nll=pd.DataFrame(result["nll"], index=query.obs_names, columns=[f"nll_{m}" for m in MODALITIES]),
+            observed=query.present,
+            library_size=library.astype(np.float32),
+            library_size_source=source.astype(str),
+            n_absent_features={m: query.n_absent_features.get(m, len(self.var_names[m])) for m in MODALITIES},
+            start_candidate=result["start"],
+            learned_classes=learned,
+        )
+
+    def _estimate_library(self, latent: np.ndarray, k: int = 15) -> np.ndarray | None:
+        """Median library size (n, 2) of the ``k`` training cells nearest in the basal space."""
+        if self._table_library is None:
+            return None
+        state = self._state
+        ref = torch.cat([state.tables["train_basal"].values.cpu(), state.tables["val_basal"].values.cpu()])
+        lib = torch.cat([self._table_library["train"], self._table_library["val"]]).float()
+        k = min(k, ref.shape[0])
+        out = np.empty((len(latent), lib.shape[1]), dtype=np.float32)
+        z = torch.from_numpy(latent)
+        for i in range(0, len(z), 1024):
+            near = torch.cdist(z[i : i + 1024], ref).topk(k, largest=False).indices  # (b, k)
+            out[i : i + 1024] = lib[near].median(dim=1).values.numpy()
+        return out
+
+    def get_normalized_expression(self, embedding: Embedding | None = None, *, genes=None, **kwargs):
+        """Decoded RNA for trained cells or for new cells (an :class:`Embedding`).
+
+        Parameters
+        ----------
+        embedding
+            Result of :meth:`infer`; ``None`` for the training (and validation) cells.
+        genes
+            Gene names to return (default all).
+        cells
+            Cell names or integer positions within the cells (default all).
+        scale
+            ``"fraction"`` (each cell's profile over all genes sums to 1) or ``"counts"``
+            (fraction times the cell's library size; see :class:`Embedding` for how the
+            library size of a missing modality is chosen).
+        return_type
+            ``"dataframe"``, ``"array"`` or ``"sparse"`` (CSR keeping values >= ``threshold``).
+            By default a DataFrame, unless it would exceed ``max_dense_elements`` values, in
+            which case an error asks for a subset or a sparse result.
+        threshold
+            Cut-off of the sparse result.
+        batch_size
+            Cells decoded together.
+        """
+        return self._normalized("rna", embedding, genes, **kwargs)
+
+    def get_normalized_accessibility(self, embedding: Embedding | None = None, *, peaks=None, **kwargs):
+        """Decoded ATAC for trained or new cells; the same arguments as
+        :meth:`get_normalized_expression`, with ``peaks`` instead of ``genes``."""
+        return self._normalized("atac", embedding, peaks, **kwargs)
+
+    @torch.no_grad()
+    def _normalized(
+        self,
+        modality: str,
+        embedding: Embedding | None,
+        features,
+        *,
+        cells=None,
+        scale: str = "fraction",
+        return_type: str | None = None,
+        threshold: float = 0.0,
+        batch_size: int = 1024,
+        max_dense_elements: int = 50_000_000,
+    ):
+        import scipy.sparse as sp
+
+        self._require_trained()
+        if scale not in ("fraction", "counts"):
+            raise ValueError(f"scale must be 'fraction' or 'counts', got {scale!r}")
+        if return_type not in (None, "dataframe", "array", "sparse"):
+            raise ValueError(f"return_type must be 'dataframe', 'array' or 'sparse', got {return_type!r}")
+        if return_type == "sparse" and not threshold > 0:
+            raise ValueError("return_type='sparse' needs threshold > 0 (values below it become 0)")
+        j = MODALITIES.index(modality)
+        if embedding is None:
+            where, _, _ = self._cell_rows()
+            have = where >= 0
+            names = self.obs_names[have]
+            latent = self.get_latent_representation()[have]
+            cov = self._gather_table("covariate")[have]
+            if scale == "counts":
+                if self._table_library is None:
+                    raise ValueError("this model file holds no library sizes; use scale='fraction'")
+                library = self._gather_library()[have, j]
+        else:
+            if not isinstance(embedding, Embedding):
+                raise TypeError(f"embedding must be an Embedding from infer(), got {type(embedding).__name__}")
+            names, latent, cov = embedding.obs_names, embedding.latent, embedding.covariate
+            library = embedding.library_size[:, j]
+        rows = _select(names, cells, "cells")
+        all_features = self.var_names[modality]
+        cols = _select(all_features, features, "genes" if modality == "rna" else "peaks")
+        n_out, f_out = len(rows), len(cols)
+        if return_type is None:
+            if n_out * f_out > max_dense_elements:
+                raise ValueError(
+                    f"{n_out} cells x {f_out} features is a large dense matrix; pass a subset "
+                    "(cells=, genes=/peaks=), return_type='sparse' with a threshold, or "
+                    "return_type='array' to ask for it anyway"
+                )
+            return_type = "dataframe"
+        full = f_out == len(all_features) and (cols == np.arange(f_out)).all()
+        module = self.module.to("cpu").eval()
+        col_t = torch.from_numpy(cols)
+        parts = []
+        for i in range(0, n_out, batch_size):
+            sel = rows[i : i + batch_size]
+            logf = module.decode(torch.from_numpy(latent[sel]), torch.from_numpy(cov[sel]), [modality])[modality]
+            values = torch.exp(logf if full else logf[:, col_t]).numpy()
+            if scale == "counts":
+                values = values * library[sel, None]
+            if return_type == "sparse":
+                values = sp.csr_matrix(np.where(values >= threshold, values, 0).astype(np.float32))
+            parts.append(values)
+        if return_type == "sparse":
+            return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, f_out), dtype=np.float32)
+        out = np.concatenate(parts) if parts else np.zeros((0, f_out), dtype=np.float32)
+        if return_type == "array":
+            return out
+        return pd.DataFrame(out, index=names[rows], columns=all_features[cols])
+
+    def _gather_library(self) -> np.ndarray:
+        where, row, _ = self._cell_rows()
+        out = np.full((len(self.obs_names), len(MODALITIES)), np.nan, dtype=np.float32)
+        for code, prefix in ((0, "train"), (1, "val")):
+            mask = where == code
+            out[mask] = self._table_library[prefix].numpy()[row[mask]]
+        return out
+
     # ------------------------------------------------------------------ files
     def _describe(self) -> dict[str, Any]:
         return {
@@ -470,6 +793,7 @@ class DGD:
             "cell_type_categories": self.cell_type_categories,
             "source_modality": self.source_modality,
             "fingerprint": self._fingerprint,
+            "learned_classes": {k: list(v) for k, v in self.learned_classes.items()},
         }
 
     def _apply_description(self, described: dict[str, Any]) -> None:
@@ -486,6 +810,22 @@ class DGD:
         kept = described["kept"]
         self._kept = kept.numpy() if isinstance(kept, torch.Tensor) else np.asarray(kept, dtype=bool)
         self._fingerprint = described["fingerprint"]
+        #: covariate key -> classes added after training by ``infer(new_classes="learn")``
+        self.learned_classes = {k: list(v) for k, v in described.get("learned_classes", {}).items()}
+
+    def _trained_class_counts(self) -> list[int]:
+        return [
+            len(cats) - len(self.learned_classes.get(key, []))
+            for key, cats in zip(self.covariate_keys, self.covariate_categories, strict=True)
+        ]
+
+    def _build_module(self, n_features: dict[str, int], seed: int = 0) -> DGDModule:
+        """A network shaped like this model's, learned covariate classes included."""
+        module = DGDModule(n_features, self._trained_class_counts(), self.n_components, self.config, seed=seed)
+        for v, key in enumerate(self.covariate_keys):
+            if self.learned_classes.get(key):
+                module.covariates[v].add_components(len(self.learned_classes[key]))
+        return module
 
     def save(self, path: str | Path) -> None:
         """Write the trained model to one file that :meth:`load` reads without any data."""
@@ -502,6 +842,7 @@ class DGD:
             "epoch": state.epoch,
             "train_config": self.train_config.to_dict(),
             "seed": self.seed,
+            "library_size": self._table_library,
         }
         checkpoint.write_atomic(payload, path)
 
@@ -517,7 +858,7 @@ class DGD:
         self.data = None
         self._apply_description(described)
         n_features = {m: len(v) for m, v in self.var_names.items()}
-        module = DGDModule(n_features, [len(c) for c in self.covariate_categories], self.n_components, self.config)
+        module = self._build_module(n_features)
         module.load_state_dict(payload["module"])
         tables = {k: RepresentationTable(v) for k, v in payload["tables"].items()}
         self.module = module
@@ -532,6 +873,7 @@ class DGD:
         )
         self.train_config = TrainConfig.from_dict(payload["train_config"])
         self.seed = payload["seed"]
+        self._table_library = payload.get("library_size")
         return self
 
     def __repr__(self) -> str:
@@ -541,6 +883,40 @@ class DGD:
             f"DGD({len(self.obs_names)} cells, {nf['rna']} genes, {nf['atac']} peaks, "
             f"K={self.n_components}, covariates={self.covariate_keys}; {status})"
         )
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module):
+    """Parameters do not require grad inside the block (so no gradient is built for them)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _select(index: pd.Index, wanted, what: str) -> np.ndarray:
+    """Positions in ``index`` of names, integer positions or a boolean mask (None: all)."""
+    if wanted is None:
+        return np.arange(len(index))
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    arr = np.asarray(wanted)
+    if arr.dtype == bool:
+        if arr.shape != (len(index),):
+            raise ValueError(f"boolean {what} mask has length {arr.size}; expected {len(index)}")
+        return np.flatnonzero(arr)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (arr.min() < -len(index) or arr.max() >= len(index)):
+            raise ValueError(f"{what} positions out of range 0..{len(index) - 1}")
+        return np.arange(len(index))[arr]
+    pos = index.get_indexer(pd.Index(arr.astype(str)))
+    if (pos < 0).any():
+        raise ValueError(f"{int((pos < 0).sum())} {what} not found, e.g. {arr[pos < 0][:3].tolist()}")
+    return pos
 
 
 def _fingerprint(d: MultiomeData) -> str:

@@ -1,0 +1,484 @@
+"""Placing new cells into a trained model: best start, then representation optimisation.
+
+The decoder, the dispersions and the mixtures stay frozen. For each new cell:
+
+1. **Best start.** Every candidate pair (basal component mean k, covariate class mean c;
+   K x prod_v C_v candidates) is decoded once, and each cell is scored against every
+   candidate by the negative-binomial loss of the modalities it has. The dense part of the
+   loss, ``sum_f r_f softplus(log s + log p_jf - log r_f)``, is computed in blocks of
+   cells x candidates x features bounded by a memory budget; the count-dependent part only
+   at the cell's non-zeros. The lgamma terms do not depend on the candidate and are skipped.
+2. **Optimisation.** The basal and covariate representations take ``n_steps`` Adam steps
+   on reconstruction + basal-mixture prior + covariate-mixture prior (unsupervised, or
+   supervised by the cell's label when new classes are learned).
+
+When only some of the model's features are in the data, the decoded fractions are
+renormalised over the features present, so that the observed library size scales them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.functional import softplus
+
+from .data import MODALITIES
+from .distributions import nb_log_prob_sparse
+from .network import DGDModule
+from .query import QueryData
+from .representation import RepresentationTable
+
+__all__ = ["Embedding", "embed_cells", "candidate_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Embedding:
+    """New cells placed into a trained model (returned by :meth:`multidgd.DGD.infer`).
+
+    Attributes
+    ----------
+    obs_names
+        Cell names, in the data's order.
+    latent
+        (n, L) basal representations.
+    covariate
+        (n, d * V) covariate representations, ``d`` columns per covariate key.
+    covariate_keys
+        The model's covariate keys.
+    cluster
+        (n,) argmax basal-mixture component.
+    cluster_probabilities
+        (n, K) responsibilities p(k | z).
+    nll
+        DataFrame indexed by cell with ``nll_rna`` and ``nll_atac``: the per-cell NB
+        negative log-likelihood over the features present (NaN where the cell lacks the
+        modality).
+    observed
+        (n, 2) bool, which modalities each cell has (columns ``rna``, ``atac``).
+    library_size
+        (n, 2) library size over all of the model's features, used to turn fractions into
+        counts: for an observed modality the observed total divided by the decoded fraction
+        of the features present; for a missing one the value of the obs column given, else
+        an estimate (median over the 15 training cells nearest in the basal space).
+    library_size_source
+        (n, 2) str: ``observed``, ``given`` or ``estimated``.
+    n_absent_features
+        Modality -> number of model features missing from the data.
+    start_candidate
+        (n, 2) int: the basal component and the covariate-class combination each cell
+        started from.
+    learned_classes
+        Covariate key -> classes added to the model by this call.
+    """
+
+    obs_names: pd.Index
+    latent: np.ndarray
+    covariate: np.ndarray
+    covariate_keys: list[str]
+    cluster: np.ndarray
+    cluster_probabilities: np.ndarray
+    nll: pd.DataFrame
+    observed: np.ndarray
+    library_size: np.ndarray
+    library_size_source: np.ndarray
+    n_absent_features: dict[str, int]
+    start_candidate: np.ndarray
+    learned_classes: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.obs_names)
+
+    def covariate_representation(self, key: str | None = None) -> np.ndarray:
+        """(n, d) representation of one covariate (default: the only one)."""
+        if not self.covariate_keys:
+            raise ValueError("the model has no covariates")
+        if key is None:
+            if len(self.covariate_keys) > 1:
+                raise ValueError(f"several covariates; pass key= one of {self.covariate_keys}")
+            key = self.covariate_keys[0]
+        if key not in self.covariate_keys:
+            raise ValueError(f"covariate {key!r} unknown; the model has {self.covariate_keys}")
+        d = self.covariate.shape[1] // len(self.covariate_keys)
+        v = self.covariate_keys.index(key)
+        return self.covariate[:, v * d : (v + 1) * d]
+
+    def add_to(self, data: Any, prefix: str = "multidgd") -> None:
+        """Write the results into ``data`` (MuData or AnnData with these cells), in place.
+
+        Sets ``obsm["X_<prefix>"]``, ``obsm["X_<prefix>_<covariate>"]``,
+        ``obs["<prefix>_cluster"]``, ``obs["<prefix>_cluster_probability"]``,
+        ``obs["<prefix>_nll_rna"]`` and ``obs["<prefix>_nll_atac"]``.
+        """
+        index = pd.Index(data.obs_names.astype(str))
+        pos = self.obs_names.get_indexer(index)
+        if (pos < 0).any():
+            raise ValueError(
+                f"{int((pos < 0).sum())} cells of the data were not embedded, e.g. {index[pos < 0][:3].tolist()}"
+            )
+        data.obsm[f"X_{prefix}"] = self.latent[pos]
+        for key in self.covariate_keys:
+            data.obsm[f"X_{prefix}_{key}"] = self.covariate_representation(key)[pos]
+        k = self.cluster_probabilities.shape[1]
+        data.obs[f"{prefix}_cluster"] = pd.Categorical(
+            self.cluster[pos].astype(str), categories=[str(i) for i in range(k)]
+        )
+        data.obs[f"{prefix}_cluster_probability"] = self.cluster_probabilities[pos].max(axis=1)
+        for m in MODALITIES:
+            data.obs[f"{prefix}_nll_{m}"] = self.nll[f"nll_{m}"].to_numpy()[pos]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _observed_log_fraction(log_fraction: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
+    """Decoded log-fractions restricted to the features present, renormalised over them."""
+    if observed is None:
+        return log_fraction
+    sub = log_fraction[..., observed]
+    return sub - torch.logsumexp(sub, dim=-1, keepdim=True)
+
+
+def _covariate_candidates(module: DGDModule, d: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Every combination of covariate class means: ((C, d*V) vectors, (C, V) class codes)."""
+    if not len(module.covariates):
+        return torch.zeros(1, 0), np.zeros((1, 0), dtype=np.int64)
+    combos = np.array(list(itertools.product(*[range(mix.n_components) for mix in module.covariates])), dtype=np.int64)
+    vectors = torch.cat(
+        [mix.mean.detach()[torch.from_numpy(combos[:, v])] for v, mix in enumerate(module.covariates)], 1
+    )
+    return vectors, combos
+
+
+@torch.no_grad()
+def candidate_scores(
+    log_p: torch.Tensor,
+    r: torch.Tensor,
+    log_library: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    budget_elements: int,
+) -> torch.Tensor:
+    """NB loss of each cell under each candidate, without the candidate-independent lgamma terms.
+
+    Parameters
+    ----------
+    log_p
+        (J, F) candidate log-fractions over the features present.
+    r
+        (F,) dispersions.
+    log_library
+        (n,) log library sizes.
+    rows, cols, values
+        Non-zeros of the cells' counts (rows index the n cells).
+    budget_elements
+        Largest number of float elements of one temporary block.
+
+    Returns
+    -------
+    (n, J) scores; lower is better.
+    """
+    n, (n_cand, n_feat) = log_library.shape[0], log_p.shape
+    log_r = torch.log(r)
+    shifted = log_p - log_r  # (J, F): log(p/r)
+    out = torch.empty(n, n_cand, dtype=log_p.dtype, device=log_p.device)
+    # dense part, sum_f r_f softplus(log s_i + log p_jf - log r_f): blocks of cells x J x F
+    per_cell = n_cand * n_feat
+    step = max(1, budget_elements // max(per_cell, 1))
+    if per_cell > budget_elements:  # one cell does not fit: block over features as well
+        f_step = max(1, budget_elements // n_cand)
+        for i in range(n):
+            acc = torch.zeros(n_cand, dtype=log_p.dtype, device=log_p.device)
+            for f0 in range(0, n_feat, f_step):
+                block = softplus(shifted[:, f0 : f0 + f_step] + log_library[i])
+                acc += block @ r[f0 : f0 + f_step]
+            out[i] = acc
+    else:
+        for i0 in range(0, n, step):
+            ll = log_library[i0 : i0 + step]
+            block = softplus(shifted.unsqueeze(0) + ll.view(-1, 1, 1))  # (b, J, F)
+            out[i0 : i0 + step] = block @ r
+    # count part at the non-zeros: x softplus(log r - log mu)
+    if values.numel():
+        nz_step = max(1, budget_elements // n_cand)
+        for k0 in range(0, values.numel(), nz_step):
+            rr, cc, vv = rows[k0 : k0 + nz_step], cols[k0 : k0 + nz_step], values[k0 : k0 + nz_step]
+            log_mu = log_p[:, cc] + log_library[rr]  # (J, nnz)
+            term = vv * softplus(log_r[cc] - log_mu)
+            out.index_add_(0, rr, term.T.contiguous())
+    return out
+
+
+@dataclass
+class _Chunk:
+    cells: np.ndarray  # positions in the query
+    modalities: list[str]
+
+
+def _chunks(present: np.ndarray, batch_size: int) -> list[_Chunk]:
+    """Cells grouped by which modalities they have, then cut into batches."""
+    out = []
+    pattern = present[:, 0].astype(int) + 2 * present[:, 1].astype(int)
+    for code in (3, 1, 2):
+        cells = np.flatnonzero(pattern == code)
+        mods = [m for j, m in enumerate(MODALITIES) if code & (1 << j)]
+        out.extend(_Chunk(cells[i : i + batch_size], mods) for i in range(0, len(cells), batch_size))
+    return out
+
+
+def _gather(query: QueryData, chunk: _Chunk, device: torch.device) -> dict[str, Any]:
+    from .data import gather_rows
+
+    lib = torch.from_numpy(query.library_size[chunk.cells]).to(device)
+    return {
+        "counts": {m: gather_rows(query.counts[m], chunk.cells, device) for m in chunk.modalities},
+        "log_library": {m: torch.log(lib[:, MODALITIES.index(m)]) for m in chunk.modalities},
+    }
+
+
+def _reconstruction_nll(
+    module: DGDModule, basal, covariate, batch: dict[str, Any], observed: dict[str, torch.Tensor | None]
+) -> dict[str, torch.Tensor]:
+    """Per-cell NB NLL of each modality the chunk has, (n,) each, with all constants."""
+    mods = list(batch["counts"])
+    logf = module.decode(basal, covariate, mods)
+    out = {}
+    for m in mods:
+        obs = observed[m]
+        log_mu = _observed_log_fraction(logf[m], obs) + batch["log_library"][m].unsqueeze(1)
+        r = module.dispersion(m)
+        out[m] = -nb_log_prob_sparse(log_mu, r if obs is None else r[obs], *batch["counts"][m])
+    return out
+
+
+# ----------------------------------------------------------------------------- main entry
+def embed_cells(
+    module: DGDModule,
+    query: QueryData,
+    *,
+    class_codes: np.ndarray,
+    supervised: bool,
+    covariate_start: str,
+    n_steps: int,
+    lr: float,
+    betas: tuple[float, float],
+    new_components: list[np.ndarray] | None = None,
+    mixture_lr: float = 1e-2,
+    batch_size: int = 512,
+    memory_budget_mb: float = 1024,
+    device: torch.device | str = "cpu",
+    progress_bar: bool = True,
+) -> dict[str, np.ndarray]:
+    """Best start and representation optimisation for the cells of ``query``.
+
+    Parameters
+    ----------
+    module
+        The trained network (on ``device``); only components flagged in ``new_components``
+        change.
+    query
+        Validated new cells.
+    class_codes
+        (n, V) covariate class per cell, -1 where the class is unknown to the model.
+    supervised
+        Score covariate representations under their own class's component (learning new
+        classes) instead of the whole mixture.
+    covariate_start
+        ``"search"``: start from the best of all candidate pairs; ``"label"``: cells with a
+        known class start at that class's mean and search only the basal components.
+    n_steps, lr, betas
+        Adam steps of the representations.
+    new_components
+        Per covariate, the indices of components being learned (their mean and precision
+        are optimised with the cells, initialised at the mean start of their cells).
+    mixture_lr
+        Learning rate of the new components.
+    batch_size
+        Cells per block.
+    memory_budget_mb
+        Bound on the largest temporary of the best-start search.
+
+    Returns
+    -------
+    Dict with ``latent`` (n, L), ``covariate`` (n, dV), ``nll`` (n, 2) (NaN where absent),
+    ``library_total`` (n, 2) (NaN where absent) and ``start`` (n, 2).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = module.config
+    device = torch.device(device)
+    n = query.n_cells
+    L, d = cfg.latent_dim, cfg.covariate_dim
+    V = len(module.covariates)
+    observed = {}
+    for m, obs in query.observed.items():
+        full = obs.size == module.dispersion_rho[m].numel()
+        observed[m] = None if full else torch.from_numpy(obs).to(device)
+    dispersion = {
+        m: module.dispersion(m).detach() if observed[m] is None else module.dispersion(m).detach()[observed[m]]
+        for m in query.counts
+    }
+    budget = max(1, int(memory_budget_mb * 2**20 / 4 / 3))  # float32, ~3 live temporaries
+    learning = new_components is not None and any(len(c) for c in new_components)
+
+    # ---- 1. best start
+    cov_vectors, combos = _covariate_candidates(module, d)
+    cov_vectors = cov_vectors.to(device)
+    K = module.basal.n_components
+    n_combo = combos.shape[0]
+    known = class_codes >= 0
+    if learning:
+        # a cell of a class being learned has no mean to start from yet: search the known ones
+        known = known & ~np.stack([np.isin(class_codes[:, v], new_components[v]) for v in range(V)], 1)
+        combo_known = np.ones(n_combo, dtype=bool)
+        for v in range(V):
+            combo_known &= ~np.isin(combos[:, v], new_components[v])
+    else:
+        combo_known = np.ones(n_combo, dtype=bool)
+    with torch.no_grad():
+        basal_means = module.basal.mean.detach()
+        cand_basal = basal_means.repeat_interleave(n_combo, 0)  # (K*C, L): k major
+        cand_cov = cov_vectors.repeat(K, 1)
+        cand_logp = module.decode(cand_basal, cand_cov, list(query.counts))
+        cand_logp = {m: _observed_log_fraction(v, observed[m]) for m, v in cand_logp.items()}
+
+    chunks = _chunks(query.present, batch_size)
+    start = np.zeros((n, 2), dtype=np.int64)
+    basal0 = torch.zeros(n, L)
+    cov0 = torch.zeros(n, d * V)
+    for chunk in chunks:
+        batch = _gather(query, chunk, device)
+        score = 0
+        for m in chunk.modalities:
+            score = score + candidate_scores(
+                cand_logp[m], dispersion[m], batch["log_library"][m], *batch["counts"][m], budget_elements=budget
+            )
+        score = score.view(len(chunk.cells), K, n_combo)
+        allowed = torch.from_numpy(np.broadcast_to(combo_known, (len(chunk.cells), n_combo)).copy())
+        if covariate_start == "label" and V:
+            codes = class_codes[chunk.cells]
+            labelled = known[chunk.cells].all(axis=1)
+            match = (combos[None, :, :] == codes[:, None, :]).all(axis=2)
+            allowed[labelled] = torch.from_numpy(match[labelled])
+        score = score.masked_fill(~allowed.to(device).unsqueeze(1), float("inf"))
+        best = score.view(len(chunk.cells), -1).argmin(dim=1).cpu()
+        k_best, c_best = best // n_combo, best % n_combo
+        start[chunk.cells, 0] = k_best.numpy()
+        start[chunk.cells, 1] = c_best.numpy()
+        basal0[chunk.cells] = basal_means[k_best.to(device)].cpu()
+        cov0[chunk.cells] = cov_vectors[c_best.to(device)].cpu()
+
+    mixture_opt = None
+    if learning:
+        with torch.no_grad():
+            for v, comps in enumerate(new_components):
+                mix = module.covariates[v]
+                for c in comps:
+                    members = class_codes[:, v] == c
+                    mix.mean[c] = cov0[members, v * d : (v + 1) * d].mean(0).to(device)
+                    cov0[members, v * d : (v + 1) * d] = mix.mean[c].cpu()
+        params = [
+            p
+            for v, mix in enumerate(module.covariates)
+            if len(new_components[v])
+            for p in (mix.mean, mix.log_precision)
+        ]
+        for p in params:
+            p.requires_grad_(True)
+        mixture_opt = torch.optim.Adam(params, lr=mixture_lr, betas=betas)
+
+    # ---- 2. optimisation
+    basal_t = RepresentationTable(basal0).to(device)
+    cov_t = RepresentationTable(cov0).to(device)
+    labels_t = torch.from_numpy(np.where(class_codes >= 0, class_codes, 0)).to(device)
+    rep_kw = {"lr": lr, "betas": betas, "weight_decay": 0.0}
+    weight = {
+        v: (mix.n_components if cfg.covariate_weight_by_classes else 1.0) for v, mix in enumerate(module.covariates)
+    }
+
+    def step_chunk(chunk: _Chunk, batch: dict[str, Any], grads_acc: list | None) -> None:
+        idx = torch.from_numpy(chunk.cells).to(device)
+        zb, zc = basal_t.rows(idx), cov_t.rows(idx)
+        nll = _reconstruction_nll(module, zb, zc, batch, observed)
+        loss = sum(v.sum() for v in nll.values()) - module.basal.log_prob(zb).sum()
+        for v, mix in enumerate(module.covariates):
+            c = zc[:, v * d : (v + 1) * d]
+            if supervised:
+                loss = loss - weight[v] * mix.class_log_prob(c, labels_t[idx, v]).sum()
+            else:
+                loss = loss - mix.log_prob(c).sum()
+        inputs = [zb] + ([zc] if V else [])
+        extra = list(mixture_opt.param_groups[0]["params"]) if mixture_opt is not None else []
+        grads = torch.autograd.grad(loss, inputs + extra)
+        basal_t.accumulate(idx, grads[0])
+        if V:
+            cov_t.accumulate(idx, grads[1])
+        basal_t.step(**rep_kw)
+        cov_t.step(**rep_kw)
+        if grads_acc is not None:
+            for acc, g in zip(grads_acc, grads[len(inputs) :], strict=True):
+                acc += g
+
+    total = n_steps * len(chunks)
+    bar = tqdm(total=total, desc="Embedding", unit="step", disable=None if progress_bar else True)
+    with torch.enable_grad():
+        if not learning:
+            for chunk in chunks:  # cells are independent: all steps of one block, then the next
+                batch = _gather(query, chunk, device)
+                for _ in range(n_steps):
+                    step_chunk(chunk, batch, None)
+                    bar.update(1)
+        else:
+            params = mixture_opt.param_groups[0]["params"]
+            masks = []
+            for v, mix in enumerate(module.covariates):
+                if len(new_components[v]):
+                    mask = torch.zeros(mix.n_components, 1, device=device)
+                    mask[torch.from_numpy(np.asarray(new_components[v]))] = 1.0
+                    masks += [mask, mask]
+            for _ in range(n_steps):
+                acc = [torch.zeros_like(p) for p in params]
+                for chunk in chunks:
+                    step_chunk(chunk, _gather(query, chunk, device), acc)
+                    bar.update(1)
+                hyper = -sum(
+                    mix.hyperprior_log_prob() for v, mix in enumerate(module.covariates) if len(new_components[v])
+                )
+                hgrads = torch.autograd.grad(hyper, params)
+                for p, a, h, mask in zip(params, acc, hgrads, masks, strict=True):
+                    p.grad = (a + h) * mask  # old components get exactly zero
+                mixture_opt.step()
+                mixture_opt.zero_grad(set_to_none=True)
+    bar.close()
+
+    # ---- 3. final losses and library totals
+    nll_out = np.full((n, 2), np.nan)
+    total_lib = np.full((n, 2), np.nan)
+    with torch.no_grad():
+        for chunk in chunks:
+            batch = _gather(query, chunk, device)
+            idx = torch.from_numpy(chunk.cells).to(device)
+            zb, zc = basal_t.values[idx], cov_t.values[idx]
+            nll = _reconstruction_nll(module, zb, zc, batch, observed)
+            logf = module.decode(zb, zc, chunk.modalities)
+            for m in chunk.modalities:
+                j = MODALITIES.index(m)
+                nll_out[chunk.cells, j] = nll[m].double().cpu().numpy()
+                obs = observed[m]
+                covered = torch.zeros(len(idx), device=device) if obs is None else torch.logsumexp(logf[m][:, obs], 1)
+                total_lib[chunk.cells, j] = (batch["log_library"][m] - covered).exp().double().cpu().numpy()
+    return {
+        "latent": basal_t.values.cpu().numpy(),
+        "covariate": cov_t.values.cpu().numpy(),
+        "nll": nll_out,
+        "library_total": total_lib,
+        "start": start,
+    }

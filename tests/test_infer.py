@@ -1,0 +1,399 @@
+"""New cells: best start, feature matching, single-modality inference, new covariate classes."""
+
+import copy
+import logging
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.stats import nbinom
+
+from multidgd import DGD, ModelConfig, TrainConfig
+from multidgd.inference import candidate_scores
+
+from .conftest import make_mudata
+
+FAST = TrainConfig(batch_size=32, min_epochs=2, patience=2, checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def all_data():
+    # batches b0..b3; the model sees b0 and b1 only
+    return make_mudata(n_cells=240, n_batches=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(all_data):
+    seen = all_data.obs["batch"].isin(["b0", "b1"]).to_numpy()
+    train = all_data[seen].copy()
+    model = DGD(train, cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
+    return model.train(max_epochs=6, seed=0, device="cpu", config=FAST, progress_bar=False)
+
+
+@pytest.fixture
+def model(trained):
+    return copy.deepcopy(trained)
+
+
+def _query(all_data, batches=("b0", "b1"), n=40):
+    keep = np.flatnonzero(all_data.obs["batch"].isin(batches).to_numpy())[:n]
+    return all_data[keep].copy()
+
+
+def _nb_nll(x, mu, r):
+    """Per-cell NB NLL by scipy: x (n, F), mu (n, F), r (F,)."""
+    return -nbinom.logpmf(x, r[None, :], r[None, :] / (r[None, :] + mu)).sum(axis=1)
+
+
+def _dense(x):
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.module.state_dict().items()}, {
+        k: t.values.clone() for k, t in model._state.tables.items()
+    }
+
+
+def _assert_same(a, b):
+    for k in a[0]:
+        assert torch.equal(a[0][k], b[0][k]), k
+    for k in a[1]:
+        assert torch.equal(a[1][k], b[1][k]), k
+
+
+# ---------------------------------------------------------------------------- scoring
+@pytest.mark.parametrize("budget", [10**9, 300, 7])
+def test_candidate_scores_match_scipy_up_to_a_per_cell_constant(budget):
+    rng = np.random.default_rng(0)
+    n, J, F = 6, 5, 40
+    logits = torch.from_numpy(rng.normal(size=(J, F)))
+    log_p = torch.log_softmax(logits, dim=1)
+    r = torch.from_numpy(rng.uniform(0.5, 5, F))
+    lib = rng.uniform(20, 200, n)
+    x = rng.poisson(np.exp(log_p.numpy())[rng.integers(0, J, n)] * lib[:, None]).astype(np.float64)
+    xs = sp.coo_matrix(x)
+    score = candidate_scores(
+        log_p,
+        r,
+        torch.from_numpy(np.log(lib)),
+        torch.from_numpy(xs.row.astype(np.int64)),
+        torch.from_numpy(xs.col.astype(np.int64)),
+        torch.from_numpy(xs.data),
+        budget_elements=budget,
+    ).numpy()
+    exact = np.stack([_nb_nll(x, np.exp(log_p.numpy()[j])[None] * lib[:, None], r.numpy()) for j in range(J)], 1)
+    # the lgamma terms do not depend on the candidate: differences between candidates are exact
+    np.testing.assert_allclose(score - score[:, :1], exact - exact[:, :1], rtol=1e-9, atol=1e-8)
+
+
+def test_best_start_is_the_brute_force_best_pair(model, all_data):
+    query = _query(all_data, n=30)
+    emb = model.infer(query, n_steps=0, device="cpu", progress_bar=False)
+    module = model.module
+    K, C = model.n_components, len(model.covariate_categories[0])
+    x = {m: _dense(query.mod[m].X) for m in ("rna", "atac")}
+    lib = {m: x[m].sum(1) for m in x}
+    total = np.zeros((30, K * C))
+    with torch.no_grad():
+        for k in range(K):
+            for c in range(C):
+                logf = module.decode(module.basal.mean[k : k + 1], module.covariates[0].mean[c : c + 1])
+                for m in x:
+                    mu = np.exp(logf[m].double().numpy()) * lib[m][:, None]
+                    total[:, k * C + c] += _nb_nll(x[m], mu, module.dispersion(m).detach().double().numpy())
+    best = total.argmin(1)
+    np.testing.assert_array_equal(emb.start_candidate[:, 0] * C + emb.start_candidate[:, 1], best)
+    # with no steps the representations are the chosen means
+    np.testing.assert_allclose(emb.latent, module.basal.mean.detach().numpy()[best // C], rtol=0, atol=0)
+    # the reported NLL is the exact NB NLL at the representation
+    with torch.no_grad():
+        logf = module.decode(torch.from_numpy(emb.latent), torch.from_numpy(emb.covariate))
+    for m in x:
+        mu = np.exp(logf[m].double().numpy()) * lib[m][:, None]
+        expected = _nb_nll(x[m], mu, module.dispersion(m).detach().double().numpy())
+        np.testing.assert_allclose(emb.nll[f"nll_{m}"], expected, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- inference
+def test_optimisation_lowers_the_loss_and_leaves_the_model_unchanged(model, all_data):
+    query = _query(all_data)
+    before = _snapshot(model)
+    start = model.infer(query, n_steps=0, device="cpu", progress_bar=False)
+    emb = model.infer(query, n_steps=50, device="cpu", progress_bar=False)
+    _assert_same(before, _snapshot(model))
+    assert model.covariate_categories == [["b0", "b1"]]
+    assert emb.latent.shape == (40, 20) and emb.covariate.shape == (40, 2)
+    assert (emb.nll.sum(axis=1) < start.nll.sum(axis=1) + 1e-3).mean() > 0.9
+    np.testing.assert_allclose(emb.cluster_probabilities.sum(1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(emb.cluster, emb.cluster_probabilities.argmax(1))
+    assert (emb.library_size_source == "observed").all()
+    np.testing.assert_allclose(emb.library_size[:, 0], _dense(query.mod["rna"].X).sum(1), rtol=1e-5)
+
+
+def test_feature_reordering_gives_the_same_result(model, all_data):
+    query = _query(all_data)
+    shuffled = md.MuData(
+        {
+            "rna": query.mod["rna"][:, ::-1].copy(),
+            "atac": query.mod["atac"][:, np.random.default_rng(0).permutation(60)].copy(),
+        }
+    )
+    shuffled.obs = query.obs.copy()
+    a = model.infer(query, device="cpu", progress_bar=False)
+    b = model.infer(shuffled, device="cpu", progress_bar=False)
+    np.testing.assert_allclose(a.latent, b.latent, atol=1e-5)
+    np.testing.assert_allclose(a.nll.to_numpy(), b.nll.to_numpy(), rtol=1e-5)
+    assert b.n_absent_features == {"rna": 0, "atac": 0}
+
+
+def test_feature_subset_is_left_out_of_the_loss(model, all_data, caplog):
+    query = _query(all_data)
+    keep = np.r_[0:20, 25:30]  # 25 of 30 genes, plus 2 genes the model never saw
+    rna = query.mod["rna"][:, keep].copy()
+    extra = ad.AnnData(sp.csr_matrix(np.ones((40, 2), dtype=np.float32)), obs=rna.obs.copy())
+    extra.var_names = ["unknownA", "unknownB"]
+    rna = ad.concat([rna, extra], axis=1)
+    rna.obs = query.obs.copy()
+    sub = md.MuData({"rna": rna, "atac": query.mod["atac"].copy()})
+    sub.obs = query.obs.copy()
+    with caplog.at_level(logging.WARNING):
+        emb = model.infer(sub, device="cpu", progress_bar=False)
+    assert emb.n_absent_features == {"rna": 5, "atac": 0}
+    assert "25 of the model's 30 features found; 5 absent" in caplog.text
+    assert "2 features unknown to the model ignored" in caplog.text
+    # NLL over the 25 genes with fractions renormalised over them
+    with torch.no_grad():
+        logf = model.module.decode(torch.from_numpy(emb.latent), torch.from_numpy(emb.covariate))["rna"].double()
+    p = np.exp(logf.numpy())[:, keep]
+    x = _dense(query.mod["rna"].X)[:, keep]
+    mu = p / p.sum(1, keepdims=True) * x.sum(1, keepdims=True)
+    expected = _nb_nll(x, mu, model.module.dispersion("rna").detach().double().numpy()[keep])
+    np.testing.assert_allclose(emb.nll["nll_rna"], expected, rtol=1e-4)
+    # library over all genes: observed total / decoded fraction of the genes present
+    np.testing.assert_allclose(emb.library_size[:, 0], x.sum(1) / p.sum(1), rtol=1e-4)
+
+
+def test_too_few_matching_features_is_refused(model, all_data):
+    query = _query(all_data)
+    rna = query.mod["rna"][:, :10].copy()
+    sub = md.MuData({"rna": rna, "atac": query.mod["atac"].copy()})
+    sub.obs = query.obs.copy()
+    with pytest.raises(ValueError, match="only 10 of the model's 30 RNA"):
+        model.infer(sub, device="cpu", progress_bar=False)
+    model.infer(sub, device="cpu", progress_bar=False, min_feature_fraction=0.3, n_steps=1)
+
+
+def _single(query, m):
+    out = md.MuData({m: query.mod[m].copy()})
+    out.obs = query.obs.copy()
+    return out
+
+
+@pytest.mark.parametrize("present", ["rna", "atac"])
+def test_single_modality_inference_and_prediction(model, all_data, present):
+    query = _query(all_data, n=30)
+    missing = "atac" if present == "rna" else "rna"
+    start = model.infer(_single(query, present), n_steps=0, device="cpu", progress_bar=False)
+    # the start is the best pair by the present modality alone
+    module = model.module
+    K, C = model.n_components, 2
+    x = _dense(query.mod[present].X)
+    scores = np.zeros((30, K * C))
+    with torch.no_grad():
+        for k in range(K):
+            for c in range(C):
+                logf = module.decode(module.basal.mean[k : k + 1], module.covariates[0].mean[c : c + 1])[present]
+                mu = np.exp(logf.double().numpy()) * x.sum(1, keepdims=True)
+                scores[:, k * C + c] = _nb_nll(x, mu, module.dispersion(present).detach().double().numpy())
+    np.testing.assert_array_equal(start.start_candidate[:, 0] * C + start.start_candidate[:, 1], scores.argmin(1))
+
+    emb = model.infer(_single(query, present), device="cpu", progress_bar=False)
+    j = ("rna", "atac").index(present)
+    assert emb.observed[:, j].all() and not emb.observed[:, 1 - j].any()
+    assert emb.nll[f"nll_{missing}"].isna().all() and emb.nll[f"nll_{present}"].notna().all()
+    assert (emb.library_size_source[:, 1 - j] == "estimated").all()
+    getter = model.get_normalized_accessibility if missing == "atac" else model.get_normalized_expression
+    frac = getter(emb)
+    assert frac.shape == (30, len(model.var_names[missing]))
+    np.testing.assert_allclose(frac.sum(1), 1, rtol=1e-5)
+    with torch.no_grad():
+        logf = module.decode(torch.from_numpy(emb.latent), torch.from_numpy(emb.covariate))[missing]
+    np.testing.assert_allclose(frac.to_numpy(), np.exp(logf.numpy()), rtol=1e-5)
+    # the estimated library is the median of the 15 nearest trained cells' libraries
+    ref = np.concatenate([model._state.tables[t].values.numpy() for t in ("train_basal", "val_basal")])
+    libs = np.concatenate([model._table_library[t].numpy() for t in ("train", "val")])[:, 1 - j]
+    d = ((emb.latent[:, None, :] - ref[None]) ** 2).sum(-1)
+    expected = np.array([np.median(np.sort(libs[np.argsort(row)[:15]])[:15]) for row in d])
+    near = np.argsort(d, axis=1)[:, :15]
+    expected = np.array([torch.from_numpy(libs[idx]).median().item() for idx in near])
+    np.testing.assert_allclose(emb.library_size[:, 1 - j], expected, rtol=1e-6)
+    counts = getter(emb, scale="counts", return_type="array")
+    np.testing.assert_allclose(counts, frac.to_numpy() * expected[:, None], rtol=1e-5)
+
+
+def test_library_size_from_obs_column(model, all_data):
+    query = _query(all_data, n=20)
+    single = _single(query, "rna")
+    single.obs["atac_total"] = np.arange(1, 21) * 10.0
+    emb = model.infer(single, atac_library_key="atac_total", device="cpu", progress_bar=False, n_steps=2)
+    assert (emb.library_size_source[:, 1] == "given").all()
+    np.testing.assert_allclose(emb.library_size[:, 1], np.arange(1, 21) * 10.0)
+
+
+def test_cells_lacking_one_modality_in_a_mudata(model, all_data):
+    query = _query(all_data, n=30)
+    atac = query.mod["atac"][10:].copy()  # the first ten cells have no ATAC
+    part = md.MuData({"rna": query.mod["rna"].copy(), "atac": atac})
+    part.obs = query.obs.copy()
+    emb = model.infer(part, device="cpu", progress_bar=False)
+    assert list(emb.obs_names[:10]) == list(query.obs_names[:10])
+    assert not emb.observed[:10, 1].any() and emb.observed[10:, 1].all() and emb.observed[:, 0].all()
+    assert emb.nll["nll_atac"].iloc[:10].isna().all() and emb.nll["nll_atac"].iloc[10:].notna().all()
+    # the paired cells get the same result as in a fully paired run
+    paired = model.infer(query[10:].copy(), device="cpu", progress_bar=False)
+    np.testing.assert_allclose(emb.latent[10:], paired.latent, atol=1e-5)
+
+
+def test_anndata_inputs(model, all_data):
+    query = _query(all_data, n=20)
+    # one AnnData of peaks without feature_types: matched by name
+    a = model.infer(query.mod["atac"].copy(), device="cpu", progress_bar=False, n_steps=3)
+    assert a.observed[:, 1].all() and not a.observed[:, 0].any()
+    # one AnnData with both, marked by feature_types
+    both = ad.concat([query.mod["rna"], query.mod["atac"]], axis=1)
+    both.var["feature_types"] = ["Gene Expression"] * 30 + ["Peaks"] * 60
+    both.obs = query.obs.copy()
+    b = model.infer(both, device="cpu", progress_bar=False, n_steps=3)
+    c = model.infer(query, device="cpu", progress_bar=False, n_steps=3)
+    np.testing.assert_allclose(b.latent, c.latent, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- new classes
+def test_naive_new_class_changes_nothing(model, all_data):
+    before = _snapshot(model)
+    emb = model.infer(_query(all_data, ["b2"], n=20), device="cpu", progress_bar=False)
+    _assert_same(before, _snapshot(model))
+    assert emb.learned_classes == {} and model.covariate_categories == [["b0", "b1"]]
+    assert np.isfinite(emb.covariate).all()
+
+
+def test_two_new_classes_learned_at_once(model, all_data, tmp_path):
+    before = _snapshot(model)
+    query = _query(all_data, ["b2", "b3", "b0"], n=60)
+    emb = model.infer(query, new_classes="learn", device="cpu", progress_bar=False)
+    assert emb.learned_classes == {"batch": ["b2", "b3"]}
+    assert model.covariate_categories == [["b0", "b1", "b2", "b3"]]
+    assert model.learned_classes == {"batch": ["b2", "b3"]}
+    after = _snapshot(model)
+    # every old parameter is unchanged, the new components are there and finite
+    for k, v in before[0].items():
+        if k.startswith("covariates.0."):
+            assert torch.equal(after[0][k][: v.shape[0]], v), k
+            assert after[0][k].shape[0] == v.shape[0] + 2
+        else:
+            assert torch.equal(after[0][k], v), k
+    mix = model.module.covariates[0]
+    assert mix.n_components == 4 and torch.isfinite(mix.mean).all()
+    labels = query.obs["batch"].astype(str).to_numpy()
+    # each cell sits under its own class's component: closer to it than to any other
+    means = mix.mean.detach().numpy()
+    dist = ((emb.covariate[:, None, :] - means[None]) ** 2).sum(-1)
+    own = np.array([["b0", "b1", "b2", "b3"].index(b) for b in labels])
+    assert (dist.argmin(1) == own).mean() > 0.9
+
+    # kept by save -> load, and used for later data of that class
+    model.save(tmp_path / "m.pt")
+    loaded = DGD.load(tmp_path / "m.pt")
+    assert loaded.covariate_categories == [["b0", "b1", "b2", "b3"]]
+    assert loaded.learned_classes == {"batch": ["b2", "b3"]}
+    for k, v in model.module.state_dict().items():
+        assert torch.equal(loaded.module.state_dict()[k], v), k
+    later = _query(all_data, ["b2"], n=80)[60:]
+    start = loaded.infer(later, covariate_start="label", n_steps=0, device="cpu", progress_bar=False)
+    np.testing.assert_array_equal(start.covariate, np.broadcast_to(means[2], start.covariate.shape))
+    assert start.learned_classes == {}
+    searched = loaded.infer(later, n_steps=0, device="cpu", progress_bar=False)
+    assert searched.start_candidate[:, 1].max() <= 3  # four classes are candidates now
+    with pytest.raises(RuntimeError, match="learned after training"):
+        model.train(max_epochs=1)
+
+
+# ---------------------------------------------------------------------------- getters
+def test_getters_on_training_cells(model):
+    frac = model.get_normalized_expression()
+    where, _, _ = model._cell_rows()
+    assert frac.shape == (int((where >= 0).sum()), 30)
+    np.testing.assert_allclose(frac.to_numpy(), model.decode("rna")[where >= 0], rtol=1e-6)
+    sub = model.get_normalized_accessibility(peaks=["chr1:500-550", "chr1:0-50"], cells=[0, 3])
+    full = model.get_normalized_accessibility(return_type="array")
+    np.testing.assert_allclose(sub.to_numpy(), full[[0, 3]][:, [5, 0]], rtol=1e-6)
+    assert list(sub.columns) == ["chr1:500-550", "chr1:0-50"]
+    counts = model.get_normalized_accessibility(scale="counts", return_type="array")
+    lib = model._gather_library()[where >= 0, 1]
+    np.testing.assert_allclose(counts, full * lib[:, None], rtol=1e-5)
+    thr = np.quantile(full, 0.9)
+    sparse = model.get_normalized_accessibility(return_type="sparse", threshold=thr)
+    assert sp.issparse(sparse)
+    np.testing.assert_allclose(sparse.toarray(), np.where(full >= thr, full, 0), rtol=1e-6)
+    with pytest.raises(ValueError, match="large dense matrix"):
+        model.get_normalized_accessibility(max_dense_elements=100)
+    with pytest.raises(ValueError, match="needs threshold"):
+        model.get_normalized_accessibility(return_type="sparse")
+    with pytest.raises(ValueError, match="not found"):
+        model.get_normalized_expression(genes=["nope"])
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_new_data_is_refused_before_work(model, all_data):
+    query = _query(all_data, n=20)
+    renamed = md.MuData({"x": query.mod["rna"].copy(), "y": query.mod["atac"].copy()})
+    with pytest.raises(ValueError, match="none of the model's modalities"):
+        model.infer(renamed, device="cpu", progress_bar=False)
+    model.infer(renamed, rna_mod="x", atac_mod="y", device="cpu", progress_bar=False, n_steps=1)
+
+    no_cov = query.copy()
+    no_cov.obs = no_cov.obs.drop(columns="batch")
+    for m in no_cov.mod.values():
+        m.obs = m.obs.drop(columns="batch")
+    with pytest.raises(ValueError, match="no obs column 'batch'"):
+        model.infer(no_cov, device="cpu", progress_bar=False)
+
+    wrong = query.copy()
+    wrong.mod["rna"].var_names = [f"other{i}" for i in range(30)]
+    with pytest.raises(ValueError, match="only 0 of the model's 30"):
+        model.infer(wrong, device="cpu", progress_bar=False)
+
+    frac = query.copy()
+    frac.mod["rna"].X = frac.mod["rna"].X * 0.5
+    with pytest.raises(ValueError, match="non-integer"):
+        model.infer(frac, device="cpu", progress_bar=False)
+
+    empty = query.copy()
+    for m in ("rna", "atac"):
+        x = empty.mod[m].X.toarray()
+        x[3] = 0
+        empty.mod[m].X = sp.csr_matrix(x)
+    with pytest.raises(ValueError, match="1 of 20 cells have no counts"):
+        model.infer(empty, device="cpu", progress_bar=False)
+
+    for kw, msg in [
+        ({"new_classes": "maybe"}, "new_classes"),
+        ({"covariate_start": "x"}, "covariate_start"),
+        ({"n_steps": -1}, "n_steps"),
+        ({"lr": 0}, "lr"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            model.infer(query, device="cpu", progress_bar=False, **kw)
+    with pytest.raises(TypeError, match="MuData or an AnnData"):
+        model.infer(pd.DataFrame(), device="cpu")
+
+
+def test_infer_needs_a_trained_model(all_data):
+    untrained = DGD(all_data, cell_type_key="cell_type", covariate_keys=["batch"])
+    with pytest.raises(RuntimeError, match="not trained"):
+        untrained.infer(all_data)
