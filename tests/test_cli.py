@@ -103,3 +103,78 @@ def test_demo_data_is_bundled():
     assert isinstance(m, md.MuData)
     assert m["rna"].shape == (1723, 1677) and m["atac"].shape == (1723, 25734)
     assert {"cell_type", "sample"} <= set(m.obs.columns)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from multidgd import DGD, ModelConfig, TrainConfig
+
+    from .conftest import make_mudata
+
+    data = make_mudata(n_cells=200, n_batches=3, seed=5)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    seen = data[data.obs["batch"].isin(["b0", "b1"]).to_numpy()].copy()
+    model = DGD(seen, cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
+    model.train(max_epochs=3, device="cpu", config=TrainConfig(batch_size=32), progress_bar=False)
+    model.save(path)
+    return path, data
+
+
+def test_embed_naive_and_learn(saved_model, tmp_path, capsys):
+    from multidgd import DGD
+
+    model_path, data = saved_model
+    query = data[data.obs["batch"].isin(["b1", "b2"]).to_numpy()].copy()
+    query.write(tmp_path / "q.h5mu")
+    out = tmp_path / "emb.h5mu"
+    args = ["embed", str(model_path), str(tmp_path / "q.h5mu"), "--out", str(out), "--steps", "5", "--quiet"]
+    assert main([*args, "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cells"] == query.n_obs and "learned_classes" not in summary
+    result = read(out)
+    assert result.obsm["X_multidgd"].shape == (query.n_obs, 20)
+    assert result.obsm["X_multidgd_batch"].shape == (query.n_obs, 2)
+    for col in ("multidgd_cluster", "multidgd_nll_rna", "multidgd_nll_atac"):
+        assert result.obs[col].notna().all()
+    assert main([*args, "--new-classes", "learn", "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["learned_classes"] == {"batch": ["b2"]}
+    updated = DGD.load(summary["model_out"])
+    assert updated.covariate_categories == [["b0", "b1", "b2"]]
+    assert DGD.load(model_path).covariate_categories == [["b0", "b1"]]  # the input model is untouched
+
+
+def test_predict_missing_modality(saved_model, tmp_path, capsys):
+    model_path, data = saved_model
+    rna = data.mod["rna"][:25].copy()
+    rna.obs["batch"] = data.obs["batch"].iloc[:25].to_numpy()
+    rna.write(tmp_path / "rna.h5ad")
+    out = tmp_path / "pred.h5mu"
+    code = main(
+        ["predict", str(model_path), str(tmp_path / "rna.h5ad"), "--out", str(out), "--quiet", "--device", "cpu"]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["predicted_modalities"] == ["atac_predicted"]
+    result = read(out)
+    assert set(result.mod) == {"rna", "atac_predicted"}
+    pred = result.mod["atac_predicted"]
+    assert pred.shape == (25, 60)
+    x = pred.X.toarray() if sp.issparse(pred.X) else pred.X
+    # counts = fractions x library size: each row sums to its library size
+    np.testing.assert_allclose(x.sum(1), pred.obs["library_size"], rtol=1e-4)
+    assert (pred.obs["library_size_source"] == "estimated").all()
+    assert result.obs["multidgd_nll_atac"].isna().all()
+
+
+def test_embed_bad_input_exits_with_a_message(saved_model, tmp_path, capsys):
+    model_path, data = saved_model
+    q = data[:20].copy()
+    q.obs = q.obs.drop(columns="batch")
+    for m in q.mod.values():
+        m.obs = m.obs.drop(columns="batch")
+    q.write(tmp_path / "q.h5mu")
+    code = main(["embed", str(model_path), str(tmp_path / "q.h5mu"), "--out", str(tmp_path / "o.h5mu"), "--quiet"])
+    assert code == 2
+    assert "no obs column 'batch'" in capsys.readouterr().err
+    assert not (tmp_path / "o.h5mu").exists()

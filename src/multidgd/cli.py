@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "train_and_report"]
+__all__ = ["main", "train_and_report", "embed_and_write"]
 
 logger = logging.getLogger("multidgd")
 
@@ -135,6 +135,93 @@ def train_and_report(
     return summary
 
 
+def embed_and_write(
+    model_path: Path,
+    data_path: Path,
+    out: Path,
+    *,
+    predict: bool = False,
+    denoise: bool = False,
+    threshold: float | None = None,
+    model_out: Path | None = None,
+    **infer_kw: Any,
+) -> dict[str, Any]:
+    """Embed the cells of ``data_path`` into a saved model and write the annotated data.
+
+    With ``predict``, every modality that some cells lack is added, for all cells, as a
+    modality ``<name>_predicted`` holding predicted counts (``denoise`` adds the present
+    ones too). Returns a summary.
+    """
+    import anndata as ad
+    import mudata as md
+    import scipy.sparse as sp
+
+    from .data import MODALITIES
+    from .io import read, write
+    from .model import DGD
+
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"--threshold must be > 0, got {threshold}")
+    model = DGD.load(model_path)
+    data = read(data_path)
+    t0 = time.perf_counter()
+    emb = model.infer(data, **infer_kw)
+    seconds = time.perf_counter() - t0
+    summary: dict[str, Any] = {
+        "data": data_path.name,
+        "cells": emb.n_cells,
+        "cells_with_rna": int(emb.observed[:, 0].sum()),
+        "cells_with_atac": int(emb.observed[:, 1].sum()),
+        "absent_features": emb.n_absent_features,
+        "mean_nll_rna": _nan_mean(emb.nll["nll_rna"]),
+        "mean_nll_atac": _nan_mean(emb.nll["nll_atac"]),
+        "seconds": round(seconds, 1),
+    }
+    if emb.learned_classes:
+        model_out = model_out or out.with_name(out.stem + ".model.pt")
+        model.save(model_out)
+        summary["learned_classes"] = emb.learned_classes
+        summary["model_out"] = str(model_out)
+
+    if predict:
+        if isinstance(data, ad.AnnData):
+            present = [m for j, m in enumerate(MODALITIES) if emb.observed[:, j].any()]
+            name = model.source_modality[present[0]] if len(present) == 1 else "input"
+            data = md.MuData({name: data})
+        predicted = []
+        for j, m in enumerate(MODALITIES):
+            if emb.observed[:, j].all() and not denoise:
+                continue
+            getter = model.get_normalized_expression if m == "rna" else model.get_normalized_accessibility
+            kw = {"return_type": "sparse", "threshold": threshold} if threshold else {"return_type": "array"}
+            x = getter(emb, scale="counts", **kw)
+            if not sp.issparse(x):
+                x = x.astype(np.float32)
+            key = f"{model.source_modality.get(m, m)}_predicted"
+            pred = ad.AnnData(x, obs=pd_frame(emb.obs_names), var=pd_frame(model.var_names[m]))
+            pred.obs["library_size"] = emb.library_size[:, j]
+            pred.obs["library_size_source"] = emb.library_size_source[:, j]
+            pred.obs["observed"] = emb.observed[:, j]
+            data.mod[key] = pred
+            predicted.append(key)
+        data.update()
+        summary["predicted_modalities"] = predicted
+    emb.add_to(data)
+    summary["out"] = str(write(data, out))
+    return summary
+
+
+def pd_frame(index) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(index=pd.Index([str(x) for x in index]))
+
+
+def _nan_mean(values) -> float | None:
+    values = np.asarray(values, dtype=float)
+    return None if np.isnan(values).all() else round(float(np.nanmean(values)), 3)
+
+
 def _obs_column(data: Any, key: str, obs_names) -> np.ndarray:
     from .data import obs_column
 
@@ -184,6 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cell-type-key", default=None)
     train.add_argument("--covariate-keys", nargs="*", default=[])
     _add_common(train, default_epochs=1000)
+    for name, text in (
+        ("embed", "place new cells into a trained model (no retraining)"),
+        ("predict", "embed new cells and predict the modality they lack"),
+    ):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("model", type=Path, help="model file written by train (model.pt)")
+        q.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts")
+        q.add_argument("--out", type=Path, required=True, help="output .h5mu (or .h5ad for embed of an AnnData)")
+        q.add_argument("--new-classes", choices=["naive", "learn"], default="naive")
+        q.add_argument("--covariate-start", choices=["search", "label"], default="search")
+        q.add_argument("--steps", type=int, default=50, help="representation steps after the best start")
+        q.add_argument("--rna-mod", default=None)
+        q.add_argument("--atac-mod", default=None)
+        q.add_argument("--layer", default=None)
+        q.add_argument("--rna-library-key", default=None, help="obs column with RNA library sizes")
+        q.add_argument("--atac-library-key", default=None, help="obs column with ATAC library sizes")
+        q.add_argument("--model-out", type=Path, default=None, help="where a model with learned classes is written")
+        q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        q.add_argument("--quiet", action="store_true")
+        if name == "predict":
+            q.add_argument("--denoise", action="store_true", help="also write decoded present modalities")
+            q.add_argument("--threshold", type=float, default=None, help="store predictions >= this, sparse")
     return parser
 
 
@@ -193,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     from .datasets import demo_path
     from .io import read
 
+    if args.command in ("embed", "predict"):
+        return _main_embed(args)
     try:
         if args.command == "demo":
             path = demo_path()
@@ -228,6 +339,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multidgd: interrupted; rerun with --resume to continue from {out / 'checkpoint.pt'}", file=sys.stderr)
         return 130
     _print_summary(summary, out)
+    return 0
+
+
+def _main_embed(args: argparse.Namespace) -> int:
+    kw = {
+        "predict": args.command == "predict",
+        "model_out": args.model_out,
+        "new_classes": args.new_classes,
+        "covariate_start": args.covariate_start,
+        "n_steps": args.steps,
+        "rna_mod": args.rna_mod,
+        "atac_mod": args.atac_mod,
+        "layer": args.layer,
+        "rna_library_key": args.rna_library_key,
+        "atac_library_key": args.atac_library_key,
+        "device": args.device,
+        "progress_bar": not args.quiet,
+    }
+    if args.command == "predict":
+        kw.update(denoise=args.denoise, threshold=args.threshold)
+    try:
+        summary = embed_and_write(args.model, args.data, args.out, **kw)
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
+        print(f"multidgd: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
     return 0
 
 
