@@ -99,16 +99,8 @@ class Embedding:
 
     def covariate_representation(self, key: str | None = None) -> np.ndarray:
         """(n, d) representation of one covariate (default: the only one)."""
-        if not self.covariate_keys:
-            raise ValueError("the model has no covariates")
-        if key is None:
-            if len(self.covariate_keys) > 1:
-                raise ValueError(f"several covariates; pass key= one of {self.covariate_keys}")
-            key = self.covariate_keys[0]
-        if key not in self.covariate_keys:
-            raise ValueError(f"covariate {key!r} unknown; the model has {self.covariate_keys}")
+        v = covariate_index(self.covariate_keys, key)
         d = self.covariate.shape[1] // len(self.covariate_keys)
-        v = self.covariate_keys.index(key)
         return self.covariate[:, v * d : (v + 1) * d]
 
     def add_to(self, data: Any, prefix: str = "multidgd") -> None:
@@ -137,6 +129,19 @@ class Embedding:
 
 
 # ----------------------------------------------------------------------------- helpers
+def covariate_index(keys: list[str], key: str | None) -> int:
+    """Position of covariate ``key`` in ``keys`` (``None``: the only one), with clear errors."""
+    if not keys:
+        raise ValueError("the model has no covariates")
+    if key is None:
+        if len(keys) > 1:
+            raise ValueError(f"several covariates; pass key= one of {keys}")
+        return 0
+    if key not in keys:
+        raise ValueError(f"covariate {key!r} unknown; the model has {keys}")
+    return keys.index(key)
+
+
 def _observed_log_fraction(log_fraction: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
     """Decoded log-fractions restricted to the features present, renormalised over them."""
     if observed is None:

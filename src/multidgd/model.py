@@ -17,7 +17,7 @@ import torch
 from . import checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import MODALITIES, MultiomeData, gather_rows, make_validation_split, read_multiome
-from .inference import Embedding, embed_cells
+from .inference import Embedding, covariate_index, embed_cells
 from .initialization import kmeans_centres, spectral_embedding
 from .network import DGDModule
 from .query import read_query
@@ -384,15 +384,7 @@ class DGD:
     def get_covariate_representation(self, key: str | None = None) -> np.ndarray:
         """2-D representation of covariate ``key`` (default: the only one), (n_cells, 2)."""
         self._require_trained()
-        if not self.covariate_keys:
-            raise ValueError("the model has no covariates")
-        if key is None:
-            if len(self.covariate_keys) > 1:
-                raise ValueError(f"several covariates; pass key= one of {self.covariate_keys}")
-            key = self.covariate_keys[0]
-        if key not in self.covariate_keys:
-            raise ValueError(f"covariate {key!r} unknown; the model has {self.covariate_keys}")
-        v = self.covariate_keys.index(key)
+        v = covariate_index(self.covariate_keys, key)
         d = self.config.covariate_dim
         return self._gather_table("covariate")[:, v * d : (v + 1) * d]
 
