@@ -397,3 +397,13 @@ def test_infer_needs_a_trained_model(all_data):
     untrained = DGD(all_data, cell_type_key="cell_type", covariate_keys=["batch"])
     with pytest.raises(RuntimeError, match="not trained"):
         untrained.infer(all_data)
+
+
+def test_model_without_covariates(all_data):
+    model = DGD(all_data[:120].copy(), cell_type_key="cell_type", config=ModelConfig(hidden_dim=16))
+    model.train(max_epochs=2, seed=0, device="cpu", config=FAST, progress_bar=False)
+    emb = model.infer(all_data[120:150].copy(), device="cpu", progress_bar=False, n_steps=5)
+    assert emb.covariate.shape == (30, 0) and np.isfinite(emb.latent).all()
+    assert emb.nll.notna().all().all()
+    with pytest.raises(ValueError, match="no covariates"):
+        emb.covariate_representation()
