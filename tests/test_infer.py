@@ -67,10 +67,10 @@ def _assert_same(a, b):
 
 
 # ---------------------------------------------------------------------------- scoring
-@pytest.mark.parametrize("budget", [10**9, 300, 7])
-def test_candidate_scores_match_scipy_up_to_a_per_cell_constant(budget):
+@pytest.mark.parametrize(("budget", "n"), [(10**9, 6), (300, 6), (7, 6), (10**9, 400), (500, 400)])
+def test_candidate_scores_match_scipy_up_to_a_per_cell_constant(budget, n):
     rng = np.random.default_rng(0)
-    n, J, F = 6, 5, 40
+    J, F = 5, 40
     logits = torch.from_numpy(rng.normal(size=(J, F)))
     log_p = torch.log_softmax(logits, dim=1)
     r = torch.from_numpy(rng.uniform(0.5, 5, F))
@@ -88,7 +88,9 @@ def test_candidate_scores_match_scipy_up_to_a_per_cell_constant(budget):
     ).numpy()
     exact = np.stack([_nb_nll(x, np.exp(log_p.numpy()[j])[None] * lib[:, None], r.numpy()) for j in range(J)], 1)
     # the lgamma terms do not depend on the candidate: differences between candidates are exact
-    np.testing.assert_allclose(score - score[:, :1], exact - exact[:, :1], rtol=1e-9, atol=1e-8)
+    # (with 400 cells the zero-count term is interpolated on a grid of log library sizes)
+    tol = 1e-9 if n < 100 else 1e-6
+    np.testing.assert_allclose(score - score[:, :1], exact - exact[:, :1], rtol=tol, atol=tol)
 
 
 def test_best_start_is_the_brute_force_best_pair(model, all_data):
