@@ -351,12 +351,17 @@ def test_getters_on_training_cells(model):
 
 
 # ---------------------------------------------------------------------------- bad input
-def test_bad_new_data_is_refused_before_work(model, all_data):
+def test_bad_new_data_is_refused_before_work(model, all_data, caplog):
     query = _query(all_data, n=20)
     renamed = md.MuData({"x": query.mod["rna"].copy(), "y": query.mod["atac"].copy()})
     with pytest.raises(ValueError, match="none of the model's modalities"):
         model.infer(renamed, device="cpu", progress_bar=False)
     model.infer(renamed, rna_mod="x", atac_mod="y", device="cpu", progress_bar=False, n_steps=1)
+    half = md.MuData({"gex": query.mod["rna"].copy(), "atac": query.mod["atac"].copy()})
+    with caplog.at_level(logging.WARNING):
+        emb = model.infer(half, device="cpu", progress_bar=False, n_steps=1)
+    assert "no modality 'rna' (RNA (genes))" in caplog.text and "['gex'] are not used" in caplog.text
+    assert not emb.observed[:, 0].any()
 
     no_cov = query.copy()
     no_cov.obs = no_cov.obs.drop(columns="batch")

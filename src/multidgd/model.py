@@ -505,7 +505,8 @@ class DGD:
             ``"learn"``: each covariate label unknown to the model becomes a new component,
             learned from its cells' labels with every other parameter frozen; it is kept in
             the model (and in files written by :meth:`save`) for later data of that class.
-            All labelled cells are then scored under their own class's component.
+            When classes are learned, all labelled cells are scored under their own
+            class's component; when every label is known, nothing is learned.
         covariate_start
             ``"search"``: start from the best of every (basal component, covariate class)
             pair; ``"label"``: cells of a class the model knows start at that class's mean

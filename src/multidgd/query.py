@@ -84,6 +84,14 @@ def _modalities_of(data: Any, model_vars: dict[str, pd.Index], names: dict[str, 
                 f"is in the MuData; its modalities are {list(data.mod)}. Pass rna_mod=/atac_mod= "
                 "(CLI: --rna-mod/--atac-mod) to name them."
             )
+        unused = [k for k in data.mod if k not in (names["rna"], names["atac"])]
+        lacking = [f"{names[m]!r} ({_ROLE[m]})" for m in MODALITIES if m not in mods]
+        if lacking:
+            logger.warning(
+                "the MuData has no modality %s, so it is treated as missing%s",
+                " or ".join(lacking),
+                f"; modalities {unused} are not used (pass rna_mod=/atac_mod= to name them)" if unused else "",
+            )
         return mods, [data.obs, *(a.obs for a in mods.values())]
     if isinstance(data, ad.AnnData):
         if "feature_types" in data.var:
