@@ -28,80 +28,33 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from train_quality import stratified_split  # noqa: E402
-
-
-def _counts(adata) -> sp.csr_matrix:
-    return sp.csr_matrix(adata.X, dtype=np.float32)
-
-
-def _single(mdata, name, library_of=None):
-    import mudata as md
-
-    out = md.MuData({name: mdata.mod[name].copy()})
-    out.obs = mdata.obs.copy()
-    if library_of is not None:
-        out.obs["true_library"] = np.asarray(mdata.mod[library_of].X.sum(axis=1)).ravel()
-    return out
+from multidgd.evaluation import _single, stratified_split
 
 
 def run_split(args) -> dict:
     from multidgd import DGD, TrainConfig
+    from multidgd.evaluation import heldout_metrics
     from multidgd.io import read
-    from multidgd.metrics import auprc, mae, rmse
 
     model = DGD.load(args.model)
     mdata = read(args.data)
     split = stratified_split(mdata.obs[args.cell_type_key].astype(str).to_numpy(), args.seed)
     test = mdata[split == "test"].copy()
     train = mdata[split == "train"].copy()
-    x = {m: _counts(test.mod[m]) for m in ("rna", "atac")}
-    lib = {m: np.asarray(x[m].sum(axis=1)).ravel() for m in x}
-    out: dict = {"data": Path(args.data).name, "seed": args.seed, "test_cells": int(test.n_obs)}
-
-    t0 = time.perf_counter()
-    emb = model.infer(test, device="cpu", progress_bar=False)
-    out["embed_seconds"] = round(time.perf_counter() - t0, 2)
-    rna = model.get_normalized_expression(emb, scale="counts", return_type="array")
-    atac = model.get_normalized_accessibility(emb, scale="counts", return_type="array")
-    out["rna_rmse"] = round(rmse(x["rna"], rna), 4)
-    out["rna_mae"] = round(mae(x["rna"], rna), 4)
-    out["atac_auprc"] = round(auprc(x["atac"], atac), 4)
-    out["nll_rna"] = round(float(emb.nll["nll_rna"].mean()), 3)
-    out["nll_atac"] = round(float(emb.nll["nll_atac"].mean()), 3)
-
-    # average-profile baseline
-    for m, key in (("rna", "rna"), ("atac", "atac")):
-        profile = np.asarray(_counts(train.mod[m]).sum(axis=0)).ravel()
-        profile = profile / profile.sum()
-        pred = lib[m][:, None] * profile[None, :]
-        if key == "rna":
-            out["baseline_rna_rmse"] = round(rmse(x["rna"], pred), 4)
-            out["baseline_rna_mae"] = round(mae(x["rna"], pred), 4)
-        else:
-            out["baseline_atac_auprc"] = round(auprc(x["atac"], pred), 4)
-
-    # cross-modal: the hidden modality's true library size scales the prediction
-    e_rna = model.infer(_single(test, "rna", "atac"), atac_library_key="true_library", device="cpu", progress_bar=False)
-    atac_from_rna = model.get_normalized_accessibility(e_rna, scale="counts", return_type="array")
-    out["atac_from_rna_auprc"] = round(auprc(x["atac"], atac_from_rna), 4)
-    out["nll_rna_rna_only"] = round(float(e_rna.nll["nll_rna"].mean()), 3)
-    e_atac = model.infer(_single(test, "atac", "rna"), rna_library_key="true_library", device="cpu", progress_bar=False)
-    rna_from_atac = model.get_normalized_expression(e_atac, scale="counts", return_type="array")
-    out["rna_from_atac_rmse"] = round(rmse(x["rna"], rna_from_atac), 4)
-    out["rna_from_atac_mae"] = round(mae(x["rna"], rna_from_atac), 4)
-    out["nll_atac_atac_only"] = round(float(e_atac.nll["nll_atac"].mean()), 3)
-    # with the library estimated from training neighbours instead
-    e_est = model.infer(_single(test, "rna"), device="cpu", progress_bar=False, n_steps=0)
+    res = heldout_metrics(model, test, train, device="cpu")
+    out: dict = {"data": Path(args.data).name, "seed": args.seed}
+    out.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items() if not k.startswith("_")})
+    # the ATAC library estimated from training neighbours, against the true one
+    emb = res["_embedding"]
+    rna_only = model.infer(_single(test, "rna"), device="cpu", progress_bar=False)
+    true_atac = np.asarray(test.mod["atac"].X.sum(axis=1)).ravel()
     out["atac_library_estimate_median_abs_log_ratio"] = round(
-        float(np.median(np.abs(np.log(e_est.library_size[:, 1] / lib["atac"])))), 3
+        float(np.median(np.abs(np.log(rna_only.library_size[:, 1] / true_atac)))), 3
     )
+    out["components_used_test"] = int(len(np.unique(emb.cluster)))
 
-    # one training epoch over as many cells, same model shape, same run
+    # one training epoch over as many cells, same model shape, in the same run
     rng = np.random.default_rng(args.seed)
     idx = rng.choice(np.flatnonzero(split == "train"), size=test.n_obs, replace=False)
     sub = mdata[np.sort(idx)].copy()

@@ -22,18 +22,7 @@ import time
 import numpy as np
 import torch
 
-
-def stratified_split(labels: np.ndarray, seed: int, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    split = np.empty(len(labels), dtype=object)
-    for g in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == g))
-        n_train = int(round(fractions[0] * len(members)))
-        n_val = int(round(fractions[1] * len(members)))
-        split[members[:n_train]] = "train"
-        split[members[n_train : n_train + n_val]] = "validation"
-        split[members[n_train + n_val :]] = "test"
-    return split
+from multidgd.evaluation import stratified_split
 
 
 def main(argv=None) -> dict:
