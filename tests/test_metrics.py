@@ -25,3 +25,35 @@ def test_auprc_by_hand():
     assert auprc(obs, np.array([[0.9, 0.1], [0.2, 0.8]])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="undefined"):
         auprc(np.zeros((2, 2)), pred)
+
+
+def test_nb_nll_against_scipy():
+    from scipy.stats import nbinom
+
+    from multidgd.metrics import nb_nll
+
+    rng = np.random.default_rng(0)
+    mu = rng.uniform(0.1, 5, (4, 6))
+    r = rng.uniform(0.5, 3, 6)
+    x = rng.poisson(mu)
+    expected = -nbinom.logpmf(x, r[None], r[None] / (r[None] + mu)).sum(1)
+    np.testing.assert_allclose(nb_nll(x, mu, r), expected, rtol=1e-10)
+    np.testing.assert_allclose(nb_nll(sp.csr_matrix(x), mu, r), expected, rtol=1e-10)
+
+
+def test_ari_asw_and_ratio_known_answers():
+    from multidgd.metrics import ari, batch_1_minus_asw, loss_ratio
+
+    assert ari([0, 0, 1, 1], ["b", "b", "a", "a"]) == pytest.approx(1.0)
+    assert ari([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
+    # two tight, far-apart batches: silhouette ~1 -> 1 - ASW ~0
+    latent = np.array([[0.0], [0.01], [10.0], [10.01]])
+    assert batch_1_minus_asw(latent, ["x", "x", "y", "y"]) == pytest.approx(0.0, abs=2e-3)
+    # silhouette by hand for points 0, 1, 3 in two batches {0, 3} and {1}:
+    # a(0)=3, b(0)=1 -> s=(1-3)/3; a(3)=3, b(3)=2 -> s=(2-3)/3; singleton -> 0
+    assert batch_1_minus_asw(np.array([[0.0], [1.0], [3.0]]), ["p", "q", "p"]) == pytest.approx(
+        1 - np.mean([-2 / 3, 0.0, -1 / 3])
+    )
+    assert loss_ratio([2.0, 3.0, 10.0], [2.0, 2.0, 5.0]) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="two batches"):
+        batch_1_minus_asw(latent, ["x"] * 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["rmse", "mae", "auprc"]
+__all__ = ["rmse", "mae", "auprc", "nb_nll", "ari", "batch_1_minus_asw", "loss_ratio"]
 
 
 def _dense_rows(x, start: int, stop: int) -> np.ndarray:
@@ -48,3 +48,55 @@ def auprc(observed, predicted) -> float:
     if not labels.any():
         raise ValueError("no observed entry is >= 1; AUPRC is undefined")
     return float(average_precision_score(labels, score.ravel()))
+
+
+def nb_nll(observed, mu, r) -> np.ndarray:
+    """Per-cell negative-binomial negative log-likelihood summed over features.
+
+    ``observed`` (n, F) counts, ``mu`` (n, F) means, ``r`` (F,) dispersions (variance
+    ``mu + mu^2 / r``). Returns (n,).
+    """
+    from scipy.special import gammaln
+
+    r = np.asarray(r, dtype=np.float64)[None, :]
+    out = np.empty(observed.shape[0])
+    for i in range(0, observed.shape[0], 1024):
+        x = _dense_rows(observed, i, i + 1024)
+        m = np.asarray(mu[i : i + 1024], dtype=np.float64)
+        log_p = (
+            gammaln(x + r)
+            - gammaln(r)
+            - gammaln(x + 1)
+            + x * (np.log(m) - np.log(m + r))
+            + r * (np.log(r) - np.log(m + r))
+        )
+        out[i : i + 1024] = -log_p.sum(axis=1)
+    return out
+
+
+def ari(labels_true, labels_pred) -> float:
+    """Adjusted Rand index between two labellings."""
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(np.asarray(labels_true).astype(str), np.asarray(labels_pred).astype(str)))
+
+
+def batch_1_minus_asw(latent, batches) -> float:
+    """1 - silhouette width (sklearn, raw, Euclidean) of ``latent`` by batch label.
+
+    0 when batches are perfectly separated ... up to 2; about 1 when they are mixed.
+    """
+    from sklearn.metrics import silhouette_score
+
+    batches = np.asarray(batches).astype(str)
+    if len(np.unique(batches)) < 2:
+        raise ValueError("batch mixing needs at least two batches")
+    return float(1.0 - silhouette_score(np.asarray(latent), batches))
+
+
+def loss_ratio(nll, reference_nll) -> float:
+    """Median over cells of the per-cell NLL ratio ``nll / reference_nll``."""
+    a, b = np.asarray(nll, dtype=float), np.asarray(reference_nll, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    return float(np.median(a / b))
