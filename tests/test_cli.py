@@ -178,3 +178,66 @@ def test_embed_bad_input_exits_with_a_message(saved_model, tmp_path, capsys):
     assert code == 2
     assert "no obs column 'batch'" in capsys.readouterr().err
     assert not (tmp_path / "o.h5mu").exists()
+
+
+EVAL_KEYS = {
+    "rna_rmse",
+    "rna_mae",
+    "atac_auprc",
+    "nll_rna",
+    "nll_atac",
+    "rna_from_atac_rmse",
+    "atac_from_rna_auprc",
+    "ari",
+    "batch_1_minus_asw",
+    "epochs",
+    "seconds_per_epoch",
+    "peak_rss_mb",
+    "components_used",
+    "baseline_rna_rmse",
+    "baseline_atac_auprc",
+}
+
+
+def test_evaluate_bmmc(tmp_path, capsys):
+    path = shared_file("bmmc_neurips2021_starter", "bmmc_multiome_starter_500cells.h5mu")
+    out = tmp_path / "ev"
+    args = ["evaluate", str(path), "--out", str(out), "--cell-type-key", "cell_type", "--batch-key", "batch"]
+    data = read(path)
+    batch = str(data.obs["batch"].astype(str).iloc[0])
+    assert main([*args, "--max-epochs", "2", "--quiet", "--device", "cpu", "--holdout-batch", batch]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert EVAL_KEYS <= set(metrics)
+    assert (
+        metrics["epochs"] == 2 and metrics["cells_test"] == 500 - metrics["cells_train"] - metrics["cells_validation"]
+    )
+    assert 0 < metrics["atac_auprc"] <= 1 and metrics["rna_rmse"] > 0
+    assert metrics["holdout_loss_ratio_naive"] > 0 and metrics["holdout_loss_ratio_learned"] > 0
+    files = {p.name for p in out.iterdir()}
+    assert {"report.md", "umap.png", "confusion.png", "training_curves.png", "covariate_batch.png"} <= files
+    assert "holdout_covariate_space.png" in files
+    assert "| ATAC AUPRC (test) |" in (out / "report.md").read_text()
+    capsys.readouterr()
+    # a split from a CSV: the same cells as written there
+    split = pd.DataFrame({"obs_name": data.obs_names, "split": ["train"] * 400 + ["validation"] * 50 + ["test"] * 50})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    out2 = tmp_path / "ev2"
+    code = main(
+        [
+            "evaluate",
+            str(path),
+            "--out",
+            str(out2),
+            "--cell-type-key",
+            "cell_type",
+            "--split-csv",
+            str(tmp_path / "split.csv"),
+        ]
+        + ["--max-epochs", "1", "--quiet", "--device", "cpu", "--train-fraction", "0.5"]
+    )
+    assert code == 0
+    metrics = json.loads((out2 / "metrics.json").read_text())
+    assert metrics["cells_test"] == 50 and metrics["batch_1_minus_asw"] is None
+    assert metrics["fraction_cells_train"] < 400 and metrics["fraction_loss_ratio"] > 0
+    bad = main(["evaluate", str(path), "--out", str(tmp_path / "x"), "--cell-type-key", "nope", "--quiet"])
+    assert bad == 2 and "'nope' not found" in capsys.readouterr().err

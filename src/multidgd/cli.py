@@ -271,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cell-type-key", default=None)
     train.add_argument("--covariate-keys", nargs="*", default=[])
     _add_common(train, default_epochs=1000)
+    ev = sub.add_parser("evaluate", help="train on a split, embed the test cells and report the paper's metrics")
+    ev.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts")
+    ev.add_argument("--out", type=Path, required=True, help="output directory")
+    ev.add_argument("--cell-type-key", required=True)
+    ev.add_argument("--batch-key", default=None, help="obs column of batches (the covariate)")
+    ev.add_argument("--split-csv", type=Path, default=None, help="CSV with columns obs_name,split")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--max-epochs", type=int, default=1000)
+    ev.add_argument("--holdout-batch", default=None, help="also train without this batch; report loss ratios")
+    ev.add_argument("--train-fraction", type=float, default=None, help="also train on this fraction; loss ratio")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--quiet", action="store_true")
     for name, text in (
         ("embed", "place new cells into a trained model (no retraining)"),
         ("predict", "embed new cells and predict the modality they lack"),
@@ -304,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("embed", "predict"):
         return _main_embed(args)
+    if args.command == "evaluate":
+        return _main_evaluate(args)
     try:
         if args.command == "demo":
             path = demo_path()
@@ -339,6 +353,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multidgd: interrupted; rerun with --resume to continue from {out / 'checkpoint.pt'}", file=sys.stderr)
         return 130
     _print_summary(summary, out)
+    return 0
+
+
+def _main_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import read_split_csv, run_evaluation
+    from .io import read
+
+    try:
+        if args.max_epochs < 1:
+            raise ValueError(f"--max-epochs must be >= 1, got {args.max_epochs}")
+        data = read(args.data)
+        split = None
+        if args.split_csv is not None:
+            import pandas as pd
+
+            split = read_split_csv(args.split_csv, pd.Index(data.obs_names.astype(str)))
+        metrics = run_evaluation(
+            data,
+            args.out,
+            cell_type_key=args.cell_type_key,
+            batch_key=args.batch_key,
+            split=split,
+            seed=args.seed,
+            max_epochs=args.max_epochs,
+            holdout_batch=args.holdout_batch,
+            train_fraction=args.train_fraction,
+            device=args.device,
+            progress_bar=not args.quiet,
+            source=args.data.name,
+        )
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"multidgd: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2))
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_history", "plot_umap", "plot_covariate_space", "umap_coordinates"]
+__all__ = ["plot_history", "plot_umap", "plot_covariate_space", "plot_confusion", "umap_coordinates"]
 
 
 def _pyplot():
@@ -98,6 +98,24 @@ def plot_covariate_space(
     ax.set_title(title or "covariate space (x: component means; circles: 1 and 2 sd)")
     ax.set_xlabel("dim 1")
     ax.set_ylabel("dim 2")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(truth: np.ndarray, clusters: np.ndarray, path: str | Path, *, title: str = "") -> Path:
+    """Row-normalised contingency of cell types (rows) against clusters (columns); writes a PNG."""
+    plt = _pyplot()
+    table = pd.crosstab(pd.Series(np.asarray(truth).astype(str), name="cell type"), pd.Series(clusters, name="cluster"))
+    table = table[sorted(table.columns, key=lambda c: _natural_key(str(c)))]
+    frac = table.div(table.sum(axis=1), axis=0)
+    fig, ax = plt.subplots(figsize=(0.45 * frac.shape[1] + 3, 0.35 * frac.shape[0] + 2))
+    im = ax.imshow(frac.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(frac.shape[1]), [str(c) for c in frac.columns], fontsize=7)
+    ax.set_yticks(range(frac.shape[0]), list(frac.index), fontsize=7)
+    ax.set_xlabel("mixture component")
+    ax.set_ylabel("cell type")
+    fig.colorbar(im, ax=ax, label="fraction of the cell type")
+    ax.set_title(title or "cell types across mixture components")
     fig.tight_layout()
     return _save(fig, path)
 
