@@ -45,6 +45,9 @@ def run_split(args) -> dict:
     res = heldout_metrics(model, test, train, device="cpu")
     out: dict = {"data": Path(args.data).name, "seed": args.seed}
     out.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items() if not k.startswith("_")})
+    t0 = time.perf_counter()
+    model.infer(test, device="cpu", progress_bar=False, n_steps=0)
+    out["best_start_seconds"] = round(time.perf_counter() - t0, 2)
     # the ATAC library estimated from training neighbours, against the true one
     emb = res["_embedding"]
     rna_only = model.infer(_single(test, "rna"), device="cpu", progress_bar=False)
