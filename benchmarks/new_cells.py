@@ -78,11 +78,9 @@ def run_split(args) -> dict:
 
 
 def run_loo(args) -> dict:
-    import torch
-
     from multidgd import DGD
     from multidgd.io import read
-    from multidgd.plotting import plot_covariate_space
+    from multidgd.plotting import plot_model_covariates
 
     full = DGD.load(args.model)
     mdata = read(args.data)
@@ -111,24 +109,15 @@ def run_loo(args) -> dict:
         row["mean_nll_full"] = round(float(ref.sum(axis=1).mean()), 2)
         results[sample] = row
         if args.plot_dir:
-            v = 0
-            mix = loo.module.covariates[v]
-            train_rep = loo.get_covariate_representation()
-            ok = ~np.isnan(train_rep).any(axis=1)
-            names = loo.obs_names[ok]
-            train_lab = mdata.obs[args.batch_key].astype(str).reindex(names).to_numpy()
-            reps = np.concatenate([train_rep[ok], learned_emb.covariate_representation()])
-            labels = np.concatenate([train_lab, np.full(len(test.obs_names), sample)])
-            with torch.no_grad():
-                plot_covariate_space(
-                    reps,
-                    labels,
-                    mix.mean.cpu().numpy(),
-                    mix.sd.cpu().numpy().ravel(),
-                    loo.covariate_categories[v],
-                    Path(args.plot_dir) / f"covariate_space_learned_{sample}.png",
-                    title=f"{args.batch_key}: {sample} learned as a new class",
-                )
+            plot_model_covariates(
+                loo,
+                args.batch_key,
+                mdata.obs[args.batch_key].astype(str).reindex(loo.obs_names).to_numpy(),
+                Path(args.plot_dir) / f"covariate_space_learned_{sample}.png",
+                embedding=learned_emb,
+                embedding_labels=np.full(test.n_obs, sample),
+                title=f"{args.batch_key}: {sample} learned as a new class",
+            )
     ratios = [r["median_ratio_naive"] for r in results.values()]
     return {
         "data": Path(args.data).name,

@@ -41,7 +41,7 @@ def train_and_report(
     from .config import TrainConfig
     from .io import add_results, write
     from .model import DGD
-    from .plotting import plot_covariate_space, plot_history, plot_umap, umap_coordinates
+    from .plotting import plot_history, plot_model_covariates, plot_umap, umap_coordinates
 
     covariate_keys = covariate_keys or []
     out.mkdir(parents=True, exist_ok=True)
@@ -83,19 +83,9 @@ def train_and_report(
     coords = np.full((len(latent), 2), np.nan)
     coords[ok] = umap_coordinates(latent[ok], seed=seed)
     figures.append(plot_umap(coords[ok], colorings, out / "umap.png", title="UMAP of the basal latent"))
-    for v, key in enumerate(model.covariate_keys):
-        mixture = model.module.covariates[v]
-        figures.append(
-            plot_covariate_space(
-                model.get_covariate_representation(key),
-                _obs_column(data, key, model.obs_names),
-                mixture.mean.detach().cpu().numpy(),
-                mixture.sd.detach().cpu().numpy().ravel(),
-                model.covariate_categories[v],
-                out / f"covariate_{key}.png",
-                title=f"covariate space of {key!r}",
-            )
-        )
+    for key in model.covariate_keys:
+        labels = _obs_column(data, key, model.obs_names)
+        figures.append(plot_model_covariates(model, key, labels, out / f"covariate_{key}.png"))
 
     state = model._state
     train_cells = np.zeros(len(latent), dtype=bool)

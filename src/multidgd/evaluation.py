@@ -173,11 +173,9 @@ def run_evaluation(
     import resource
     from pathlib import Path
 
-    import torch
-
     from .data import obs_column
     from .metrics import ari, batch_1_minus_asw, loss_ratio
-    from .plotting import plot_confusion, plot_covariate_space, plot_history, plot_umap, umap_coordinates
+    from .plotting import plot_confusion, plot_history, plot_model_covariates, plot_umap, umap_coordinates
 
     out = Path(out)
     obs_names = pd.Index(data.obs_names.astype(str))
@@ -253,20 +251,15 @@ def run_evaluation(
         metrics["holdout_test_cells"] = int(cells.sum())
         metrics["holdout_loss_ratio_naive"] = loss_ratio(naive, ref)
         metrics["holdout_loss_ratio_learned"] = loss_ratio(learned_emb.nll.sum(axis=1), ref)
-        mix = model_b.module.covariates[0]
-        rep = model_b.get_covariate_representation()
-        ok = ~np.isnan(rep).any(axis=1)
-        lab = pd.Series(batches[keep], index=obs_names[keep]).reindex(model_b.obs_names[ok]).to_numpy()
-        with torch.no_grad():
-            plot_covariate_space(
-                np.concatenate([rep[ok], learned_emb.covariate_representation()]),
-                np.concatenate([lab, np.full(held.n_obs, holdout_batch)]),
-                mix.mean.cpu().numpy(),
-                mix.sd.cpu().numpy().ravel(),
-                model_b.covariate_categories[0],
-                out / "holdout_covariate_space.png",
-                title=f"{batch_key}: {holdout_batch} held out, then learned as a new class",
-            )
+        plot_model_covariates(
+            model_b,
+            batch_key,
+            batches[keep],
+            out / "holdout_covariate_space.png",
+            embedding=learned_emb,
+            embedding_labels=np.full(held.n_obs, holdout_batch),
+            title=f"{batch_key}: {holdout_batch} held out, then learned as a new class",
+        )
 
     if train_fraction is not None and train_fraction < 1:
         rng = np.random.default_rng(seed)
@@ -303,19 +296,7 @@ def run_evaluation(
     )
     figures.append(plot_confusion(cell_types[is_train], clustering.labels[is_train], out / "confusion.png"))
     if batch_key:
-        mix = model.module.covariates[0]
-        with torch.no_grad():
-            figures.append(
-                plot_covariate_space(
-                    model.get_covariate_representation(),
-                    batches,
-                    mix.mean.cpu().numpy(),
-                    mix.sd.cpu().numpy().ravel(),
-                    model.covariate_categories[0],
-                    out / f"covariate_{batch_key}.png",
-                    title=f"covariate space of {batch_key!r}",
-                )
-            )
+        figures.append(plot_model_covariates(model, batch_key, batches, out / f"covariate_{batch_key}.png"))
     if holdout_batch is not None:
         figures.append(out / "holdout_covariate_space.png")
     (out / "report.md").write_text(_report(metrics, [Path(f).name for f in figures]))

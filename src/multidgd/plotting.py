@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_history", "plot_umap", "plot_covariate_space", "plot_confusion", "umap_coordinates"]
+__all__ = [
+    "plot_history",
+    "plot_umap",
+    "plot_covariate_space",
+    "plot_model_covariates",
+    "plot_confusion",
+    "umap_coordinates",
+]
 
 
 def _pyplot():
@@ -100,6 +107,34 @@ def plot_covariate_space(
     ax.set_ylabel("dim 2")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_model_covariates(
+    model, key: str, labels, path: str | Path, *, embedding=None, embedding_labels=None, title: str = ""
+) -> Path:
+    """Covariate space of a trained model with its components; writes a PNG.
+
+    ``labels`` are the classes of the model's cells (aligned to ``model.obs_names``; cells
+    without a representation are skipped). New cells of an :class:`~multidgd.inference.Embedding`
+    are added with ``embedding_labels``.
+    """
+    v = model.covariate_keys.index(key)
+    rep = model.get_covariate_representation(key)
+    ok = ~np.isnan(rep).any(axis=1)
+    reps, labs = [rep[ok]], [np.asarray(labels).astype(str)[ok]]
+    if embedding is not None:
+        reps.append(embedding.covariate_representation(key))
+        labs.append(np.asarray(embedding_labels).astype(str))
+    mixture = model.module.covariates[v]
+    return plot_covariate_space(
+        np.concatenate(reps),
+        np.concatenate(labs),
+        mixture.mean.detach().cpu().numpy(),
+        mixture.sd.detach().cpu().numpy().ravel(),
+        model.covariate_categories[v],
+        path,
+        title=title or f"covariate space of {key!r}",
+    )
 
 
 def plot_confusion(truth: np.ndarray, clusters: np.ndarray, path: str | Path, *, title: str = "") -> Path:
