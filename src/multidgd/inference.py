@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch.nn.functional import softplus
 
-from .data import MODALITIES
+from .data import MODALITIES, gather_rows
 from .distributions import nb_log_prob_sparse
 from .network import DGDModule
 from .query import QueryData
@@ -282,8 +282,6 @@ def _chunks(present: np.ndarray, batch_size: int) -> list[_Chunk]:
 
 
 def _gather(query: QueryData, chunk: _Chunk, device: torch.device) -> dict[str, Any]:
-    from .data import gather_rows
-
     lib = torch.from_numpy(query.library_size[chunk.cells]).to(device)
     return {
         "counts": {m: gather_rows(query.counts[m], chunk.cells, device) for m in chunk.modalities},
