@@ -67,7 +67,8 @@ class Embedding:
         (n, 2) library size over all of the model's features, used to turn fractions into
         counts: for an observed modality the observed total divided by the decoded fraction
         of the features present; for a missing one the value of the obs column given, else
-        an estimate (median over the 15 training cells nearest in the basal space).
+        an estimate: the cell's library size in the modality it has times the median
+        ratio of the two library sizes over the 15 training cells nearest in the basal space.
     library_size_source
         (n, 2) str: ``observed``, ``given`` or ``estimated``.
     n_absent_features
