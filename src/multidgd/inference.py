@@ -292,8 +292,9 @@ def _gather(query: QueryData, chunk: _Chunk, device: torch.device) -> dict[str, 
 
 def _reconstruction_nll(
     module: DGDModule, basal, covariate, batch: dict[str, Any], observed: dict[str, torch.Tensor | None]
-) -> dict[str, torch.Tensor]:
-    """Per-cell NB NLL of each modality the chunk has, (n,) each, with all constants."""
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-cell NB NLL of each modality the chunk has, (n,) each, with all constants; and the
+    decoded log-fractions over all of the model's features."""
     mods = list(batch["counts"])
     logf = module.decode(basal, covariate, mods)
     out = {}
@@ -302,7 +303,7 @@ def _reconstruction_nll(
         log_mu = _observed_log_fraction(logf[m], obs) + batch["log_library"][m].unsqueeze(1)
         r = module.dispersion(m)
         out[m] = -nb_log_prob_sparse(log_mu, r if obs is None else r[obs], *batch["counts"][m])
-    return out
+    return out, logf
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -446,21 +447,13 @@ def embed_cells(
     cov_t = RepresentationTable(cov0).to(device)
     labels_t = torch.from_numpy(np.where(class_codes >= 0, class_codes, 0)).to(device)
     rep_kw = {"lr": lr, "betas": betas, "weight_decay": 0.0}
-    weight = {
-        v: (mix.n_components if cfg.covariate_weight_by_classes else 1.0) for v, mix in enumerate(module.covariates)
-    }
 
     def step_chunk(chunk: _Chunk, batch: dict[str, Any], grads_acc: list | None) -> None:
         idx = torch.from_numpy(chunk.cells).to(device)
         zb, zc = basal_t.rows(idx), cov_t.rows(idx)
-        nll = _reconstruction_nll(module, zb, zc, batch, observed)
+        nll, _ = _reconstruction_nll(module, zb, zc, batch, observed)
         loss = sum(v.sum() for v in nll.values()) - module.basal.log_prob(zb).sum()
-        for v, mix in enumerate(module.covariates):
-            c = zc[:, v * d : (v + 1) * d]
-            if supervised:
-                loss = loss - weight[v] * mix.class_log_prob(c, labels_t[idx, v]).sum()
-            else:
-                loss = loss - mix.log_prob(c).sum()
+        loss = loss + module.covariate_nll(zc, labels_t[idx] if supervised else None).sum()
         inputs = [zb] + ([zc] if V else [])
         extra = list(mixture_opt.param_groups[0]["params"]) if mixture_opt is not None else []
         grads = torch.autograd.grad(loss, inputs + extra)
@@ -513,8 +506,7 @@ def embed_cells(
             batch = _gather(query, chunk, device)
             idx = torch.from_numpy(chunk.cells).to(device)
             zb, zc = basal_t.values[idx], cov_t.values[idx]
-            nll = _reconstruction_nll(module, zb, zc, batch, observed)
-            logf = module.decode(zb, zc, chunk.modalities)
+            nll, logf = _reconstruction_nll(module, zb, zc, batch, observed)
             for m in chunk.modalities:
                 j = MODALITIES.index(m)
                 nll_out[chunk.cells, j] = nll[m].double().cpu().numpy()

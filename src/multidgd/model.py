@@ -363,16 +363,19 @@ class DGD:
         row[kept_pos[state.val_index]] = np.arange(len(state.val_index))
         return where, row, kept_pos
 
-    def _gather_table(self, kind: str) -> np.ndarray:
-        state = self._require_trained()
+    def _per_cell(self, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+        """Rows of the training and validation tables placed at their cells in ``obs_names``
+        (NaN for cells in neither)."""
         where, row, _ = self._cell_rows()
-        dim = state.tables[f"train_{kind}"].dim
-        out = np.full((len(self.obs_names), dim), np.nan, dtype=np.float32)
-        for code, prefix in ((0, "train"), (1, "val")):
+        out = np.full((len(self.obs_names), train.shape[1]), np.nan, dtype=np.float32)
+        for code, values in ((0, train), (1, val)):
             mask = where == code
-            if mask.any():
-                out[mask] = state.tables[f"{prefix}_{kind}"].values.detach().cpu().numpy()[row[mask]]
+            out[mask] = values[row[mask]]
         return out
+
+    def _gather_table(self, kind: str) -> np.ndarray:
+        tables = self._require_trained().tables
+        return self._per_cell(*(tables[f"{p}_{kind}"].values.detach().cpu().numpy() for p in ("train", "val")))
 
     def get_latent_representation(self) -> np.ndarray:
         """Basal representations, (n_cells, L) float32, aligned to the input ``obs_names``.
@@ -775,12 +778,7 @@ class DGD:
         return pd.DataFrame(out, index=names[rows], columns=all_features[cols])
 
     def _gather_library(self) -> np.ndarray:
-        where, row, _ = self._cell_rows()
-        out = np.full((len(self.obs_names), len(MODALITIES)), np.nan, dtype=np.float32)
-        for code, prefix in ((0, "train"), (1, "val")):
-            mask = where == code
-            out[mask] = self._table_library[prefix].numpy()[row[mask]]
-        return out
+        return self._per_cell(self._table_library["train"].numpy(), self._table_library["val"].numpy())
 
     # ------------------------------------------------------------------ files
     def _describe(self) -> dict[str, Any]:
