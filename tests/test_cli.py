@@ -233,11 +233,43 @@ def test_evaluate_bmmc(tmp_path, capsys):
             "--split-csv",
             str(tmp_path / "split.csv"),
         ]
-        + ["--max-epochs", "1", "--quiet", "--device", "cpu", "--train-fraction", "0.5"]
+        + ["--max-epochs", "1", "--quiet", "--device", "cpu", "--train-fraction", "0.5", "1"]
     )
     assert code == 0
     metrics = json.loads((out2 / "metrics.json").read_text())
     assert metrics["cells_test"] == 50 and metrics["batch_1_minus_asw"] is None
-    assert metrics["fraction_cells_train"] < 400 and metrics["fraction_loss_ratio"] > 0
+    half, full = metrics["data_fraction"]
+    assert full == {
+        "train_fraction": 1.0,
+        "cells_train": 400,
+        "loss_ratio": 1.0,
+        "loss_ratio_rna": 1.0,
+        "loss_ratio_atac": 1.0,
+    }
+    # stratified halves: each of the 21 cell types rounds on its own
+    assert half["train_fraction"] == 0.5 and abs(half["cells_train"] - 200) <= 21 and half["loss_ratio"] > 0
+    assert (out2 / "data_fraction.png").exists() and "| 0.5 |" in (out2 / "report.md").read_text()
     bad = main(["evaluate", str(path), "--out", str(tmp_path / "x"), "--cell-type-key", "nope", "--quiet"])
     assert bad == 2 and "'nope' not found" in capsys.readouterr().err
+    bad = main(
+        ["evaluate", str(path), "--out", str(tmp_path / "x"), "--cell-type-key", "cell_type", "--quiet"]
+        + ["--train-fraction", "0"]
+    )
+    assert bad == 2 and "train_fraction must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_compare_without_scvi_says_how_to_install(tmp_path, capsys):
+    try:
+        import scvi  # noqa: F401
+
+        pytest.skip("scvi-tools is installed")
+    except ImportError:
+        pass
+    path = shared_file("bmmc_neurips2021_starter", "bmmc_multiome_starter_500cells.h5mu")
+    out = tmp_path / "ev"
+    args = ["evaluate", str(path), "--out", str(out), "--cell-type-key", "cell_type", "--compare", "multivi"]
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "multidgd[compare]"' in err and "scvi-tools" in err
+    assert not out.exists()

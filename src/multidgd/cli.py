@@ -270,7 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--max-epochs", type=int, default=1000)
     ev.add_argument("--holdout-batch", default=None, help="also train without this batch; report loss ratios")
-    ev.add_argument("--train-fraction", type=float, default=None, help="also train on this fraction; loss ratio")
+    ev.add_argument(
+        "--train-fraction",
+        type=float,
+        nargs="+",
+        default=None,
+        help="also train on these fractions of the training cells (e.g. 0.1 0.25 0.5 1); test NLL ratios",
+    )
+    ev.add_argument(
+        "--compare",
+        choices=["multivi"],
+        action="append",
+        default=None,
+        help='also train MultiVI on the same split (needs pip install "multidgd[compare]")',
+    )
+    ev.add_argument("--compare-max-epochs", type=int, default=None, help="cap MultiVI's epochs (default: its own)")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--quiet", action="store_true")
     for name, text in (
@@ -353,6 +367,10 @@ def _main_evaluate(args: argparse.Namespace) -> int:
     try:
         if args.max_epochs < 1:
             raise ValueError(f"--max-epochs must be >= 1, got {args.max_epochs}")
+        if args.compare:
+            from .compare import require_scvi
+
+            require_scvi()
         data = read(args.data)
         split = None
         if args.split_csv is not None:
@@ -369,11 +387,13 @@ def _main_evaluate(args: argparse.Namespace) -> int:
             max_epochs=args.max_epochs,
             holdout_batch=args.holdout_batch,
             train_fraction=args.train_fraction,
+            compare=args.compare or [],
+            compare_max_epochs=args.compare_max_epochs,
             device=args.device,
             progress_bar=not args.quiet,
             source=args.data.name,
         )
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as err:
         print(f"multidgd: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, indent=2))

@@ -101,11 +101,16 @@ class TrainConfig:
     batch_size
         Cells per minibatch.
     lr_decoder, lr_basal_mixture, lr_covariate_mixture, lr_representation
-        Learning rates of the separate Adam optimisers.
+        Learning rates of the separate Adam optimisers. The decoder's default, 3e-3, is 30
+        times the original's 1e-4 (see ``l1_decoder``).
     betas, weight_decay
         Adam settings shared by all optimisers (weight decay is Adam's coupled L2 term).
     l1_decoder
         Coefficient of the L1 penalty on the decoder's weight matrices, added per minibatch.
+        Default 0.1 (the original's is 1.0). With the original's pair (lr 1e-4, L1 1.0) the
+        decoder barely leaves the average profile; with (3e-3, 0.1) the held-out fit of the
+        development file is better on every measured metric and training stops sooner
+        (docs/design.md).
     hyperprior_per_cell
         Add the mixture hyper-priors once per cell of a minibatch (the original's choice);
         ``False`` adds them once per minibatch scaled by ``batch / n_train``.
@@ -135,13 +140,13 @@ class TrainConfig:
     """
 
     batch_size: int = 128
-    lr_decoder: float = 1e-4
+    lr_decoder: float = 3e-3
     lr_basal_mixture: float = 1e-2
     lr_covariate_mixture: float = 1e-3
     lr_representation: float = 1e-2
     betas: tuple[float, float] = (0.5, 0.7)
     weight_decay: float = 1e-4
-    l1_decoder: float = 1.0
+    l1_decoder: float = 0.1
     hyperprior_per_cell: bool = True
     representation_update: Literal["epoch", "batch"] = "epoch"
     basal_init: Literal["zero", "normal", "pca"] = "pca"

@@ -129,7 +129,9 @@ def heldout_metrics(model, test, train, *, rna_mod: str = "rna", atac_mod: str =
     return out
 
 
-def _train(data, split: np.ndarray, *, cell_type_key, batch_key, seed, max_epochs, device, progress_bar, **kw):
+def _train(
+    data, split: np.ndarray, *, cell_type_key, batch_key, seed, max_epochs, device, progress_bar, config=None, **kw
+):
     from .model import DGD
 
     data = data.copy()
@@ -142,7 +144,7 @@ def _train(data, split: np.ndarray, *, cell_type_key, batch_key, seed, max_epoch
         **kw,
     )
     t0 = time.perf_counter()
-    model.train(max_epochs=max_epochs, seed=seed, device=device, progress_bar=progress_bar)
+    model.train(max_epochs=max_epochs, seed=seed, device=device, progress_bar=progress_bar, config=config)
     return model, time.perf_counter() - t0
 
 
@@ -156,7 +158,10 @@ def run_evaluation(
     seed: int = 0,
     max_epochs: int = 1000,
     holdout_batch: str | None = None,
-    train_fraction: float | None = None,
+    train_fraction: float | list[float] | None = None,
+    compare: list[str] | tuple[str, ...] = (),
+    compare_max_epochs: int | None = None,
+    config=None,
     device: str = "auto",
     progress_bar: bool = True,
     source: str = "",
@@ -166,8 +171,12 @@ def run_evaluation(
     Writes ``out/metrics.json``, ``out/report.md``, ``out/model.pt`` and figures; returns
     the metrics. ``holdout_batch`` also trains a model without that batch and reports the
     per-cell test NLL ratio of its cells (naive and learned) against the full model;
-    ``train_fraction`` trains on that stratified fraction of the training cells and
-    reports the test NLL ratio against the full model.
+    ``train_fraction`` (one value or several) trains on that stratified fraction of the
+    training cells and reports the test NLL ratio against the full model.
+    ``compare=["multivi"]`` also trains MultiVI on the same split and reports the same
+    metrics under ``metrics["multivi"]`` (needs the ``compare`` extra, see
+    ``multidgd.compare``); ``compare_max_epochs`` caps its epochs (default: its own).
+    ``config`` is a ``TrainConfig`` for every multidgd model trained here (default: defaults).
     """
     import json
     import resource
@@ -175,7 +184,14 @@ def run_evaluation(
 
     from .data import obs_column
     from .metrics import ari, batch_1_minus_asw, loss_ratio
-    from .plotting import plot_confusion, plot_history, plot_model_covariates, plot_umap, umap_coordinates
+    from .plotting import (
+        plot_confusion,
+        plot_history,
+        plot_loss_ratios,
+        plot_model_covariates,
+        plot_umap,
+        umap_coordinates,
+    )
 
     out = Path(out)
     obs_names = pd.Index(data.obs_names.astype(str))
@@ -194,8 +210,18 @@ def run_evaluation(
             raise ValueError("holdout_batch needs batch_key")
         if holdout_batch not in set(batches):
             raise ValueError(f"holdout batch {holdout_batch!r} not among {sorted(set(batches))}")
-    if train_fraction is not None and not 0 < train_fraction <= 1:
-        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    fractions = [] if train_fraction is None else np.atleast_1d(np.asarray(train_fraction, dtype=float)).tolist()
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {f}")
+    compare = list(compare or [])
+    unknown = sorted(set(compare) - {"multivi"})
+    if unknown:
+        raise ValueError(f"compare: unknown tool(s) {unknown}; allowed: multivi")
+    if "multivi" in compare:
+        from .compare import require_scvi
+
+        require_scvi()
     split = stratified_split(cell_types, seed) if split is None else np.asarray(split, dtype=object)
     if len(split) != len(obs_names):
         raise ValueError(f"split has {len(split)} entries for {len(obs_names)} cells")
@@ -204,7 +230,7 @@ def run_evaluation(
             raise ValueError(f"the split has no {s} cells")
     out.mkdir(parents=True, exist_ok=True)
     kw = {"cell_type_key": cell_type_key, "batch_key": batch_key, "seed": seed, "max_epochs": max_epochs}
-    kw.update(device=device, progress_bar=progress_bar)
+    kw.update(device=device, progress_bar=progress_bar, config=config)
 
     t_start = time.perf_counter()
     model, train_seconds = _train(data, split, **kw)
@@ -261,22 +287,48 @@ def run_evaluation(
             title=f"{batch_key}: {holdout_batch} held out, then learned as a new class",
         )
 
-    if train_fraction is not None and train_fraction < 1:
-        rng = np.random.default_rng(seed)
-        sub = split.copy()
-        for g in np.unique(cell_types):
-            members = np.flatnonzero((split == "train") & (cell_types == g))
-            n_keep = max(1, int(round(train_fraction * len(members))))
-            drop = rng.permutation(members)[n_keep:]
-            sub[drop] = "unused"
-        used = sub != "unused"
-        model_f, _ = _train(data[used].copy(), sub[used], **kw)
-        nll_f = model_f.infer(test, device=device, progress_bar=False).nll
-        metrics["train_fraction"] = train_fraction
-        metrics["fraction_cells_train"] = int((sub == "train").sum())
-        metrics["fraction_loss_ratio"] = loss_ratio(nll_f.sum(axis=1), res["_nll"].sum(axis=1))
-        for m in MODALITIES:
-            metrics[f"fraction_loss_ratio_{m}"] = loss_ratio(nll_f[f"nll_{m}"], res["_nll"][f"nll_{m}"])
+    fraction_rows = []
+    for f in fractions:
+        row = {"train_fraction": f, "cells_train": int(is_train.sum()), "loss_ratio": 1.0}
+        row.update({f"loss_ratio_{m}": 1.0 for m in MODALITIES})
+        if f < 1:
+            rng = np.random.default_rng(seed)
+            sub = split.copy()
+            for g in np.unique(cell_types):
+                members = np.flatnonzero((split == "train") & (cell_types == g))
+                n_keep = max(1, int(round(f * len(members))))
+                sub[rng.permutation(members)[n_keep:]] = "unused"
+            used = sub != "unused"
+            model_f, _ = _train(data[used].copy(), sub[used], **kw)
+            nll_f = model_f.infer(test, device=device, progress_bar=False).nll
+            row["cells_train"] = int((sub == "train").sum())
+            row["loss_ratio"] = loss_ratio(nll_f.sum(axis=1), res["_nll"].sum(axis=1))
+            for m in MODALITIES:
+                row[f"loss_ratio_{m}"] = loss_ratio(nll_f[f"nll_{m}"], res["_nll"][f"nll_{m}"])
+        fraction_rows.append({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
+    if fraction_rows:
+        metrics["data_fraction"] = fraction_rows
+        last = fraction_rows[-1]
+        metrics["train_fraction"] = last["train_fraction"]
+        metrics["fraction_loss_ratio"] = last["loss_ratio"]
+
+    if "multivi" in compare:
+        from .compare import leiden_matched, multivi_metrics
+
+        mv = multivi_metrics(
+            data,
+            split,
+            cell_types=cell_types,
+            batches=batches,
+            seed=seed,
+            max_epochs=compare_max_epochs,
+            progress_bar=progress_bar,
+        )
+        mv.pop("_latent", None)
+        metrics["multivi"] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in mv.items()}
+        # multidgd's latent clustered the same way as MultiVI's (Leiden, matched count)
+        labels, _ = leiden_matched(latent[is_train], len(np.unique(cell_types[is_train])), seed=seed)
+        metrics["ari_leiden"] = ari(cell_types[is_train], labels)
 
     metrics["total_seconds"] = time.perf_counter() - t_start
     metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -299,6 +351,21 @@ def run_evaluation(
         figures.append(plot_model_covariates(model, batch_key, batches, out / f"covariate_{batch_key}.png"))
     if holdout_batch is not None:
         figures.append(out / "holdout_covariate_space.png")
+    if len(fraction_rows) > 1:
+        rows = sorted(fraction_rows, key=lambda r: r["train_fraction"])
+        figures.append(
+            plot_loss_ratios(
+                [r["train_fraction"] for r in rows],
+                {
+                    lab: [r[key] for r in rows]
+                    for lab, key in [("both", "loss_ratio"), ("RNA", "loss_ratio_rna"), ("ATAC", "loss_ratio_atac")]
+                },
+                out / "data_fraction.png",
+                xlabel="fraction of training cells",
+                title="data efficiency (reference: all training cells)",
+                log_x=True,
+            )
+        )
     (out / "report.md").write_text(_report(metrics, [Path(f).name for f in figures]))
     return metrics
 
@@ -312,17 +379,21 @@ _ROWS = [
     ("test NLL per cell, RNA", "nll_rna", None, "lower"),
     ("test NLL per cell, ATAC", "nll_atac", None, "lower"),
     ("ARI clusters vs cell types (train)", "ari", None, "higher"),
+    ("ARI, Leiden with matched cluster count (train)", "ari_leiden", None, "higher"),
     ("batch 1 - ASW (train latent)", "batch_1_minus_asw", None, "higher"),
     ("unseen batch loss ratio, naive", "holdout_loss_ratio_naive", None, "near 1"),
     ("unseen batch loss ratio, learned", "holdout_loss_ratio_learned", None, "near 1"),
-    ("data fraction loss ratio", "fraction_loss_ratio", None, "near 1"),
+    ("epochs", "epochs", None, ""),
+    ("seconds per epoch", "seconds_per_epoch", None, ""),
 ]
 
 
-def _report(metrics: dict[str, Any], figures: list[str]) -> str:
-    def fmt(v):
-        return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+def _fmt(v) -> str:
+    return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
+
+def _report(metrics: dict[str, Any], figures: list[str]) -> str:
+    mv = metrics.get("multivi")
     lines = [
         f"# multidgd evaluation: {metrics.get('data', '')}",
         "",
@@ -332,13 +403,36 @@ def _report(metrics: dict[str, Any], figures: list[str]) -> str:
         f"peak memory {metrics['peak_rss_mb']:.0f} MB; {metrics['components_used']} of "
         f"{metrics['components']} mixture components used.",
         "",
-        "| metric | multidgd | average-profile baseline | better |",
-        "|---|---|---|---|",
+        "| metric | multidgd | " + ("MultiVI | " if mv else "") + "average-profile baseline | better |",
+        "|---|---|" + ("---|" if mv else "") + "---|---|",
     ]
     for name, key, base, better in _ROWS:
-        if metrics.get(key) is None:
+        if metrics.get(key) is None and not (mv and mv.get(key) is not None):
             continue
-        lines.append(f"| {name} | {fmt(metrics[key])} | {fmt(metrics.get(base)) if base else ''} | {better} |")
-    lines += ["", "Baseline: every test cell predicted as the pooled training profile times its library size.", ""]
+        if key == "ari_leiden" and mv:
+            mv_val = mv.get("ari")
+        elif key == "ari" and mv:
+            mv_val = None
+        else:
+            mv_val = mv.get(key) if mv else None
+        cells = [name, _fmt(metrics.get(key))] + ([_fmt(mv_val)] if mv else [])
+        cells += [_fmt(metrics.get(base)) if base else "", better]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Baseline: every test cell predicted as the pooled training profile times its library size."]
+    if mv:
+        lines += [
+            f"MultiVI: scvi-tools {mv['version']}, n_latent {mv['n_latent']}, its defaults otherwise; "
+            "ARI from Leiden on its latent with the cluster count matched to the number of cell types; "
+            "its likelihoods differ from multidgd's, so no NLL is given for it."
+        ]
+    if metrics.get("data_fraction"):
+        lines += ["", "| fraction of training cells | training cells | test NLL ratio | RNA | ATAC |"]
+        lines += ["|---|---|---|---|---|"]
+        for r in metrics["data_fraction"]:
+            lines.append(
+                f"| {r['train_fraction']:g} | {r['cells_train']} | {_fmt(r['loss_ratio'])} | "
+                f"{_fmt(r['loss_ratio_rna'])} | {_fmt(r['loss_ratio_atac'])} |"
+            )
+    lines.append("")
     lines += [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

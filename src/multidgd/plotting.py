@@ -155,6 +155,34 @@ def plot_confusion(truth: np.ndarray, clusters: np.ndarray, path: str | Path, *,
     return _save(fig, path)
 
 
+def plot_loss_ratios(
+    x, ratios: dict[str, np.ndarray], path: str | Path, *, xlabel: str, title: str = "", log_x: bool = False
+) -> Path:
+    """Test NLL ratios (against a reference model; 1 = as good) against ``x``; writes a PNG.
+
+    ``ratios`` maps a line label to its values; several seeds may be given as rows of a
+    2-D array (the mean is drawn, with the range as a band).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    x = np.asarray(x, dtype=float)
+    for label, values in ratios.items():
+        v = np.atleast_2d(np.asarray(values, dtype=float))
+        ax.plot(x, v.mean(axis=0), marker="o", label=label)
+        if v.shape[0] > 1:
+            ax.fill_between(x, v.min(axis=0), v.max(axis=0), alpha=0.2)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    if log_x:
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{t:g}" for t in x])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test NLL / reference NLL (median over cells)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _categorical_scatter(ax, coords, labels, order=None) -> dict[str, tuple]:
     plt = _pyplot()
     ok = ~np.isnan(coords).any(axis=1)

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from multidgd.compare import leiden_matched
+from multidgd.evaluation import stratified_split
+from multidgd.metrics import ari
+
+from .conftest import shared_file
+
+pytest.importorskip("igraph")
+
+
+def _blobs(k, n=60, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=20.0, size=(k, dim))
+    labels = np.repeat(np.arange(k), n)
+    return centres[labels] + rng.normal(size=(k * n, dim)), labels
+
+
+def test_leiden_matched_recovers_separated_blobs():
+    x, labels = _blobs(4)
+    found, res = leiden_matched(x, 4, seed=0)
+    assert len(np.unique(found)) == 4 and res > 0
+    assert ari(labels, found) == pytest.approx(1.0)
+
+
+def test_leiden_matched_reaches_a_larger_count_by_raising_the_resolution():
+    x, _ = _blobs(3, n=150)
+    found, res = leiden_matched(x, 9, seed=0)
+    assert len(np.unique(found)) == 9 and res > 1.0
+    with pytest.raises(ValueError, match="n_clusters"):
+        leiden_matched(x, 0)
+
+
+def test_multivi_metrics_on_bmmc():
+    pytest.importorskip("scvi")
+    import mudata as md
+
+    from multidgd.compare import multivi_metrics
+
+    m = md.read_h5mu(shared_file("bmmc_neurips2021_starter", "bmmc_multiome_starter_500cells.h5mu"))
+    cell_types = m.obs["cell_type"].astype(str).to_numpy()
+    batches = m.obs["batch"].astype(str).to_numpy()
+    split = stratified_split(cell_types, 0)
+    out = multivi_metrics(m, split, cell_types=cell_types, batches=batches, seed=0, max_epochs=2)
+    assert out["epochs"] == 2 and out["_latent"].shape == ((split == "train").sum(), 20)
+    for key in ("rna_rmse", "rna_mae", "rna_from_atac_rmse"):
+        assert out[key] > 0
+    for key in ("atac_auprc", "atac_from_rna_auprc", "batch_1_minus_asw"):
+        assert 0 < out[key] <= 2
+    assert out["clusters"] == len(np.unique(cell_types[split == "train"])) and -1 <= out["ari"] <= 1
