@@ -68,12 +68,54 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None, help="bar chart of the main metrics (PNG)")
     args = p.parse_args(argv)
     runs = [json.loads((d / "metrics.json").read_text()) for d in args.runs]
     text, table = summarize(runs)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(table, indent=2))
+    if args.plot:
+        plot(table, args.plot, len(runs))
+
+
+def plot(table: dict, path: Path, n_seeds: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("RNA RMSE, test (counts)", "RNA RMSE (lower is better)"),
+        ("ATAC AUPRC, test", "ATAC AUPRC (higher is better)"),
+        ("RNA RMSE from ATAC only", "RNA RMSE from ATAC (lower)"),
+        ("ATAC AUPRC from RNA only", "ATAC AUPRC from RNA (higher)"),
+        ("ARI, Leiden with matched cluster count", "ARI, Leiden, matched count"),
+        ("1 - ASW by batch", "1 - ASW by batch (higher)"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(10, 6))
+    for ax, (row, title) in zip(axes.ravel(), panels, strict=True):
+        entries = [(tool, table[row][key]) for tool, key in (("multidgd", "multidgd"), ("MultiVI", "multivi"))]
+        entries = [(t, s) for t, s in entries if s is not None]
+        ax.bar(
+            [t for t, _ in entries],
+            [s[0] for _, s in entries],
+            yerr=[s[1] for _, s in entries],
+            color=["tab:blue", "tab:orange"][: len(entries)],
+            capsize=4,
+        )
+        base = table[row]["baseline"]
+        if base is not None:
+            ax.axhline(base[0], color="grey", ls="--", lw=1, label="average profile")
+            ax.legend(fontsize=7, loc="best")
+        lo = min([s[0] - s[1] for _, s in entries] + ([base[0]] if base else []))
+        hi = max([s[0] + s[1] for _, s in entries] + ([base[0]] if base else []))
+        ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo + 1e-9)), hi + 0.15 * (hi - lo + 1e-9))
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"test metrics, mean and sd over {n_seeds} seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":
