@@ -218,6 +218,17 @@ def test_evaluate_bmmc(tmp_path, capsys):
     assert "holdout_covariate_space.png" in files
     assert "| ATAC AUPRC (test) |" in (out / "report.md").read_text()
     capsys.readouterr()
+    # the saved model evaluated again: the same test metrics without training
+    again = tmp_path / "again"
+    assert main([*args[:3], str(again), *args[4:], "--quiet", "--device", "cpu", "--model", str(out / "model.pt")]) == 0
+    metrics_again = json.loads((again / "metrics.json").read_text())
+    for key in ("rna_rmse", "atac_auprc", "nll_rna", "ari", "epochs", "batch_1_minus_asw"):
+        assert metrics_again[key] == pytest.approx(metrics[key], rel=1e-6), key
+    assert not (again / "model.pt").exists()
+    wrong = main(
+        [*args[:3], str(tmp_path / "w"), *args[4:], "--quiet", "--seed", "5", "--model", str(out / "model.pt")]
+    )
+    assert wrong == 2 and "not trained on these cells with this split" in capsys.readouterr().err
     # a split from a CSV: the same cells as written there
     split = pd.DataFrame({"obs_name": data.obs_names, "split": ["train"] * 400 + ["validation"] * 50 + ["test"] * 50})
     split.to_csv(tmp_path / "split.csv", index=False)

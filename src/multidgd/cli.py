@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help='also train MultiVI on the same split (needs pip install "multidgd[compare]")',
     )
+    ev.add_argument(
+        "--model", type=Path, default=None, help="evaluate this model.pt (trained on DATA with the same split)"
+    )
     ev.add_argument("--compare-max-epochs", type=int, default=None, help="cap MultiVI's epochs (default: its own)")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--quiet", action="store_true")
@@ -389,6 +392,7 @@ def _main_evaluate(args: argparse.Namespace) -> int:
             train_fraction=args.train_fraction,
             compare=args.compare or [],
             compare_max_epochs=args.compare_max_epochs,
+            model_path=args.model,
             device=args.device,
             progress_bar=not args.quiet,
             source=args.data.name,

@@ -162,6 +162,7 @@ def run_evaluation(
     compare: list[str] | tuple[str, ...] = (),
     compare_max_epochs: int | None = None,
     config=None,
+    model_path=None,
     device: str = "auto",
     progress_bar: bool = True,
     source: str = "",
@@ -177,6 +178,9 @@ def run_evaluation(
     metrics under ``metrics["multivi"]`` (needs the ``compare`` extra, see
     ``multidgd.compare``); ``compare_max_epochs`` caps its epochs (default: its own).
     ``config`` is a ``TrainConfig`` for every multidgd model trained here (default: defaults).
+    ``model_path``: evaluate this saved model (trained on this data with this split, e.g. the
+    ``model.pt`` of an earlier run) instead of training one; its training time is the sum of
+    its recorded epoch times.
     """
     import json
     import resource
@@ -233,8 +237,23 @@ def run_evaluation(
     kw.update(device=device, progress_bar=progress_bar, config=config)
 
     t_start = time.perf_counter()
-    model, train_seconds = _train(data, split, **kw)
-    model.save(out / "model.pt")
+    if model_path is None:
+        model, train_seconds = _train(data, split, **kw)
+        model.save(out / "model.pt")
+    else:
+        from .model import DGD
+
+        model = DGD.load(model_path)
+        where_m, _, _ = model._cell_rows()
+        model_split = np.where(where_m == 0, "train", np.where(where_m == 1, "validation", "other"))
+        same_cells = np.array_equal(np.asarray(model.obs_names).astype(str), obs_names.to_numpy())
+        fitted = where_m >= 0
+        if not same_cells or not np.array_equal(split[fitted].astype(str), model_split[fitted]):
+            raise ValueError(
+                f"{model_path}: not trained on these cells with this split (seed {seed}); "
+                "give the data, --seed or --split-csv it was trained with"
+            )
+        train_seconds = float(sum(row["seconds"] for row in model._state.history))
     test = data[split == "test"].copy()
     train = data[split == "train"].copy()
     res = heldout_metrics(model, test, train, device=device)
