@@ -83,13 +83,6 @@ def leiden_matched(latent: np.ndarray, n_clusters: int, *, seed: int = 0, n_neig
     return best[0], float(best[1])
 
 
-def _zeroed(adata):
-    out = adata.copy()
-    x = sp.csr_matrix(out.X)
-    out.X = sp.csr_matrix(x.shape, dtype=np.float32)
-    return out
-
-
 def multivi_metrics(
     data,
     split: np.ndarray,
@@ -127,10 +120,11 @@ def multivi_metrics(
         rows = fit if copy == "fit" else test
         for m in ("rna", "atac"):
             a = data.mod[names[m]][rows].copy()
-            a.X = sp.csr_matrix(a.X, dtype=np.float32)
-            a.obs = pd.DataFrame(index=[f"{o}|{copy}" for o in a.obs_names])
             hidden = (copy == "rna_only" and m == "atac") or (copy == "atac_only" and m == "rna")
-            parts[m].append(_zeroed(a) if hidden else a)
+            # a hidden modality is all zeros, which MultiVI reads as missing
+            a.X = sp.csr_matrix(a.shape, dtype=np.float32) if hidden else sp.csr_matrix(a.X, dtype=np.float32)
+            a.obs = pd.DataFrame(index=[f"{o}|{copy}" for o in a.obs_names])
+            parts[m].append(a)
     mods = {m: ad.concat(parts[m], merge="first") for m in parts}
     for m in mods:
         mods[m].var = data.mod[names[m]].var[[]].copy()
