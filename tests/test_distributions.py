@@ -10,6 +10,7 @@ from multidgd.distributions import (
     dirichlet_log_prob,
     nb_log_prob,
     nb_log_prob_sparse,
+    nb_nll_from_logits,
     normal_log_prob,
     softball_log_prob,
     softball_sample,
@@ -80,3 +81,64 @@ def test_normal_and_dirichlet():
     for alpha in (1.0, 2.0, 0.7):
         ours = float(dirichlet_log_prob(torch.tensor(np.log(w)), alpha))
         assert ours == pytest.approx(scipy.stats.dirichlet.logpdf(w, [alpha] * 3), rel=1e-10)
+
+
+def _fused_case(seed=0, n=9, f=40, density=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(n, f, generator=gen) * 3) * (torch.rand(n, f, generator=gen) < density)
+    rows, cols = x.nonzero(as_tuple=True)
+    logits = torch.randn(n, f, generator=gen, dtype=torch.float64) * 2
+    rho = torch.randn(f, generator=gen, dtype=torch.float64)
+    log_lib = torch.rand(n, generator=gen, dtype=torch.float64) * 4 + 1
+    return x, rows, cols, logits, rho, log_lib
+
+
+def test_fused_nb_nll_matches_scipy_and_autograd():
+    x, rows, cols, logits, rho, log_lib = _fused_case()
+    # value against scipy at mu = L softmax(logits), r = 1 + exp(rho)
+    mu = np.exp(log_lib.numpy())[:, None] * scipy.special.softmax(logits.numpy(), axis=1)
+    r = 1 + np.exp(rho.numpy())
+    expected = -scipy.stats.nbinom.logpmf(x.numpy(), r, r / (r + mu)).sum(axis=1)
+    y = logits.float().requires_grad_(True)
+    p = rho.float().requires_grad_(True)
+    ours = nb_nll_from_logits(y, log_lib.float(), p, rows, cols, x[rows, cols])
+    np.testing.assert_allclose(ours.detach().numpy(), expected, rtol=2e-5)
+    # gradients (weighted rows, so the non-constant path runs) against float64 autograd
+    weights = torch.linspace(0.5, 2.0, len(log_lib), dtype=torch.float64)
+    gy, gp = torch.autograd.grad((ours * weights.float()).sum(), [y, p])
+    y64, p64 = logits.clone().requires_grad_(True), rho.clone().requires_grad_(True)
+    ref = -nb_log_prob_sparse(
+        torch.log_softmax(y64, 1) + log_lib[:, None], 1 + torch.exp(p64), rows, cols, x[rows, cols].double()
+    )
+    ry, rp = torch.autograd.grad((ref * weights).sum(), [y64, p64], retain_graph=True)
+    np.testing.assert_allclose(gy.numpy(), ry.numpy(), atol=2e-5)
+    np.testing.assert_allclose(gp.numpy(), rp.numpy(), atol=2e-5)
+    # a summed loss (constant output gradient) takes the one-pass path: same gradients
+    y2 = logits.float().requires_grad_(True)
+    g2 = torch.autograd.grad(nb_nll_from_logits(y2, log_lib.float(), rho.float(), rows, cols, x[rows, cols]).sum(), y2)
+    ry2 = torch.autograd.grad(ref.sum(), y64)[0]
+    np.testing.assert_allclose(g2[0].numpy(), ry2.numpy(), atol=2e-5)
+
+
+def test_fused_nb_nll_without_counts_and_twice_differentiated():
+    x, rows, cols, logits, rho, log_lib = _fused_case(seed=1)
+    empty = torch.zeros(0, dtype=torch.int64)
+    y = logits.float().requires_grad_(True)
+    out = nb_nll_from_logits(y, log_lib.float(), rho.float(), empty, empty, torch.zeros(0))
+    mu = np.exp(log_lib.numpy())[:, None] * scipy.special.softmax(logits.numpy(), axis=1)
+    r = 1 + np.exp(rho.numpy())
+    np.testing.assert_allclose(out.detach().numpy(), -(r * np.log(r / (r + mu))).sum(axis=1), rtol=2e-5)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once"):
+        out.sum().backward()
+
+
+def test_fused_nb_nll_bfloat16_logits():
+    x, rows, cols, logits, rho, log_lib = _fused_case(seed=2)
+    y = logits.to(torch.bfloat16).requires_grad_(True)
+    out = nb_nll_from_logits(y, log_lib.float(), rho.float(), rows, cols, x[rows, cols])
+    ref = nb_nll_from_logits(y.detach().float(), log_lib.float(), rho.float(), rows, cols, x[rows, cols])
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.detach().numpy(), ref.numpy(), rtol=1e-6)  # the loss itself is float32
+    out.sum().backward()
+    assert y.grad.dtype == torch.bfloat16 and torch.isfinite(y.grad.float()).all()

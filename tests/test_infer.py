@@ -148,7 +148,8 @@ def test_feature_reordering_gives_the_same_result(model, all_data):
     shuffled.obs = query.obs.copy()
     a = model.infer(query, device="cpu", progress_bar=False)
     b = model.infer(shuffled, device="cpu", progress_bar=False)
-    np.testing.assert_allclose(a.latent, b.latent, atol=1e-5)
+    # float32 sums over non-zeros in another order, amplified by 50 Adam steps: ~1e-4 at most
+    np.testing.assert_allclose(a.latent, b.latent, atol=2e-4)
     np.testing.assert_allclose(a.nll.to_numpy(), b.nll.to_numpy(), rtol=1e-5)
     assert b.n_absent_features == {"rna": 0, "atac": 0}
 

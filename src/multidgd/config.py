@@ -137,6 +137,11 @@ class TrainConfig:
         See ``early_stopping``.
     checkpoint_every
         Write a checkpoint every this many epochs when a checkpoint path is given.
+    precision
+        ``"float32"`` or ``"bfloat16"``: the latter runs the decoder's matmuls in bfloat16
+        under autocast (parameters, optimiser states, representations and the loss stay
+        float32). Faster on GPUs and on CPUs with bfloat16 matmul support; see
+        docs/performance.md for what it changes in the result.
     """
 
     batch_size: int = 128
@@ -157,6 +162,7 @@ class TrainConfig:
     min_epochs: int = 50
     patience: int = 10
     checkpoint_every: int = 5
+    precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -175,6 +181,8 @@ class TrainConfig:
             raise ValueError("weight_decay and l1_decoder must be >= 0")
         if self.min_epochs < 0 or self.patience < 1 or self.checkpoint_every < 1:
             raise ValueError("min_epochs must be >= 0, patience and checkpoint_every >= 1")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     def to_dict(self) -> dict[str, Any]:

@@ -66,16 +66,29 @@ class Decoder(nn.Module):
         -------
         Mapping modality -> (n, F_m) log-fractions (``log_softmax`` over features).
         """
+        return {m: torch.log_softmax(y, dim=1) for m, y in self.logits(z, modalities).items()}
+
+    def logits(self, z: torch.Tensor, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The heads' outputs before the softmax: modality -> (n, F_m)."""
         h = self.trunk(z)
         names = list(self.heads) if modalities is None else modalities
-        return {m: torch.log_softmax(self.heads[m](h), dim=1) for m in names}
+        return {m: self.heads[m](h) for m in names}
 
     @torch.no_grad()
     def add_l1_grad(self, coefficient: float) -> None:
-        """Add the gradient of ``coefficient * weight_l1()`` to the weights' ``.grad``."""
-        for m in self.modules():
+        """Add the gradient of ``coefficient * weight_l1()`` to the weights' ``.grad``.
+
+        The signs go through one kept buffer per weight: a fresh allocation of the size of
+        the largest weight costs several times the two passes themselves.
+        """
+        buffers = self.__dict__.setdefault("_sign_buffers", {})
+        for name, m in self.named_modules():
             if isinstance(m, nn.Linear) and m.weight.grad is not None:
-                m.weight.grad.add_(torch.sign(m.weight), alpha=coefficient)
+                w = m.weight
+                buf = buffers.get(name)
+                if buf is None or buf.shape != w.shape or buf.device != w.device or buf.dtype != w.dtype:
+                    buf = buffers[name] = torch.empty_like(w)
+                w.grad.add_(torch.sign(w, out=buf), alpha=coefficient)
 
     def weight_l1(self) -> torch.Tensor:
         """Sum of absolute values of all weight matrices (biases excluded)."""

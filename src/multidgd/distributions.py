@@ -19,6 +19,7 @@ __all__ = [
     "softball_sample",
     "normal_log_prob",
     "dirichlet_log_prob",
+    "nb_nll_from_logits",
 ]
 
 
@@ -133,3 +134,113 @@ def dirichlet_log_prob(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
     k = log_weights.shape[-1]
     const = math.lgamma(k * alpha) - k * math.lgamma(alpha)
     return const + (alpha - 1.0) * log_weights.sum(-1)
+
+
+class _NBNLLFromLogits(torch.autograd.Function):
+    """Per-row NB negative log-likelihood of sparse counts, from softmax logits, in one node.
+
+    See :func:`nb_nll_from_logits`. With ``u = log mu - log r``, the forward computes
+    ``t = exp(u) = mu / r`` from the softmax's own exponentials (one ``exp`` pass) and the
+    zero-count term ``sum_j r_j log1p(t_ij)`` (one ``log1p`` pass); the backward needs no
+    transcendental function: ``sigmoid(u) = t / (1 + t)`` and ``softmax = t r / L``. It keeps
+    two (n, F) float32 buffers and overwrites them, so it can be differentiated once.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, log_library, rho, rows, cols, values):
+        y = logits.float()
+        peak = y.amax(dim=1)
+        t = torch.sub(y, peak[:, None]).exp_()
+        denom = t.sum(dim=1)
+        lse = peak + torch.log(denom)
+        log_r = torch.nn.functional.softplus(rho)  # r = 1 + exp(rho), log r = softplus(rho)
+        r = torch.exp(log_r)
+        t.mul_((torch.exp(log_library) / denom)[:, None]).mul_(1.0 / r)  # t = mu / r
+        sp = torch.log1p(t)  # softplus(u)
+        nll = sp @ r  # sum_j r_j softplus(u_ij): the zero-count term of every entry
+        if values.numel():
+            r_nz = r[cols]
+            u_nz = y[rows, cols] + (log_library - lse)[rows] - log_r[cols]
+            nz = (
+                values * torch.nn.functional.softplus(-u_nz)
+                - torch.lgamma(values + r_nz)
+                + torch.lgamma(r)[cols]  # per feature, then gathered: fewer lgamma calls
+                + torch.lgamma(values + 1.0)
+            )
+            nll = nll.index_add(0, rows, nz)
+        else:
+            u_nz = values
+        ctx.save_for_backward(log_library, rho, r, t, sp, rows, cols, values, u_nz)
+        ctx.logits_dtype = logits.dtype
+        ctx.used = False
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.used:
+            raise RuntimeError("nb_nll_from_logits can be differentiated once (its buffers are reused)")
+        ctx.used = True
+        log_library, rho, r, t, sp, rows, cols, values, u_nz = ctx.saved_tensors
+        go = grad_out.float()
+        need_logits, _, need_rho = ctx.needs_input_grad[:3]
+        grad_logits = grad_rho = None
+        # dense part: d/du [r softplus(u)] = r sigmoid(u); d/dr (u = log mu - log r) = softplus(u) - sigmoid(u)
+        if need_rho:
+            grad_r = go @ sp
+        sig = torch.div(t, torch.add(t, 1.0, out=sp), out=sp)  # sigmoid(u) = t / (1 + t)
+        if need_rho:
+            grad_r = grad_r - go @ sig
+        if values.numel():
+            s_nz = torch.sigmoid(u_nz)
+            g_nz = go[rows]
+            r_nz = r[cols]
+            if need_rho:
+                d_r = (values / r_nz) * (1.0 - s_nz) - torch.digamma(values + r_nz) + torch.digamma(r)[cols]
+                grad_r = grad_r.index_add(0, cols, g_nz * d_r)
+        if need_logits:
+            # dL/du = dL/dlog mu: sigmoid(u) r_j go_i (one pass when go is the same for every
+            # row, as for a summed loss), minus x_ij (1 - sigmoid(u_ij)) go_i at the non-zeros
+            constant = bool((go == go[0]).all())
+            g = sig.mul_(r * go[0]) if constant else sig.mul_(r).mul_(go[:, None])
+            if values.numel():
+                g.index_put_((rows, cols), -g_nz * values * (1.0 - s_nz), accumulate=True)
+            # log mu = y - logsumexp(y) + log L: dL/dy = g - softmax(y) rowsum(g), softmax = t r / L
+            total = g.sum(dim=1)
+            g.sub_(t.mul_(r).mul_((total * torch.exp(-log_library))[:, None]))
+            grad_logits = g.to(ctx.logits_dtype)
+        if need_rho:
+            grad_rho = grad_r * torch.exp(rho)  # dr/drho
+        return grad_logits, None, grad_rho, None, None, None
+
+
+def nb_nll_from_logits(
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
+    rho: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+) -> torch.Tensor:
+    """Per-row NB negative log-likelihood of sparse counts given the decoder's logits.
+
+    The mean is ``mu = L * softmax(logits)`` and the dispersion ``r = 1 + exp(rho)``. The
+    result equals ``-nb_log_prob_sparse(log_softmax(logits) + log L, 1 + exp(rho), ...)``;
+    the gradient reaches ``logits`` and ``rho`` through a hand-written backward that needs
+    one (n, F) float32 buffer. Computed in float32 whatever the logits' dtype.
+
+    Parameters
+    ----------
+    logits
+        (n, F) decoder output before the softmax.
+    log_library
+        (n,) log library size.
+    rho
+        (F,) dispersion parameter.
+    rows, cols, values
+        The non-zero counts, as in :func:`nb_log_prob_sparse`.
+
+    Returns
+    -------
+    (n,) negative log-likelihood of each row.
+    """
+    return _NBNLLFromLogits.apply(logits, log_library.float(), rho, rows, cols, values)

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from torch.nn.functional import softplus
 
+from ._memory import keep_freed_memory
 from .data import MODALITIES, gather_rows
 from .distributions import nb_log_prob_sparse
 from .network import DGDModule
@@ -358,6 +359,7 @@ def embed_cells(
     Dict with ``latent`` (n, L), ``covariate`` (n, dV), ``nll`` (n, 2) (NaN where absent),
     ``library_total`` (n, 2) (NaN where absent) and ``start`` (n, 2).
     """
+    keep_freed_memory()
     from tqdm.auto import tqdm
 
     cfg = module.config
@@ -451,7 +453,7 @@ def embed_cells(
     def step_chunk(chunk: _Chunk, batch: dict[str, Any], grads_acc: list | None) -> None:
         idx = torch.from_numpy(chunk.cells).to(device)
         zb, zc = basal_t.rows(idx), cov_t.rows(idx)
-        nll, _ = _reconstruction_nll(module, zb, zc, batch, observed)
+        nll = module.representation_nll(zb, zc, batch["counts"], batch["log_library"], observed=observed)
         loss = sum(v.sum() for v in nll.values()) - module.basal.log_prob(zb).sum()
         loss = loss + module.covariate_nll(zc, labels_t[idx] if supervised else None).sum()
         inputs = [zb] + ([zc] if V else [])

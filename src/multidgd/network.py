@@ -7,10 +7,23 @@ from torch import nn
 
 from .config import ModelConfig
 from .decoder import Decoder
-from .distributions import nb_log_prob_sparse
+from .distributions import nb_log_prob_sparse, nb_nll_from_logits
 from .mixture import GaussianMixture
 
-__all__ = ["DGDModule", "SparseCounts"]
+__all__ = ["DGDModule", "SparseCounts", "autocast", "PRECISIONS"]
+
+#: Allowed values of ``precision``.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def autocast(device_type: str, precision: str):
+    """Autocast context for the decoder's matmuls: off for ``"float32"``, bfloat16 otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return torch.autocast(device_type, enabled=False)
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
 
 #: Non-zeros of a minibatch: (rows, cols, values), as returned by ``data.gather_rows``.
 SparseCounts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -123,6 +136,50 @@ class DGDModule(nn.Module):
                 continue
             log_mu = log_fraction[m] + torch.log(library_size[:, j : j + 1])
             out[m] = -nb_log_prob_sparse(log_mu, self.dispersion(m), *counts[m])
+        return out
+
+    def representation_nll(
+        self,
+        basal: torch.Tensor,
+        covariate: torch.Tensor | None,
+        counts: dict[str, SparseCounts],
+        log_library: dict[str, torch.Tensor],
+        *,
+        observed: dict[str, torch.Tensor | None] | None = None,
+        precision: str = "float32",
+    ) -> dict[str, torch.Tensor]:
+        """Per-cell NB negative log-likelihood of each modality in ``counts``, decoded from
+        representations, through the fused loss (:func:`~multidgd.distributions.nb_nll_from_logits`).
+
+        Parameters
+        ----------
+        basal, covariate
+            (n, L) and (n, 2V) representations.
+        counts
+            Modality -> non-zero coordinates of the counts.
+        log_library
+            Modality -> (n,) log library size.
+        observed
+            Modality -> indices of the features present (the softmax is renormalised over
+            them), or None for all.
+        precision
+            ``"bfloat16"`` runs the decoder's matmuls under autocast; the loss is float32.
+
+        Returns
+        -------
+        Modality -> (n,) negative log-likelihood.
+        """
+        z = basal if covariate is None or covariate.shape[1] == 0 else torch.cat([basal, covariate], dim=1)
+        mods = [m for m in self.modalities if m in counts]
+        with autocast(z.device.type, precision):
+            logits = self.decoder.logits(z, mods)
+        out = {}
+        for m in mods:
+            obs = None if observed is None else observed.get(m)
+            y, rho = logits[m], self.dispersion_rho[m]
+            if obs is not None:
+                y, rho = y[:, obs], rho[obs]
+            out[m] = nb_nll_from_logits(y, log_library[m], rho, *counts[m])
         return out
 
     def covariate_nll(self, covariate: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

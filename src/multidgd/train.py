@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._memory import keep_freed_memory
 from .checkpoint import write_atomic
 from .config import TrainConfig
 from .data import MultiomeData, gather_rows
@@ -50,11 +51,14 @@ def per_cell_terms(
     counts: dict,
     library_size: torch.Tensor,
     labels: torch.Tensor | None,
+    precision: str = "float32",
 ) -> dict[str, torch.Tensor]:
     """Per-cell loss terms of a minibatch, each (n,): ``nll_<modality>``, ``basal_prior``,
-    ``covariate_prior``. ``labels`` (n, V) selects the supervised covariate term."""
-    log_fraction = module.decode(basal, covariate)
-    terms = {f"nll_{m}": v for m, v in module.reconstruction_nll(log_fraction, counts, library_size).items()}
+    ``covariate_prior``. ``labels`` (n, V) selects the supervised covariate term;
+    ``library_size`` is (n, n_modalities)."""
+    log_lib = {m: torch.log(library_size[:, j]) for j, m in enumerate(module.modalities) if m in counts}
+    nll = module.representation_nll(basal, covariate, counts, log_lib, precision=precision)
+    terms = {f"nll_{m}": v for m, v in nll.items()}
     terms["basal_prior"] = -module.basal.log_prob(basal)
     terms["covariate_prior"] = module.covariate_nll(covariate, labels)
     return terms
@@ -108,6 +112,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
+    keep_freed_memory()
     module = state.module.to(device)
     tables = {k: t.to(device) for k, t in state.tables.items()}
     state.tables = tables
@@ -178,7 +183,7 @@ def fit(
             zc = tables["train_covariate"].rows(idx)
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
-            terms = per_cell_terms(module, zb, zc, counts, lib, labels)
+            terms = per_cell_terms(module, zb, zc, counts, lib, labels, config.precision)
             per_cell = sum(terms.values())
             hyper_scale = len(local) if config.hyperprior_per_cell else len(local) / n_train
             loss = per_cell.sum() + hyper_scale * module.hyperprior_nll()
@@ -249,7 +254,7 @@ def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, d
         idx = torch.from_numpy(local).to(device)
         zb = tables["val_basal"].rows(idx)
         zc = tables["val_covariate"].rows(idx)
-        terms = per_cell_terms(module, zb, zc, counts, lib, None)
+        terms = per_cell_terms(module, zb, zc, counts, lib, None, config.precision)
         loss = sum(terms.values()).sum()
         inputs = [zb, zc] if zc.shape[1] else [zb]
         grads = torch.autograd.grad(loss, inputs)

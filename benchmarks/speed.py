@@ -1,0 +1,204 @@
+"""Training and inference speed against the hardware floor, measured in one run; one JSON line.
+
+The data are ``multidgd.datasets.synthetic`` counts of the requested shape (cluster and batch
+structure, RNA 7 % and ATAC 3 % non-zero, log-normal libraries). Training runs with the
+default settings (batch 128, no validation split, so an epoch is the training pass and the
+per-epoch representation step) for ``--epochs`` epochs; ``seconds_per_epoch`` is the median
+over the epochs after the first.
+
+The floor is measured in the same process on the same batch shapes: forward plus backward
+(weight and input gradients) of the decoder alone, on dense random input, with a random
+output gradient, for every minibatch of an epoch. These are the matmuls any implementation
+of the model has to do; everything else (the loss, the optimisers, data handling) is
+overhead. ``ratio_to_floor`` = ``seconds_per_epoch / floor_seconds_per_epoch``.
+
+Inference: ``--infer-cells`` new cells of the same shape are placed with the default
+best-start search (every basal component x covariate class) plus ``--infer-steps`` steps.
+Its floor: the decoder forward on the candidates, the candidates' scores as one dense
+(cells x features) @ (features x candidates) matmul, and per step a forward plus an input
+gradient of the decoder on the new cells.
+
+    python benchmarks/speed.py --cells 5600 --genes 13431 --peaks 116490 --dtype float32
+    python benchmarks/speed.py --cells 5600 --dtype bfloat16 --epochs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _peak_rss_mb() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru / 1024.0 if sys.platform != "darwin" else ru / 2**20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def decoder_floor(decoder, batch_sizes: list[int], device, dtype: str, *, weight_grad: bool, repeats: int = 2) -> float:
+    """Seconds of forward + backward of ``decoder`` over minibatches of the given sizes (best of repeats)."""
+    in_dim = decoder.trunk[0].in_features if len(decoder.trunk) else next(iter(decoder.heads.values()))[0].in_features
+    gen = torch.Generator().manual_seed(0)
+    inputs = {n: torch.randn(n, in_dim, generator=gen).to(device) for n in set(batch_sizes)}
+    params = list(decoder.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(weight_grad)
+    grads = {}
+    try:
+
+        def one(n: int) -> None:
+            z = inputs[n].detach().requires_grad_(True)
+            with _autocast(device, dtype):
+                h = decoder.trunk(z)
+                outs = [head(h) for head in decoder.heads.values()]
+            if n not in grads:
+                grads[n] = [torch.randn(o.shape, generator=gen).to(device, o.dtype) for o in outs]
+            torch.autograd.backward(outs, grads[n])
+            for p in params:
+                p.grad = None
+
+        one(batch_sizes[0])  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            for n in batch_sizes:
+                one(n)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        return best
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+
+
+def infer_floor(decoder, n_cells, n_candidates, n_features, n_steps, batch_size, device, dtype) -> float:
+    """Seconds of the matmuls inference must do (see the module docstring)."""
+    in_dim = decoder.trunk[0].in_features
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        with _autocast(device, dtype):
+            h = decoder.trunk(torch.randn(n_candidates, in_dim, generator=gen).to(device))
+            outs = [head(h) for head in decoder.heads.values()]
+        x = torch.randn(min(n_cells, batch_size), n_features, generator=gen).to(device)
+        cand = torch.randn(n_features, n_candidates, generator=gen).to(device)
+        for start in range(0, n_cells, batch_size):
+            n = min(batch_size, n_cells - start)
+            with _autocast(device, dtype):
+                _ = x[:n] @ cand
+        _sync(device)
+        search = time.perf_counter() - t0
+        del outs, x, cand
+    sizes = [min(batch_size, n_cells - s) for s in range(0, n_cells, batch_size)]
+    steps = decoder_floor(decoder, sizes, device, dtype, weight_grad=False, repeats=1) if n_steps else 0.0
+    return search + n_steps * steps
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", type=int, default=5600, help="training cells")
+    p.add_argument("--genes", type=int, default=13431)
+    p.add_argument("--peaks", type=int, default=116490)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (the first is not counted)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--infer-cells", type=int, default=700, help="new cells to place (0: skip inference)")
+    p.add_argument("--infer-steps", type=int, default=50)
+    p.add_argument("--clusters", type=int, default=22, help="cell types = basal components")
+    p.add_argument("--batches", type=int, default=4, help="batch classes = covariate candidates")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from multidgd import DGD, TrainConfig
+    from multidgd.datasets import synthetic
+
+    device = torch.device(args.device)
+    t0 = time.perf_counter()
+    total = args.cells + args.infer_cells
+    mdata = synthetic(total, args.genes, args.peaks, n_clusters=args.clusters, n_batches=args.batches, seed=args.seed)
+    build_seconds = time.perf_counter() - t0
+    train = mdata[: args.cells].copy()
+    new = mdata[args.cells :].copy() if args.infer_cells else None
+    del mdata
+
+    model = DGD(train, cell_type_key="cell_type", covariate_keys="batch")
+    extra = {} if args.dtype == "float32" else {"precision": args.dtype}
+    cfg = TrainConfig(batch_size=args.batch_size, validation_fraction=0.0, early_stopping=False, **extra)
+    model.train(args.epochs, seed=args.seed, device=device, config=cfg, progress_bar=False)
+    seconds = model.history["seconds"].to_numpy()
+    steady = float(statistics.median(seconds[1:])) if len(seconds) > 1 else float(seconds[0])
+
+    decoder = model.module.decoder
+    sizes = [min(args.batch_size, args.cells - s) for s in range(0, args.cells, args.batch_size)]
+    floor = decoder_floor(decoder, sizes, device, args.dtype, weight_grad=True)
+
+    out = {
+        "cells": args.cells,
+        "genes": args.genes,
+        "peaks": args.peaks,
+        "dtype": args.dtype,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "seconds_per_epoch": round(steady, 3),
+        "first_epoch_seconds": round(float(seconds[0]), 3),
+        "floor_seconds_per_epoch": round(floor, 3),
+        "ratio_to_floor": round(steady / floor, 3),
+        "cells_per_second": round(args.cells / steady, 1),
+        "final_train_loss": float(model.history["train_loss"].iloc[-1]),
+        "synthetic_seconds": round(build_seconds, 2),
+    }
+    print(json.dumps(out), file=sys.stderr, flush=True)  # the training part, before inference
+    if new is not None:
+        kw = {"device": device, "progress_bar": False, "n_steps": args.infer_steps}
+        t0 = time.perf_counter()
+        model.infer(new, **kw)
+        _sync(device)
+        infer_s = time.perf_counter() - t0
+        n_cand = model.module.basal.n_components * int(np.prod([m.n_components for m in model.module.covariates]))
+        ifloor = infer_floor(
+            decoder, args.infer_cells, n_cand, args.genes + args.peaks, args.infer_steps, 512, device, args.dtype
+        )
+        out.update(
+            {
+                "infer_cells": args.infer_cells,
+                "infer_candidates": n_cand,
+                "infer_steps": args.infer_steps,
+                "infer_seconds": round(infer_s, 3),
+                "infer_floor_seconds": round(ifloor, 3),
+                "infer_ratio_to_floor": round(infer_s / ifloor, 3),
+            }
+        )
+    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
