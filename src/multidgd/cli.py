@@ -32,6 +32,7 @@ def train_and_report(
     device: str = "auto",
     resume: bool = False,
     batch_size: int | None = None,
+    precision: str = "float32",
     progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Train on ``data`` and write model, annotated data, figures and a summary into ``out``.
@@ -54,7 +55,7 @@ def train_and_report(
         cell_type_key=cell_type_key,
         covariate_keys=covariate_keys,
     )
-    config = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)
+    config = TrainConfig(precision=precision, **({} if batch_size is None else {"batch_size": batch_size}))
     model.train(
         max_epochs=max_epochs,
         seed=seed,
@@ -245,6 +246,12 @@ def _add_common(p: argparse.ArgumentParser, *, default_epochs: int) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--batch-size", type=int, default=None, help="cells per minibatch (default 128)")
+    p.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16: the decoder's matmuls in bfloat16 (GPUs, CPUs with bf16 support)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
 
 
@@ -350,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             resume=args.resume,
             batch_size=args.batch_size,
+            precision=args.precision,
             progress_bar=not args.quiet,
             **kw,
         )
