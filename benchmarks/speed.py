@@ -128,6 +128,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batches", type=int, default=4, help="batch classes = covariate candidates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--floor-repeats", type=int, default=2, help="floor passes over an epoch's batches (best is kept)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,7 +154,7 @@ def main(argv=None) -> dict:
 
     decoder = model.module.decoder
     sizes = [min(args.batch_size, args.cells - s) for s in range(0, args.cells, args.batch_size)]
-    floor = decoder_floor(decoder, sizes, device, args.dtype, weight_grad=True)
+    floor = decoder_floor(decoder, sizes, device, args.dtype, weight_grad=True, repeats=args.floor_repeats)
 
     out = {
         "cells": args.cells,

@@ -69,10 +69,24 @@ class Decoder(nn.Module):
         return {m: torch.log_softmax(y, dim=1) for m, y in self.logits(z, modalities).items()}
 
     def logits(self, z: torch.Tensor, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """The heads' outputs before the softmax: modality -> (n, F_m)."""
+        """The heads' outputs before the softmax: modality -> (n, F_m).
+
+        Under autocast (reduced precision) the last layer's bias, which carries each
+        feature's base level and so most of a logit's magnitude, is added in float32 after
+        the low-precision matmul: the rounding error is then relative to the cell-specific
+        part only, and the logits are float32.
+        """
         h = self.trunk(z)
         names = list(self.heads) if modalities is None else modalities
-        return {m: self.heads[m](h) for m in names}
+        if not torch.is_autocast_enabled(z.device.type):
+            return {m: self.heads[m](h) for m in names}
+        out = {}
+        for m in names:
+            head = self.heads[m]
+            x = head[:-1](h)
+            last = head[-1]
+            out[m] = torch.nn.functional.linear(x, last.weight).float() + last.bias
+        return out
 
     @torch.no_grad()
     def add_l1_grad(self, coefficient: float) -> None:

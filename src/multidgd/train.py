@@ -113,6 +113,7 @@ def fit(
     from tqdm.auto import tqdm
 
     keep_freed_memory()
+    _check_precision(config.precision, device)
     module = state.module.to(device)
     tables = {k: t.to(device) for k, t in state.tables.items()}
     state.tables = tables
@@ -243,6 +244,22 @@ def fit(
     state.optimizer_states = {k: o.state_dict() for k, o in optimizers.items()}
     state.shuffle_rng_state = shuffle.get_state()
     return state
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    """Warn when bfloat16 matmuls would be emulated (far slower than float32) on ``device``."""
+    if precision != "bfloat16":
+        return
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    if not supported:
+        logger.warning(
+            "precision='bfloat16': this %s has no bfloat16 matmul support, so the matmuls are "
+            "emulated and much slower than float32; precision='float32' is faster here",
+            "GPU" if device.type == "cuda" else "CPU",
+        )
 
 
 def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, device) -> dict[str, float]:
