@@ -173,6 +173,7 @@ def main(argv=None) -> dict:
         "final_train_loss": float(model.history["train_loss"].iloc[-1]),
         "synthetic_seconds": round(build_seconds, 2),
     }
+    out["train_peak_rss_mb"] = round(_peak_rss_mb(), 1)
     print(json.dumps(out), file=sys.stderr, flush=True)  # the training part, before inference
     if new is not None:
         kw = {"device": device, "progress_bar": False, "n_steps": args.infer_steps}

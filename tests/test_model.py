@@ -200,3 +200,20 @@ def test_test_split_cells_are_nan(mdata):
 
 def test_public_api():
     assert set(multidgd.__all__) >= {"DGD", "ModelConfig", "TrainConfig"}
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 22])
+def test_l1_gradient_matches_autograd(chunk):
+    from multidgd.decoder import Decoder
+
+    torch.manual_seed(0)
+    dec = Decoder(5, {"rna": 30, "atac": 50}, hidden_dim=8, n_trunk=2, n_head=3)
+    expected = torch.autograd.grad(0.3 * dec.weight_l1(), [m.weight for m in dec.modules() if hasattr(m, "weight")])
+    for m in dec.modules():
+        if hasattr(m, "weight"):
+            m.weight.grad = torch.zeros_like(m.weight)
+    dec.add_l1_grad(0.3, chunk_elements=chunk)
+    got = [m.weight.grad for m in dec.modules() if hasattr(m, "weight")]
+    assert len(got) == len(expected) == 8
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)

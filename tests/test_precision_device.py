@@ -1,11 +1,14 @@
 """bfloat16 training, the malloc setting, and the CUDA path (skipped without a GPU)."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from multidgd import DGD, ModelConfig, TrainConfig
-from multidgd._memory import keep_freed_memory
+from multidgd._memory import freed_memory_kept
 from multidgd.distributions import nb_nll_from_logits
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -35,10 +38,19 @@ def test_bfloat16_training_tracks_float32(mdata, caplog):
     assert b.module.decoder.heads["atac"][-1].weight.dtype == torch.float32  # parameters stay float32
 
 
-def test_keep_freed_memory_is_idempotent():
-    first = keep_freed_memory()
-    assert keep_freed_memory() == first
-    assert isinstance(first, bool)
+def test_freed_memory_kept_nests_and_restores():
+    import resource
+
+    with freed_memory_kept() as outer:
+        with freed_memory_kept() as inner:
+            block = torch.ones(50_000_000 // 4)  # a 50 MB block, above glibc's mmap threshold
+            del block
+        assert inner == outer
+        if sys.platform.startswith("linux") and os.environ.get("MULTIDGD_KEEP_FREED_MEMORY") != "0":
+            assert outer  # glibc: in effect
+    # after the block a large allocation is served and freed again without error
+    torch.ones(50_000_000 // 4).sum()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
 
 
 @needs_cuda

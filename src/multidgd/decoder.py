@@ -89,20 +89,25 @@ class Decoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def add_l1_grad(self, coefficient: float) -> None:
+    def add_l1_grad(self, coefficient: float, chunk_elements: int = 1 << 22) -> None:
         """Add the gradient of ``coefficient * weight_l1()`` to the weights' ``.grad``.
 
-        The signs go through one kept buffer per weight: a fresh allocation of the size of
-        the largest weight costs several times the two passes themselves.
+        The signs go through one small kept buffer, a block of rows at a time: a fresh
+        allocation the size of the largest weight costs several times the passes themselves.
         """
-        buffers = self.__dict__.setdefault("_sign_buffers", {})
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and m.weight.grad is not None:
-                w = m.weight
-                buf = buffers.get(name)
-                if buf is None or buf.shape != w.shape or buf.device != w.device or buf.dtype != w.dtype:
-                    buf = buffers[name] = torch.empty_like(w)
-                w.grad.add_(torch.sign(w, out=buf), alpha=coefficient)
+        buf = self.__dict__.get("_sign_buffer")
+        for m in self.modules():
+            if not isinstance(m, nn.Linear) or m.weight.grad is None:
+                continue
+            w, g = m.weight, m.weight.grad
+            rows = max(1, chunk_elements // w.shape[1])
+            need = min(w.numel(), rows * w.shape[1])
+            if buf is None or buf.device != w.device or buf.dtype != w.dtype or buf.numel() < need:
+                buf = self.__dict__["_sign_buffer"] = torch.empty(need, dtype=w.dtype, device=w.device)
+            for r0 in range(0, w.shape[0], rows):
+                wb = w[r0 : r0 + rows]
+                sb = buf[: wb.numel()].view_as(wb)
+                g[r0 : r0 + rows].add_(torch.sign(wb, out=sb), alpha=coefficient)
 
     def weight_l1(self) -> torch.Tensor:
         """Sum of absolute values of all weight matrices (biases excluded)."""

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch.nn.functional import softplus
 
-from ._memory import keep_freed_memory
+from ._memory import freed_memory_kept
 from .data import MODALITIES, gather_rows
 from .distributions import nb_log_prob_sparse
 from .network import DGDModule
@@ -321,7 +321,7 @@ def embed_cells(
     new_components: list[np.ndarray] | None = None,
     mixture_lr: float = 1e-2,
     batch_size: int = 512,
-    memory_budget_mb: float = 1024,
+    memory_budget_mb: float = 512,
     device: torch.device | str = "cpu",
     progress_bar: bool = True,
 ) -> dict[str, np.ndarray]:
@@ -352,14 +352,15 @@ def embed_cells(
     batch_size
         Cells per block.
     memory_budget_mb
-        Bound on the largest temporary of the best-start search.
+        Working memory of one block of cells: bounds the largest temporary of the
+        best-start search, and the cells per block of the steps (about 16 bytes per cell
+        and feature), so fewer than ``batch_size`` cells go together when features are many.
 
     Returns
     -------
     Dict with ``latent`` (n, L), ``covariate`` (n, dV), ``nll`` (n, 2) (NaN where absent),
     ``library_total`` (n, 2) (NaN where absent) and ``start`` (n, 2).
     """
-    keep_freed_memory()
     from tqdm.auto import tqdm
 
     cfg = module.config
@@ -399,7 +400,10 @@ def embed_cells(
         cand_logp = module.decode(cand_basal, cand_cov, list(query.counts))
         cand_logp = {m: _observed_log_fraction(v, observed[m]) for m, v in cand_logp.items()}
 
-    chunks = _chunks(query.present, batch_size)
+    # a block's (cells x features) float32 buffers, about 4 live at once, within the budget
+    n_feat = sum(int(v.shape[-1]) for v in cand_logp.values())
+    block = max(1, min(batch_size, int(memory_budget_mb * 2**20 // (16 * n_feat))))
+    chunks = _chunks(query.present, block)
     start = np.zeros((n, 2), dtype=np.int64)
     basal0 = torch.zeros(n, L)
     cov0 = torch.zeros(n, d * V)
@@ -470,7 +474,8 @@ def embed_cells(
 
     total = n_steps * len(chunks)
     bar = tqdm(total=total, desc="Embedding", unit="step", disable=None if progress_bar else True)
-    with torch.enable_grad():
+    # the steps repeat the same block shapes: their freed buffers are reused (see _memory)
+    with torch.enable_grad(), freed_memory_kept():
         if not learning:
             for chunk in chunks:  # cells are independent: all steps of one block, then the next
                 batch = _gather(query, chunk, device)

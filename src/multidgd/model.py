@@ -481,7 +481,7 @@ class DGD:
         atac_library_key: str | None = None,
         min_feature_fraction: float = 0.5,
         batch_size: int = 512,
-        memory_budget_mb: float = 1024,
+        memory_budget_mb: float = 512,
         device: str | torch.device = "auto",
         progress_bar: bool = True,
     ) -> Embedding:
@@ -524,7 +524,9 @@ class DGD:
         batch_size
             Cells processed together.
         memory_budget_mb
-            Bound on the largest temporary block of the best-start search.
+            Working memory of one block of cells (MB): bounds the best-start search's
+            largest temporary and the cells per block of the steps (about 16 bytes per cell
+            and feature). The default keeps the blocks' buffers near 0.5 GB.
         device
             ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         progress_bar

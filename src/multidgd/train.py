@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._memory import keep_freed_memory
+from ._memory import freed_memory_kept
 from .checkpoint import write_atomic
 from .config import TrainConfig
 from .data import MultiomeData, gather_rows
@@ -90,6 +90,7 @@ def _snapshot(state: TrainingState) -> dict[str, Any]:
     }
 
 
+@freed_memory_kept()
 def fit(
     state: TrainingState,
     data: MultiomeData,
@@ -112,7 +113,6 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    keep_freed_memory()
     _check_precision(config.precision, device)
     module = state.module.to(device)
     tables = {k: t.to(device) for k, t in state.tables.items()}
