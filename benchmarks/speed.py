@@ -141,8 +141,10 @@ def main(argv=None) -> dict:
     total = args.cells + args.infer_cells
     mdata = synthetic(total, args.genes, args.peaks, n_clusters=args.clusters, n_batches=args.batches, seed=args.seed)
     build_seconds = time.perf_counter() - t0
-    train = mdata[: args.cells].copy()
-    new = mdata[args.cells :].copy() if args.infer_cells else None
+    if args.infer_cells:
+        train, new = mdata[: args.cells].copy(), mdata[args.cells :].copy()
+    else:
+        train, new = mdata, None  # no copy of the whole data set
     del mdata
 
     model = DGD(train, cell_type_key="cell_type", covariate_keys="batch")

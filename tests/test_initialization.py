@@ -1,15 +1,16 @@
 import numpy as np
 import scipy.sparse as sp
 
-from multidgd.initialization import _centred_svd, kmeans_centres, spectral_embedding
+from multidgd.initialization import _centred_svd, _modality_scores, kmeans_centres, spectral_embedding
 
 
 def test_centred_svd_equals_dense_pca():
     x = sp.random(60, 25, density=0.3, format="csr", random_state=1)
-    scores = _centred_svd(x, 4, seed=0)
+    scores, directions = _centred_svd(x, 4, seed=0)
     dense = x.toarray() - x.toarray().mean(0)
     u, s, _ = np.linalg.svd(dense, full_matrices=False)
     ref = u[:, :4] * s[:4]
+    np.testing.assert_allclose(dense @ directions.T, scores, atol=1e-8)  # scores = projections
     for j in range(4):  # equal up to the sign of each component
         sign = np.sign(scores[:, j] @ ref[:, j])
         np.testing.assert_allclose(sign * scores[:, j], ref[:, j], atol=1e-8)
@@ -34,3 +35,19 @@ def test_kmeans_centres_count():
     pts = np.random.default_rng(0).standard_normal((10, 3))
     assert kmeans_centres(pts, 4).shape == (4, 3)
     assert kmeans_centres(pts, 15).shape == (15, 3)
+
+
+def test_subset_fit_projects_all_cells_onto_the_same_components():
+    from multidgd.datasets import synthetic
+
+    x = synthetic(3000, 300, 50, n_clusters=4, n_batches=1, marker_sd=2.0, seed=3).mod["rna"].X.tocsr()
+    rows = np.arange(3000)[::-1]  # any order of rows
+    full = _modality_scores(x, rows, 3, seed=0, max_fit_cells=10**6)
+    for fit_cells, least in ((2999, 0.9999), (2000, 0.95)):
+        sub = _modality_scores(x, rows, 3, seed=0, max_fit_cells=fit_cells, chunk=700)
+        assert sub.shape == full.shape == (3000, 3)
+        # components fitted on a subset, all cells projected: they span what a fit on all spans
+        design = np.c_[sub, np.ones(3000)]
+        coef, *_ = np.linalg.lstsq(design, full, rcond=None)
+        r2 = 1 - (full - design @ coef).var(axis=0) / full.var(axis=0)
+        assert np.all(r2 > least), (fit_cells, r2)

@@ -9,18 +9,19 @@ import scipy.sparse as sp
 __all__ = ["spectral_embedding", "kmeans_centres"]
 
 
-def _log_normalise(x: sp.csr_matrix) -> sp.csr_matrix:
-    """log1p of counts scaled to the median library size, kept sparse."""
+def _log_normalise(x: sp.csr_matrix, median: float | None = None) -> sp.csr_matrix:
+    """log1p of counts scaled to the median library size (of ``x``, or the one given), kept sparse."""
     lib = np.asarray(x.sum(axis=1)).ravel()
-    scale = np.median(lib) / np.maximum(lib, 1.0)
+    scale = (np.median(lib) if median is None else median) / np.maximum(lib, 1.0)
     out = sp.diags(scale.astype(np.float32)) @ x
     out = out.tocsr()
     out.data = np.log1p(out.data)
     return out
 
 
-def _centred_svd(x: sp.csr_matrix, n_components: int, seed: int) -> np.ndarray:
-    """Scores of the top principal components of a sparse matrix, centring implicitly."""
+def _centred_svd(x: sp.csr_matrix, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (n, k) and directions (k, F) of the top principal components of a sparse
+    matrix, centring implicitly."""
     from scipy.sparse.linalg import LinearOperator, svds
 
     mean = np.asarray(x.mean(axis=0)).ravel()
@@ -35,18 +36,51 @@ def _centred_svd(x: sp.csr_matrix, n_components: int, seed: int) -> np.ndarray:
         dtype=np.float64,
     )
     rng = np.random.default_rng(seed)
-    u, s, _ = svds(op, k=k, v0=rng.standard_normal(min(n, f)), random_state=seed)
+    u, s, vt = svds(op, k=k, v0=rng.standard_normal(min(n, f)), random_state=seed)
     order = np.argsort(s)[::-1]
-    return u[:, order] * s[order]
+    return u[:, order] * s[order], vt[order]
+
+
+def _inverse_sd(x: sp.csr_matrix) -> np.ndarray:
+    """1 / standard deviation of every feature (0 for constant features)."""
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    mean_sq = np.asarray(x.multiply(x).mean(axis=0)).ravel()
+    sd = np.sqrt(np.maximum(mean_sq - mean**2, 0.0))
+    return np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
 
 
 def _scale_columns(x: sp.csr_matrix) -> sp.csr_matrix:
     """Divide every feature by its standard deviation (sparsity kept; centring is implicit)."""
-    mean = np.asarray(x.mean(axis=0)).ravel()
-    mean_sq = np.asarray(x.multiply(x).mean(axis=0)).ravel()
-    sd = np.sqrt(np.maximum(mean_sq - mean**2, 0.0))
-    inv = np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
-    return (x @ sp.diags(inv)).tocsr()
+    return (x @ sp.diags(_inverse_sd(x))).tocsr()
+
+
+def _modality_scores(
+    x: sp.csr_matrix, rows: np.ndarray, n_pcs: int, seed: int, max_fit_cells: int, chunk: int = 8192
+) -> np.ndarray:
+    """Top principal component scores of the log-normalised, feature-scaled rows of ``x``.
+
+    With more than ``max_fit_cells`` rows, the components are fitted on a seeded random
+    subset of that many and every row is projected onto them a block at a time, so the
+    memory stays that of the subset, not of all cells (the library sizes are normalised to
+    the median over all rows either way).
+    """
+    if len(rows) <= max_fit_cells:
+        return _centred_svd(_scale_columns(_log_normalise(x[rows]).astype(np.float64)), n_pcs, seed)[0]
+    lib = np.asarray(x.sum(axis=1)).ravel()[rows]
+    median = np.median(lib)
+    fit_rows = np.sort(np.random.default_rng(seed).choice(rows, max_fit_cells, replace=False))
+    fit = _log_normalise(x[fit_rows], median).astype(np.float64)
+    inv = _inverse_sd(fit)
+    mean = np.asarray(fit.mean(axis=0)).ravel() * inv
+    _, vt = _centred_svd((fit @ sp.diags(inv)).tocsr(), n_pcs, seed)
+    del fit
+    directions = inv[:, None] * vt.T  # (F, k): scaling folded into the projection
+    offset = mean @ vt.T
+    out = np.empty((len(rows), vt.shape[0]))
+    for i in range(0, len(rows), chunk):
+        block = _log_normalise(x[rows[i : i + chunk]], median)
+        out[i : i + chunk] = block @ directions - offset
+    return out
 
 
 def spectral_embedding(
@@ -58,6 +92,7 @@ def spectral_embedding(
     groups: np.ndarray | None = None,
     n_pcs: int = 50,
     seed: int = 0,
+    max_fit_cells: int = 20_000,
 ) -> np.ndarray:
     """Joint PCA of log-normalised, feature-scaled counts of every modality, for ``rows``.
 
@@ -70,6 +105,9 @@ def spectral_embedding(
     ----------
     groups
         (n_cells_total, V) covariate codes indexed like the counts' rows, or None.
+    max_fit_cells
+        Above this many rows, each modality's components are fitted on a seeded subset of
+        this size and all rows projected onto them in blocks (bounded memory).
 
     Returns
     -------
@@ -77,8 +115,7 @@ def spectral_embedding(
     """
     blocks = []
     for x in counts.values():
-        scaled = _scale_columns(_log_normalise(x[rows]).astype(np.float64))
-        scores = _centred_svd(scaled, n_pcs, seed)
+        scores = _modality_scores(x, np.asarray(rows), n_pcs, seed, max_fit_cells)
         blocks.append(scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)))
     joint = np.hstack(blocks)
     joint = joint - joint.mean(axis=0)
