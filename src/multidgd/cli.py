@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import PRECISIONS
+
 __all__ = ["main", "train_and_report", "embed_and_write"]
 
 logger = logging.getLogger("multidgd")
@@ -248,7 +250,7 @@ def _add_common(p: argparse.ArgumentParser, *, default_epochs: int) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="cells per minibatch (default 128)")
     p.add_argument(
         "--precision",
-        choices=["float32", "bfloat16"],
+        choices=list(PRECISIONS),
         default="float32",
         help="bfloat16: the decoder's matmuls in bfloat16 (GPUs, CPUs with bf16 support)",
     )

@@ -11,7 +11,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["ModelConfig", "TrainConfig"]
+__all__ = ["ModelConfig", "TrainConfig", "PRECISIONS"]
+
+#: Allowed values of ``TrainConfig.precision``.
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,8 @@ class TrainConfig:
             raise ValueError("weight_decay and l1_decoder must be >= 0")
         if self.min_epochs < 0 or self.patience < 1 or self.checkpoint_every < 1:
             raise ValueError("min_epochs must be >= 0, patience and checkpoint_every >= 1")
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     def to_dict(self) -> dict[str, Any]:

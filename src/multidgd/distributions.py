@@ -225,8 +225,9 @@ def nb_nll_from_logits(
 
     The mean is ``mu = L * softmax(logits)`` and the dispersion ``r = 1 + exp(rho)``. The
     result equals ``-nb_log_prob_sparse(log_softmax(logits) + log L, 1 + exp(rho), ...)``;
-    the gradient reaches ``logits`` and ``rho`` through a hand-written backward that needs
-    one (n, F) float32 buffer. Computed in float32 whatever the logits' dtype.
+    the gradient reaches ``logits`` and ``rho`` through a hand-written backward that reuses
+    two (n, F) float32 buffers kept from the forward (so the result can be differentiated
+    once). Computed in float32 whatever the logits' dtype.
 
     Parameters
     ----------

@@ -5,15 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import PRECISIONS, ModelConfig
 from .decoder import Decoder
 from .distributions import nb_log_prob_sparse, nb_nll_from_logits
 from .mixture import GaussianMixture
 
-__all__ = ["DGDModule", "SparseCounts", "autocast", "PRECISIONS"]
-
-#: Allowed values of ``precision``.
-PRECISIONS = ("float32", "bfloat16")
+__all__ = ["DGDModule", "SparseCounts", "autocast"]
 
 
 def autocast(device_type: str, precision: str):
