@@ -13,6 +13,11 @@ from .mixture import GaussianMixture
 __all__ = ["DGDModule", "SparseCounts", "autocast"]
 
 
+def _decoder_input(basal: torch.Tensor, covariate: torch.Tensor | None) -> torch.Tensor:
+    """(n, L + 2V) decoder input: basal rows, then covariate rows when there are any."""
+    return basal if covariate is None or covariate.shape[1] == 0 else torch.cat([basal, covariate], dim=1)
+
+
 def autocast(device_type: str, precision: str):
     """Autocast context for the decoder's matmuls: off for ``"float32"``, bfloat16 otherwise."""
     if precision not in PRECISIONS:
@@ -103,7 +108,7 @@ class DGDModule(nn.Module):
         self, basal: torch.Tensor, covariate: torch.Tensor | None, modalities: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
         """Log-fractions per modality, (n, F_m), from (n, L) basal and (n, 2V) covariate rows."""
-        z = basal if covariate is None or covariate.shape[1] == 0 else torch.cat([basal, covariate], dim=1)
+        z = _decoder_input(basal, covariate)
         return self.decoder(z, modalities)
 
     def reconstruction_nll(
@@ -166,7 +171,7 @@ class DGDModule(nn.Module):
         -------
         Modality -> (n,) negative log-likelihood.
         """
-        z = basal if covariate is None or covariate.shape[1] == 0 else torch.cat([basal, covariate], dim=1)
+        z = _decoder_input(basal, covariate)
         mods = [m for m in self.modalities if m in counts]
         with autocast(z.device.type, precision):
             logits = self.decoder.logits(z, mods)
