@@ -1,8 +1,9 @@
 """multidgd: multiDGD, a deep generative decoder for paired single-cell RNA + ATAC counts."""
 
+from . import analysis
 from .config import ModelConfig, TrainConfig
 from .model import DGD, Clustering
 
-__all__ = ["DGD", "Clustering", "ModelConfig", "TrainConfig", "__version__"]
+__all__ = ["analysis", "DGD", "Clustering", "ModelConfig", "TrainConfig", "__version__"]
 
 __version__ = "0.1.0"
