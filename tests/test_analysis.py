@@ -118,7 +118,16 @@ def test_table_schema_counts_and_per_cell_effects(trained):
     table, cells = analysis.gene2peak(
         model, data, genes=genes, groupby="cell_type", scale="counts", return_cells=True, progress_bar=False
     )
-    assert list(table.columns) == ["gene", "peak", "group", "mean_delta", "mean_abs_delta", "n_cells"]
+    assert list(table.columns) == [
+        "gene",
+        "peak",
+        "group",
+        "mean_delta",
+        "mean_abs_delta",
+        "mean_logfc",
+        "mean_abs_logfc",
+        "n_cells",
+    ]
     assert table.attrs["method"] == "silencing" and table.attrs["scale"] == "counts"
     n_peaks = data.mod["atac"].n_vars
     x = data.mod["rna"].X.toarray()
@@ -139,6 +148,9 @@ def test_table_schema_counts_and_per_cell_effects(trained):
             np.testing.assert_allclose(rows["mean_delta"], brute[rows["peak"]].to_numpy(), rtol=1e-4, atol=1e-7)
             abs_brute = pd.Series(np.abs(cells.X[sel]).mean(axis=0), index=cells.var_names)
             np.testing.assert_allclose(rows["mean_abs_delta"], abs_brute[rows["peak"]].to_numpy(), rtol=1e-4)
+            lfc = cells.layers["logfc"][sel]
+            lfc_brute = pd.Series(np.abs(lfc).mean(axis=0), index=cells.var_names)
+            np.testing.assert_allclose(rows["mean_abs_logfc"], lfc_brute[rows["peak"]].to_numpy(), rtol=1e-4)
     assert cells.n_obs == int((x[:, [0, 3]] > 0).sum()) and cells.n_vars == n_peaks
     # counts scale = fraction scale times the cell's ATAC library size
     frac_table, frac_cells = analysis.gene2peak(
@@ -146,6 +158,10 @@ def test_table_schema_counts_and_per_cell_effects(trained):
     )
     lib = model._gather_library()[model.obs_names.get_indexer(cells.obs["cell"]), 1]
     np.testing.assert_allclose(cells.X, frac_cells.X * lib[:, None], rtol=1e-4, atol=1e-9)
+    # the log ratio agrees with the fractions decoded independently
+    pos = model.obs_names.get_indexer(frac_cells.obs["cell"])
+    decoded = model.decode("atac", cells=pos)
+    np.testing.assert_allclose(frac_cells.X, decoded * -np.expm1(-frac_cells.layers["logfc"]), rtol=2e-3, atol=1e-8)
     top = analysis.gene2peak(model, data, genes=genes, top_n=3, features=np.arange(10), progress_bar=False)
     assert top.groupby("gene").size().tolist() == [3, 3]
     assert top["peak"].isin(data.mod["atac"].var_names[:10]).all()
@@ -233,3 +249,76 @@ def test_link_enrichment_known_answer():
     assert result.summary["n_linked_higher"] == 1 and result.summary["mean_prevalence"] == pytest.approx(0.375)
     with pytest.raises(ValueError, match="score column"):
         analysis.link_enrichment(table, links, score="rho")
+
+
+def _table(scores: dict[str, dict[str, float]]) -> pd.DataFrame:
+    rows = [(g, p, v) for g, per in scores.items() for p, v in per.items()]
+    table = pd.DataFrame(rows, columns=["gene", "peak", "mean_abs_delta"])
+    table["group"] = "all"
+    table.attrs["method"] = "silencing"
+    return table
+
+
+def test_tss_profile_known_answer():
+    # gene A: TSS 10,001 on + (base 10,000); gene B: TSS 50,000 on - (base 49,999)
+    tss = pd.DataFrame(
+        {"chrom": ["chr1", "chr1"], "tss": [10_001, 50_000], "strand": ["+", "-"], "gene_id": ["A", "B"]}
+    )
+    tss["gene_name"] = tss["gene_id"]
+    peaks = ["chr1:9800-10200", "chr1:11800-11900", "chr1:7000-7100", "chr1:51000-51100", "chr2:10000-10100"]
+    scores = {
+        "A": dict(zip(peaks, [8.0, 4.0, 2.0, 1.0, 5.0], strict=True)),
+        "B": dict(zip(peaks, [1.0, 1.0, 1.0, 6.0, 1.0], strict=True)),
+    }
+    profile = analysis.tss_profile(_table(scores), peaks, tss, window=3_000, bin_size=1_000, n_control=1)
+    sil = profile[profile["set"] == "silenced"].set_index("bin_start")
+    ctl = profile[profile["set"] == "control"].set_index("bin_start")
+    # A: overlap (0) -> bin [0, 1000); +1,800 downstream -> [1000, 2000); -2,900 -> [-3000, -2000)
+    # B (minus strand): peak at 51,000 is 1,001 bases upstream -> [-2000, -1000)
+    mean_a, mean_b = np.mean([8, 4, 2, 1, 5]), np.mean([1, 1, 1, 6, 1])
+    assert sil.loc[0, "mean_score"] == 8.0 and sil.loc[1000, "mean_score"] == 4.0
+    assert sil.loc[-3000, "mean_score"] == 2.0 and sil.loc[-2000, "mean_score"] == 6.0
+    assert sil.loc[0, "mean_relative"] == pytest.approx(8 / mean_a)
+    assert sil.loc[-2000, "mean_relative"] == pytest.approx(6 / mean_b)
+    assert sil["n_pairs"].sum() == 4 and sil.loc[-1000, "n_pairs"] == 0
+    # control: the other gene's scores at the same peaks
+    assert ctl.loc[0, "mean_score"] == 1.0 and ctl.loc[-2000, "mean_score"] == 1.0
+    assert ctl.loc[0, "mean_relative"] == pytest.approx(1 / mean_b)
+    assert profile.attrs["genes_with_peaks_in_window"] == ["A", "B"]
+
+
+def test_motif_enrichment_known_answer():
+    from scipy.stats import ttest_ind
+
+    peaks = [f"chr1:{100 * i}-{100 * i + 50}" for i in range(10)]
+    fos_scores = [0.5, 0.4, 0.3, -0.1, -0.2, -0.3, 0.0, 0.9, 0.1, -0.5]
+    table = _table({"FOS": dict(zip(peaks, fos_scores, strict=True)), "SOX2": dict.fromkeys(peaks, 0.1)})
+    table["mean_delta"] = table["mean_abs_delta"]
+    motifs = pd.DataFrame(False, index=peaks, columns=["FOS::JUN", "CTCF"])
+    motifs.iloc[0:3, 0] = True  # FOS motif peaks 0-2
+    motifs.iloc[3:6, 1] = True  # other motif peaks 3-5 (exactly as many: all are drawn)
+    result = analysis.motif_enrichment(table, motifs).set_index("gene")
+    assert list(result.index) == ["FOS"]  # SOX2 has no motif
+    row = result.loc["FOS"]
+    assert row["motifs"] == "FOS::JUN" and row["n_motif_peaks"] == 3 and row["n_random_peaks"] == 3
+    assert row["frac_closing_motif"] == 1.0 and row["frac_closing_random"] == 0.0
+    expected = ttest_ind([0.5, 0.4, 0.3], [-0.1, -0.2, -0.3], equal_var=False)
+    assert row["t"] == pytest.approx(expected.statistic) and row["p"] == pytest.approx(expected.pvalue)
+    with pytest.raises(TypeError, match="MotifMatches"):
+        analysis.motif_enrichment(table, motifs.to_numpy())
+
+
+def test_plots_write_pngs(trained, tmp_path):
+    model, data = trained
+    table = analysis.gene2peak(model, data, genes=["g0", "g1"], progress_bar=False)
+    assert analysis.plot_gene2peak(table, tmp_path / "top.png").stat().st_size > 1000
+    tss = pd.DataFrame({"chrom": ["chr1"], "tss": [1_001], "strand": ["+"], "gene_id": ["X"], "gene_name": ["g0"]})
+    profile = analysis.tss_profile(table, data.mod["atac"].var_names, tss, window=2_000, bin_size=500)
+    assert profile[profile["set"] == "silenced"]["n_pairs"].sum() > 0
+    assert analysis.plot_tss_profile(profile, tmp_path / "tss.png").stat().st_size > 1000
+    motif = pd.DataFrame(
+        {"g0": np.arange(60) % 3 == 0, "OTHER": np.arange(60) % 3 == 1}, index=data.mod["atac"].var_names
+    )
+    result = analysis.motif_enrichment(table.assign(mean_delta=table["mean_delta"]), motif)
+    assert len(result) == 1 and result["n_motif_peaks"].iloc[0] == 20
+    assert analysis.plot_motif_enrichment(result, tmp_path / "motif.png").stat().st_size > 1000

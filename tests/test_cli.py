@@ -284,3 +284,62 @@ def test_evaluate_compare_without_scvi_says_how_to_install(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'pip install "multidgd[compare]"' in err and "scvi-tools" in err
     assert not out.exists()
+
+
+def _human_data(seed: int = 0) -> md.MuData:
+    """Tiny paired data with real human gene names and peaks around their TSSs."""
+    from multidgd.genome import gene_tss
+
+    genes = ["GAPDH", "ACTB", "CD19", "PTPRC", "SPI1", "CD3E", "MS4A1", "LYZ", "NKG7", "HBB"]
+    tss = gene_tss(genes)
+    rng = np.random.default_rng(seed)
+    peaks = []
+    for g in genes:
+        row = tss[g].iloc[0]
+        for offset in (-4_000, -300, 2_500):
+            start = int(row["tss"]) + offset
+            peaks.append(f"{row['chrom']}:{start}-{start + 500}")
+    n = 200
+    types = rng.integers(0, 2, n)
+    x_rna = rng.poisson(rng.gamma(2, 1, (2, len(genes)))[types] * 3).astype(np.float32) + (np.arange(len(genes)) == 0)
+    x_atac = rng.poisson(rng.gamma(1, 1, (2, len(peaks)))[types]).astype(np.float32) + (np.arange(len(peaks)) == 0)
+    obs = pd.DataFrame({"cell_type": [f"t{t}" for t in types]}, index=[f"c{i}" for i in range(n)])
+    m = md.MuData(
+        {
+            "rna": ad.AnnData(sp.csr_matrix(x_rna), obs=obs.copy(), var=pd.DataFrame(index=genes)),
+            "atac": ad.AnnData(sp.csr_matrix(x_atac), obs=obs.copy(), var=pd.DataFrame(index=peaks)),
+        }
+    )
+    m.obs = obs.copy()
+    return m
+
+
+def test_gene2peak_command(tmp_path, capsys):
+    import multidgd
+    from multidgd import analysis
+
+    data = _human_data()
+    path = tmp_path / "human.h5mu"
+    data.write(path)
+    assert _run(["train", str(path), "--out", str(tmp_path / "m"), "--cell-type-key", "cell_type"]) == 0
+    capsys.readouterr()
+    (tmp_path / "genes.txt").write_text("GAPDH\nCD19\n")
+    out = tmp_path / "g2p" / "table.csv"
+    args = ["gene2peak", str(tmp_path / "m" / "model.pt"), str(path), "--genes", "@" + str(tmp_path / "genes.txt")]
+    args += ["ACTB", "--out", str(out), "--spearman", str(tmp_path / "g2p" / "rho.csv"), "--tss", "GRCh38"]
+    args += ["--plot", str(tmp_path / "g2p" / "top.png"), "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["genes"] == 3 and summary["rows"] == 3 * 30 and summary["tss_genes_with_peaks"] == 3
+    table = pd.read_csv(out)
+    model = multidgd.DGD.load(tmp_path / "m" / "model.pt")
+    expected = analysis.gene2peak(model, read(path), genes=["GAPDH", "CD19", "ACTB"], progress_bar=False)
+    np.testing.assert_allclose(table["mean_delta"], expected["mean_delta"], rtol=1e-5, atol=1e-12)
+    assert (table["peak"] == expected["peak"]).all()
+    profile = pd.read_csv(tmp_path / "g2p" / "table_tss_profile.csv")
+    # each gene has peaks at -4,000 (bin [-5000, -4000) on +, mirrored on -), -300 and +2,500
+    assert profile.loc[profile["set"] == "silenced", "n_pairs"].sum() == 9
+    for name in ("rho.csv", "top.png", "table_tss_profile.png"):
+        assert (tmp_path / "g2p" / name).exists()
+    assert main(["gene2peak", str(tmp_path / "m" / "model.pt"), str(path), "--genes", "NOPE", "--out", str(out)]) == 2
+    assert "not genes of the model" in capsys.readouterr().err

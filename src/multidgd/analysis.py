@@ -33,6 +33,11 @@ __all__ = [
     "spearman_gene2peak",
     "link_enrichment",
     "LinkEvaluation",
+    "tss_profile",
+    "motif_enrichment",
+    "plot_gene2peak",
+    "plot_tss_profile",
+    "plot_motif_enrichment",
     "SCORE_COLUMNS",
 ]
 
@@ -319,10 +324,12 @@ def gene2peak(
     -------
     A DataFrame with columns ``gene``, ``peak`` (``target_gene`` when ``modality="rna"``),
     ``group``, ``mean_delta`` (mean ΔX̂ over the group's expressing cells; positive: the
-    feature closes / drops when the gene is silenced), ``mean_abs_delta`` and ``n_cells``,
-    sorted by gene, group and decreasing ``mean_abs_delta``. ``attrs`` holds the settings.
+    feature closes / drops when the gene is silenced), ``mean_abs_delta``, ``mean_logfc``
+    and ``mean_abs_logfc`` (the same for the relative change ``log X̂ − log X̂_silenced``,
+    natural log, which does not favour abundant features) and ``n_cells``, sorted by gene,
+    group and decreasing ``mean_abs_delta``. ``attrs`` holds the settings.
     With ``return_cells=True``, ``(table, AnnData)``: X is ΔX̂ (pairs × features, float32),
-    obs has ``gene``, ``cell`` and ``group``.
+    ``layers["logfc"]`` the log ratio, obs has ``gene``, ``cell`` and ``group``.
     """
     from tqdm.auto import tqdm
 
@@ -403,77 +410,86 @@ def gene2peak(
     gene_t = torch.from_numpy(model.var_names["rna"].get_indexer(kept_genes)).to(dev)
     betas = tuple(model.train_config.betas) if model.train_config is not None else (0.5, 0.7)
 
-    sums = {}
+    # genes are processed in chunks whose accumulators fit the budget; within a chunk the
+    # pairs go cell by cell, so each cell's unsilenced profile is decoded once per block
+    acc_bytes = 4 * 4 * n_groups * len(cols)
+    chunk = int(max(1, min(len(kept_genes), memory_budget_mb * 2**20 // acc_bytes)))
     pieces = []
     cell_parts = [] if return_cells else None
-    last_pair = np.r_[np.flatnonzero(np.diff(pair_gene)), n_pairs - 1]  # last pair of each kept gene
-
-    def finish(k: int) -> None:
-        s, a, n = sums.pop(k)
-        for grp in np.flatnonzero(n > 0):
-            mean = s[grp] / n[grp]
-            mean_abs = a[grp] / n[grp]
-            order = np.argsort(-mean_abs, kind="stable")[:per_gene]
-            pieces.append(
-                pd.DataFrame(
-                    {
-                        "gene": kept_genes[k],
-                        _FEATURE_COLUMN[modality]: all_features[cols[order]],
-                        "group": c.group_names[grp],
-                        "mean_delta": mean[order],
-                        "mean_abs_delta": mean_abs[order],
-                        "n_cells": int(n[grp]),
-                    }
-                )
-            )
-
+    cell_order = [] if return_cells else None
+    bar = tqdm(total=n_pairs, desc="silencing", unit="pair", disable=not progress_bar)
     with _frozen(module), torch.no_grad():
-        bar = tqdm(total=n_pairs, desc="silencing", unit="pair", disable=not progress_bar)
-        for start in range(0, n_pairs, block):
-            sl = slice(start, min(start + block, n_pairs))
-            cell = pair_cell[sl]
-            gk = torch.from_numpy(pair_gene[sl]).to(dev)
-            z = torch.from_numpy(c.latent[cell]).to(dev)
-            cov = torch.from_numpy(c.covariate[cell]).to(dev)
-            lib = torch.from_numpy(c.library[cell]).to(dev, torch.float32)
-            z_ko = _silenced_representations(
-                module,
-                z,
-                cov,
-                torch.log(lib[:, 0]),
-                gene_t[gk],
-                n_steps=int(n_steps),
-                lr=float(lr),
-                step_size=step_size,
-                betas=betas,
-            )
-            before = module.decode(z, cov, [modality])[modality]
-            after = module.decode(z_ko, cov, [modality])[modality]
-            if not full:
-                before, after = before[:, col_t], after[:, col_t]
-            delta = (torch.exp(before) - torch.exp(after)).double()
-            if scale == "counts":
-                delta.mul_(lib[:, j_mod : j_mod + 1].double())
-            if cell_parts is not None:
-                cell_parts.append(delta.float().cpu().numpy())
-            grp = torch.from_numpy(c.groups[cell]).to(dev)
-            for k in np.unique(pair_gene[sl]):
-                if k not in sums:
-                    sums[k] = (
-                        torch.zeros((n_groups, len(cols)), dtype=torch.float64, device=dev),
-                        torch.zeros((n_groups, len(cols)), dtype=torch.float64, device=dev),
-                        np.zeros(n_groups, dtype=np.int64),
+        for g0 in range(0, len(kept_genes), chunk):
+            g1 = min(g0 + chunk, len(kept_genes))
+            idx = np.flatnonzero((pair_gene >= g0) & (pair_gene < g1))
+            idx = idx[np.lexsort((pair_gene[idx], pair_cell[idx]))]
+            # float32 sums: a gene-group sums at most one value per cell
+            acc = torch.zeros((4, (g1 - g0) * n_groups, len(cols)), dtype=torch.float32, device=dev)
+            counts = np.zeros(((g1 - g0) * n_groups), dtype=np.int64)
+            for start in range(0, len(idx), block):
+                sel = idx[start : start + block]
+                cell, gk = pair_cell[sel], pair_gene[sel]
+                uniq, inverse = np.unique(cell, return_inverse=True)
+                inv = torch.from_numpy(inverse).to(dev)
+                z_u = torch.from_numpy(c.latent[uniq]).to(dev)
+                cov_u = torch.from_numpy(c.covariate[uniq]).to(dev)
+                lib = torch.from_numpy(c.library[cell]).to(dev, torch.float32)
+                z_ko = _silenced_representations(
+                    module,
+                    z_u[inv],
+                    cov_u[inv],
+                    torch.log(lib[:, 0]),
+                    gene_t[torch.from_numpy(gk).to(dev)],
+                    n_steps=int(n_steps),
+                    lr=float(lr),
+                    step_size=step_size,
+                    betas=betas,
+                )
+                before = module.decode(z_u, cov_u, [modality])[modality]
+                after = module.decode(z_ko, cov_u[inv], [modality])[modality]
+                if not full:
+                    before, after = before[:, col_t], after[:, col_t]
+                delta = torch.exp(before)[inv]
+                delta.sub_(torch.exp(after))
+                logfc = before[inv]
+                logfc.sub_(after)
+                del before, after
+                if scale == "counts":
+                    delta.mul_(lib[:, j_mod : j_mod + 1])
+                if cell_parts is not None:
+                    cell_parts.append((delta.cpu().numpy().copy(), logfc.cpu().numpy().copy()))
+                    cell_order.append(sel)
+                key_np = (gk - g0) * n_groups + c.groups[cell]
+                key = torch.from_numpy(key_np).to(dev)
+                acc[0].index_add_(0, key, delta)
+                acc[2].index_add_(0, key, logfc)
+                acc[1].index_add_(0, key, delta.abs_())
+                acc[3].index_add_(0, key, logfc.abs_())
+                counts += np.bincount(key_np, minlength=len(counts))
+                bar.update(len(sel))
+            means = acc.cpu().numpy().astype(np.float64) / np.maximum(counts, 1)[None, :, None]
+            means = means.reshape(4, g1 - g0, n_groups, -1)
+            counts = counts.reshape(g1 - g0, n_groups)
+            for k in range(g1 - g0):
+                for grp in np.flatnonzero(counts[k] > 0):
+                    mean, mean_abs, lfc, abs_lfc = means[:, k, grp]
+                    order = np.argsort(-mean_abs, kind="stable")[:per_gene]
+                    pieces.append(
+                        pd.DataFrame(
+                            {
+                                "gene": kept_genes[g0 + k],
+                                _FEATURE_COLUMN[modality]: all_features[cols[order]],
+                                "group": c.group_names[grp],
+                                "mean_delta": mean[order],
+                                "mean_abs_delta": mean_abs[order],
+                                "mean_logfc": lfc[order],
+                                "mean_abs_logfc": abs_lfc[order],
+                                "n_cells": int(counts[k, grp]),
+                            }
+                        )
                     )
-                s, a, n = sums[k]
-                rows = gk == int(k)
-                s.index_add_(0, grp[rows], delta[rows])
-                a.index_add_(0, grp[rows], delta[rows].abs())
-                n += np.bincount(c.groups[cell][(pair_gene[sl] == k)], minlength=n_groups)
-                if last_pair[k] < sl.stop:
-                    sums[k] = (s.cpu().numpy(), a.cpu().numpy(), n)
-                    finish(int(k))
-            bar.update(sl.stop - sl.start)
-        bar.close()
+            del acc
+    bar.close()
 
     table = pd.concat(pieces, ignore_index=True)
     table["group"] = pd.Categorical(table["group"], categories=c.group_names)
@@ -498,8 +514,16 @@ def gene2peak(
         }
     )
     obs.index = obs["gene"].astype(str) + ":" + obs["cell"].astype(str)
+    order = np.concatenate(cell_order)
+    x_cells = np.empty((n_pairs, len(cols)), dtype=np.float32)
+    lfc_cells = np.empty((n_pairs, len(cols)), dtype=np.float32)
+    x_cells[order] = np.concatenate([d for d, _ in cell_parts])
+    lfc_cells[order] = np.concatenate([lfc for _, lfc in cell_parts])
     cells_ad = ad.AnnData(
-        X=np.concatenate(cell_parts), obs=obs, var=pd.DataFrame(index=pd.Index(all_features[cols], dtype=str))
+        X=x_cells,
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(all_features[cols], dtype=str)),
+        layers={"logfc": lfc_cells},
     )
     cells_ad.uns["gene2peak"] = dict(table.attrs)
     return table, cells_ad
@@ -608,11 +632,12 @@ def spearman_gene2peak(
     pieces = []
     for grp, gname in enumerate(group_names):
         in_group = rows[codes == grp]
+        shared = None if expressing_only or len(in_group) < 3 else _centred_sparse_ranks(target[in_group].tocsc())
         for k, g in enumerate(genes):
             sel = in_group[expr[in_group, k] > 0] if expressing_only else in_group
             if len(sel) < 3:
                 continue
-            s, ss = _centred_sparse_ranks(target[sel].tocsc())
+            s, ss = shared if shared is not None else _centred_sparse_ranks(target[sel].tocsc())
             gr = _rank_dense(expr[sel, k])
             gr = gr - gr.mean()
             cov = np.asarray(s.T @ gr).ravel()
@@ -658,13 +683,17 @@ class LinkEvaluation(NamedTuple):
     ----------
     per_gene
         One row per gene with at least one linked and one other feature: ``n_features``,
-        ``n_linked``, ``mean_linked`` and ``mean_other`` (mean score), ``auprc`` (average
-        precision of ranking the linked features by score) and ``prevalence`` (the AUPRC of
-        a random ranking).
+        ``n_linked``, ``mean_linked`` and ``mean_other`` (mean score),
+        ``mean_linked_other_genes`` (the mean score of the same linked features when the
+        table's other genes are silenced: a control that shares the features' abundance),
+        ``auprc`` (average precision of ranking the linked features by score) and
+        ``prevalence`` (the AUPRC of a random ranking).
     summary
         ``n_genes``, ``n_linked_higher`` (genes whose linked mean exceeds the other mean),
         ``wilcoxon_p`` (one-sided paired signed-rank test, linked > other, across genes),
-        ``mean_auprc``, ``median_auprc``, ``mean_prevalence``, ``score``.
+        ``mean_auprc``, ``median_auprc``, ``mean_prevalence``, ``score``; with several
+        genes also ``n_linked_specific`` and ``specific_wilcoxon_p`` (linked features score
+        higher for their own gene than for the other genes).
     """
 
     per_gene: pd.DataFrame
@@ -730,6 +759,9 @@ def link_enrichment(table: pd.DataFrame, links, *, score: str | None = None, gro
     else:
         raise TypeError("links must be a Series feature -> gene or a DataFrame with columns 'gene' and 'peak'")
     linked = set(zip(pairs["gene"], pairs["peak"], strict=True))
+    wide = t.pivot_table(index=t["gene"].astype(str), columns=t[feature].astype(str), values=score, observed=True)
+    col_sum = wide.sum(axis=0, skipna=True)
+    col_n = wide.notna().sum(axis=0)
     rows = []
     for gene, sub in t.groupby("gene", sort=False, observed=True):
         values = sub[score].to_numpy(dtype=np.float64)
@@ -738,6 +770,10 @@ def link_enrichment(table: pd.DataFrame, links, *, score: str | None = None, gro
         values = values[ok]
         if is_linked.sum() == 0 or is_linked.all():
             continue
+        linked_names = sub[feature].astype(str).to_numpy()[ok][is_linked]
+        own = wide.loc[str(gene), linked_names]
+        n_other = col_n[linked_names] - own.notna()
+        other_genes = ((col_sum[linked_names] - own.fillna(0)) / n_other.where(n_other > 0)).mean()
         rows.append(
             {
                 "gene": gene,
@@ -745,13 +781,13 @@ def link_enrichment(table: pd.DataFrame, links, *, score: str | None = None, gro
                 "n_linked": int(is_linked.sum()),
                 "mean_linked": values[is_linked].mean(),
                 "mean_other": values[~is_linked].mean(),
+                "mean_linked_other_genes": other_genes,
                 "auprc": average_precision_score(is_linked, values),
                 "prevalence": is_linked.mean(),
             }
         )
-    per_gene = pd.DataFrame(
-        rows, columns=["gene", "n_features", "n_linked", "mean_linked", "mean_other", "auprc", "prevalence"]
-    )
+    columns = ["gene", "n_features", "n_linked", "mean_linked", "mean_other", "mean_linked_other_genes"]
+    per_gene = pd.DataFrame(rows, columns=[*columns, "auprc", "prevalence"])
     summary: dict[str, Any] = {"score": score, "n_genes": len(per_gene)}
     if len(per_gene):
         diff = per_gene["mean_linked"] - per_gene["mean_other"]
@@ -762,4 +798,328 @@ def link_enrichment(table: pd.DataFrame, links, *, score: str | None = None, gro
             median_auprc=float(per_gene["auprc"].median()),
             mean_prevalence=float(per_gene["prevalence"].mean()),
         )
+        spec = (per_gene["mean_linked"] - per_gene["mean_linked_other_genes"]).dropna()
+        if len(spec):
+            summary.update(
+                n_linked_specific=int((spec > 0).sum()),
+                specific_wilcoxon_p=float(wilcoxon(spec, alternative="greater").pvalue) if (spec != 0).any() else 1.0,
+            )
     return LinkEvaluation(per_gene, summary)
+
+
+# ----------------------------------------------------------------------------- TSS profile
+def _peak_column(table: pd.DataFrame) -> str:
+    if "peak" not in table.columns:
+        raise ValueError("this analysis needs a table of peaks (gene2peak/spearman_gene2peak with modality='atac')")
+    return "peak"
+
+
+def tss_profile(
+    table: pd.DataFrame,
+    peaks,
+    tss="GRCh38",
+    *,
+    window: int = 10_000,
+    bin_size: int = 1_000,
+    score: str | None = None,
+    group=None,
+    n_control: int = 10,
+    rna_var: pd.DataFrame | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Effect against the distance of the peak to the silenced gene's TSS, with a control.
+
+    For each gene of the table, every peak within ``window`` bp of one of the gene's TSSs is
+    placed by its signed distance (positive downstream, see
+    :func:`multidgd.genome.tss_distance`). Its score is taken as is and relative to the
+    gene's mean score over all peaks (1 = an average peak), so genes with large effects do
+    not dominate. The control scores the same peaks (at the same distances) when
+    ``n_control`` random *other* genes of the table are silenced instead, so it shares the
+    peaks' accessibility and position and differs only in which gene was silenced.
+
+    Parameters
+    ----------
+    table
+        :func:`gene2peak` (or :func:`spearman_gene2peak`) output for peaks, all peaks per gene.
+    peaks
+        The ATAC ``var`` (or peak names) for the coordinates (see
+        :func:`multidgd.genome.parse_peak_coordinates`).
+    tss
+        ``"GRCh38"`` (bundled Ensembl 93 table), a TSV/GTF path or a DataFrame
+        (:func:`multidgd.genome.load_tss`).
+    window, bin_size
+        Half-width of the window and bin width, in bp.
+    score
+        Column (default ``mean_abs_delta`` / ``abs_rho`` by the table's method).
+    group
+        Which group of a table with several.
+    n_control
+        Random other genes of the table whose effects on the same peaks are the control.
+    rna_var
+        RNA ``var`` whose ``gene_ids`` column maps gene names to Ensembl ids.
+    seed
+        Seed of the control genes.
+
+    Returns
+    -------
+    DataFrame with one row per (``set``, bin): ``set`` (``silenced`` or ``control``),
+    ``bin_start``, ``bin_end``, ``distance`` (bin centre), ``mean_score``,
+    ``mean_relative``, ``sem_relative``, ``n_pairs`` (gene-peak pairs) and ``n_genes``.
+    ``attrs`` has the genes found in the annotation and those with a peak in the window.
+    """
+    from .genome import gene_tss, load_tss, parse_peak_coordinates, tss_distance
+
+    if not (isinstance(window, int | np.integer) and window > 0 and isinstance(bin_size, int | np.integer)):
+        raise ValueError(f"window and bin_size must be positive integers, got {window!r}, {bin_size!r}")
+    if not 0 < bin_size <= window:
+        raise ValueError(f"bin_size must be in 1..window ({window}), got {bin_size}")
+    score = _score_column(table, score)
+    t = _one_group(table, group)
+    col = _peak_column(t)
+    coords = parse_peak_coordinates(peaks)
+    if isinstance(tss, str | bytes) or not isinstance(tss, pd.DataFrame):
+        tss = load_tss(tss)
+    genes = t["gene"].astype(str).unique().tolist()
+    found = gene_tss(genes, tss, var=rna_var)
+    rng = np.random.default_rng(seed)
+    scores = t.pivot_table(index=t["gene"].astype(str), columns=t[col].astype(str), values=score, observed=True)
+    scores = scores.reindex(index=genes, columns=coords.index).to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        gene_mean = np.nanmean(np.abs(scores), axis=1)
+    relative = scores / np.where(gene_mean > 0, gene_mean, np.nan)[:, None]
+    edges = np.arange(-window, window + bin_size, bin_size)
+    records = {"silenced": [], "control": []}
+    with_peaks = []
+    for i, gene in enumerate(genes):
+        if found[gene].empty:
+            continue
+        d = tss_distance(coords, found[gene])
+        near = np.flatnonzero(np.abs(d) <= window)
+        if not len(near):
+            continue
+        with_peaks.append(gene)
+        records["silenced"].append((gene, d[near], scores[i, near], relative[i, near]))
+        others = np.delete(np.arange(len(genes)), i)
+        for h in rng.choice(others, size=min(n_control, len(others)), replace=False):
+            records["control"].append((gene, d[near], scores[h, near], relative[h, near]))
+    if len(genes) < 2:
+        logger.warning("tss_profile: the table has one gene, so there is no control of other silenced genes")
+    out = []
+    for name, recs in records.items():
+        if not recs:
+            continue
+        dist = np.concatenate([r[1] for r in recs])
+        val = np.concatenate([r[2] for r in recs])
+        rel = np.concatenate([r[3] for r in recs])
+        gene_of = np.concatenate([np.full(len(r[1]), r[0], dtype=object) for r in recs])
+        b = np.clip(np.digitize(dist, edges) - 1, 0, len(edges) - 2)
+        for k in range(len(edges) - 1):
+            m = (b == k) & ~np.isnan(val)
+            n = int(m.sum())
+            out.append(
+                {
+                    "set": name,
+                    "bin_start": int(edges[k]),
+                    "bin_end": int(edges[k + 1]),
+                    "distance": (edges[k] + edges[k + 1]) / 2,
+                    "mean_score": float(val[m].mean()) if n else np.nan,
+                    "mean_relative": float(rel[m].mean()) if n else np.nan,
+                    "sem_relative": float(rel[m].std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
+                    "n_pairs": n,
+                    "n_genes": len(set(gene_of[m])),
+                }
+            )
+    profile = pd.DataFrame(
+        out,
+        columns=[
+            "set",
+            "bin_start",
+            "bin_end",
+            "distance",
+            "mean_score",
+            "mean_relative",
+            "sem_relative",
+            "n_pairs",
+            "n_genes",
+        ],
+    )
+    profile.attrs.update(
+        score=score,
+        window=int(window),
+        bin_size=int(bin_size),
+        genes_in_annotation=[g for g in genes if not found[g].empty],
+        genes_with_peaks_in_window=with_peaks,
+    )
+    return profile
+
+
+# ----------------------------------------------------------------------------- motifs
+def motif_enrichment(
+    table: pd.DataFrame,
+    motifs,
+    *,
+    score: str = "mean_delta",
+    group=None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Do peaks with a silenced TF's motif close more often than random motif-bearing peaks?
+
+    For each gene of the table with a motif (matched by name; ``FOS::JUN`` matches both),
+    the peaks carrying any of its motifs are compared with as many random peaks (seeded)
+    that carry some other motif but none of the TF's: the fraction that close
+    (``score`` > 0; with ``mean_delta``, accessibility drops when the TF is silenced), the
+    mean score, and Welch's t-test of the scores.
+
+    Parameters
+    ----------
+    table
+        :func:`gene2peak` output for peaks, all peaks per gene.
+    motifs
+        :class:`multidgd.genome.MotifMatches` (from :func:`multidgd.genome.motif_matrix`) or
+        a peaks × motifs DataFrame of bool whose column names are the TF names.
+    score
+        Signed column to test (default ``mean_delta``).
+    group
+        Which group of a table with several.
+    seed
+        Seed of the random peaks.
+
+    Returns
+    -------
+    DataFrame with one row per TF: ``gene``, ``motifs``, ``n_motif_peaks``,
+    ``n_random_peaks``, ``frac_closing_motif``, ``frac_closing_random``, ``mean_motif``,
+    ``mean_random``, ``t`` and ``p`` (two-sided).
+    """
+    from scipy.stats import ttest_ind
+
+    from .genome import MotifMatches, _tf_names
+
+    t = _one_group(table, group)
+    col = _peak_column(t)
+    if score not in t.columns:
+        raise ValueError(f"score column {score!r} is not in the table; columns: {list(t.columns)}")
+    if isinstance(motifs, MotifMatches):
+        matrix = sp.csc_matrix(motifs.matrix, dtype=bool)
+        peak_names, labels = pd.Index(motifs.peaks.astype(str)), list(motifs.motif_names)
+    elif isinstance(motifs, pd.DataFrame):
+        matrix = sp.csc_matrix(motifs.to_numpy(dtype=bool))
+        peak_names, labels = pd.Index(motifs.index.astype(str)), [str(c) for c in motifs.columns]
+    else:
+        raise TypeError("motifs must be a MotifMatches (genome.motif_matrix) or a peaks x motifs DataFrame of bool")
+    tf_of = [set(_tf_names(name)) for name in labels]
+    any_motif = np.asarray(matrix.sum(axis=1)).ravel() > 0
+    rng = np.random.default_rng(seed)
+    rows = []
+    for gene, sub in t.groupby("gene", sort=False, observed=True):
+        cols = [j for j, names in enumerate(tf_of) if str(gene).upper() in names]
+        if not cols:
+            continue
+        has = np.asarray(matrix[:, cols].sum(axis=1)).ravel() > 0
+        values = pd.Series(sub[score].to_numpy(dtype=np.float64), index=sub[col].astype(str)).reindex(peak_names)
+        ok = values.notna().to_numpy()
+        motif_peaks = np.flatnonzero(has & ok)
+        others = np.flatnonzero(any_motif & ~has & ok)
+        if len(motif_peaks) < 2 or len(others) < 2:
+            continue
+        random_peaks = rng.choice(others, size=min(len(motif_peaks), len(others)), replace=False)
+        a, b = values.to_numpy()[motif_peaks], values.to_numpy()[random_peaks]
+        test = ttest_ind(a, b, equal_var=False)
+        rows.append(
+            {
+                "gene": gene,
+                "motifs": ",".join(sorted({labels[j] for j in cols})),
+                "n_motif_peaks": len(a),
+                "n_random_peaks": len(b),
+                "frac_closing_motif": float((a > 0).mean()),
+                "frac_closing_random": float((b > 0).mean()),
+                "mean_motif": float(a.mean()),
+                "mean_random": float(b.mean()),
+                "t": float(test.statistic),
+                "p": float(test.pvalue),
+            }
+        )
+    columns = [
+        "gene",
+        "motifs",
+        "n_motif_peaks",
+        "n_random_peaks",
+        "frac_closing_motif",
+        "frac_closing_random",
+        "mean_motif",
+        "mean_random",
+        "t",
+        "p",
+    ]
+    result = pd.DataFrame(rows, columns=columns)
+    result.attrs["score"] = score
+    return result
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_gene2peak(table: pd.DataFrame, path, *, top: int = 10, score: str | None = None, max_genes: int = 12):
+    """Bars of the ``top`` features per gene (first group), by ``score``, coloured by the sign
+    of the mean effect (red: closes when the gene is silenced); writes a PNG."""
+    from .plotting import _pyplot, _save
+
+    plt = _pyplot()
+    score = _score_column(table, score)
+    signed = {"mean_abs_delta": "mean_delta", "mean_abs_logfc": "mean_logfc", "abs_rho": "rho"}.get(score, score)
+    feature = _feature_column(table)
+    first = table["group"].astype(str).iloc[0]
+    t = table[table["group"].astype(str) == first]
+    genes = t["gene"].astype(str).unique()[:max_genes]
+    ncol = min(3, len(genes))
+    nrow = int(np.ceil(len(genes) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 0.3 * top * nrow + 1.2 * nrow), squeeze=False)
+    for ax, gene in zip(axes.ravel(), genes, strict=False):
+        sub = t[t["gene"].astype(str) == gene].nlargest(top, score)[::-1]
+        colours = np.where(sub[signed] > 0, "#c0392b", "#2e6da4")
+        ax.barh(sub[feature].astype(str), sub[signed], color=colours)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_title(f"{gene} ({first}, n={int(sub['n_cells'].iloc[0]) if len(sub) else 0})", fontsize=9)
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_xlabel(signed, fontsize=8)
+    for ax in axes.ravel()[len(genes) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_tss_profile(profile: pd.DataFrame, path, *, title: str = ""):
+    """Relative effect against distance to the TSS, silenced genes vs control; writes a PNG."""
+    from .plotting import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, colour in (("silenced", "#c0392b"), ("control", "#7f8c8d")):
+        p = profile[profile["set"] == name]
+        if p.empty:
+            continue
+        x, y, e = p["distance"] / 1000, p["mean_relative"], p["sem_relative"].fillna(0)
+        label = f"{'TSS of the silenced gene' if name == 'silenced' else 'TSS of random genes'}"
+        ax.plot(x, y, "o-", color=colour, label=f"{label} ({int(p['n_pairs'].sum())} gene-peak pairs)", ms=3)
+        ax.fill_between(x, y - e, y + e, color=colour, alpha=0.2)
+    ax.axhline(1, color="k", lw=0.5, ls=":")
+    ax.set_xlabel("distance of the peak to the TSS (kb; + downstream)")
+    ax.set_ylabel(f"{profile.attrs.get('score', 'score')} / gene's mean")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_motif_enrichment(result: pd.DataFrame, path, *, max_tfs: int = 30):
+    """Fraction of closing peaks with the TF's motif vs random motif peaks; writes a PNG."""
+    from .plotting import _pyplot, _save
+
+    plt = _pyplot()
+    r = result.sort_values("p").head(max_tfs)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(r) + 1.5), 3.5))
+    x = np.arange(len(r))
+    ax.bar(x - 0.2, r["frac_closing_motif"], 0.4, label="peaks with the TF's motif", color="#c0392b")
+    ax.bar(x + 0.2, r["frac_closing_random"], 0.4, label="random motif peaks", color="#7f8c8d")
+    ax.set_xticks(x, r["gene"].astype(str), rotation=90, fontsize=7)
+    ax.set_ylabel("fraction closing on silencing")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -321,6 +321,31 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "predict":
             q.add_argument("--denoise", action="store_true", help="also write decoded present modalities")
             q.add_argument("--threshold", type=float, default=None, help="store predictions >= this, sparse")
+    g = sub.add_parser("gene2peak", help="peaks (or genes) that change when a gene is silenced in silico")
+    g.add_argument("model", type=Path, help="model file written by train (model.pt)")
+    g.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts of the cells to use")
+    g.add_argument("--genes", nargs="+", required=True, help="genes to silence, or @FILE with one gene per line")
+    g.add_argument("--out", type=Path, required=True, help="output table (.csv, .csv.gz or .tsv)")
+    g.add_argument("--groupby", default=None, help="obs column (e.g. cell type): one row per group")
+    g.add_argument("--plot", type=Path, default=None, help="PNG of the top peaks of each gene")
+    g.add_argument("--modality", choices=["atac", "rna"], default="atac", help="features reported")
+    g.add_argument("--steps", type=int, default=1, help="Adam steps on the silenced gene's loss (default 1)")
+    g.add_argument("--lr", type=float, default=1e-2, help="learning rate of those steps (default 0.01)")
+    g.add_argument("--step-size", type=float, default=None, help="instead: steps of this length along the gradient")
+    g.add_argument("--scale", choices=["fraction", "counts"], default="fraction")
+    g.add_argument("--top-n", type=int, default=None, help="keep the top N features per gene and group")
+    g.add_argument("--min-cells", type=int, default=1, help="skip genes expressed in fewer cells")
+    g.add_argument("--spearman", type=Path, default=None, help="also write the Spearman baseline table here")
+    g.add_argument(
+        "--tss",
+        default=None,
+        help="'GRCh38' (bundled) or a TSS TSV/GTF: also write the TSS profile next to --out (.csv and .png)",
+    )
+    g.add_argument("--rna-mod", default=None)
+    g.add_argument("--atac-mod", default=None)
+    g.add_argument("--layer", default=None)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -334,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         return _main_embed(args)
     if args.command == "evaluate":
         return _main_evaluate(args)
+    if args.command == "gene2peak":
+        return _main_gene2peak(args)
     try:
         if args.command == "demo":
             path = demo_path()
@@ -434,6 +461,107 @@ def _main_embed(args: argparse.Namespace) -> int:
     try:
         summary = embed_and_write(args.model, args.data, args.out, **kw)
     except (ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
+        print(f"multidgd: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _gene_list(values: list[str]) -> list[str]:
+    genes = []
+    for v in values:
+        if v.startswith("@"):
+            path = Path(v[1:])
+            if not path.exists():
+                raise FileNotFoundError(f"--genes: no file {path}")
+            genes += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            genes.append(v)
+    return genes
+
+
+def _write_table(table, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False, sep="\t" if path.suffix == ".tsv" else ",")
+    return path
+
+
+def _main_gene2peak(args: argparse.Namespace) -> int:
+    from . import analysis
+    from .io import read
+    from .model import DGD
+
+    try:
+        if args.out.suffix not in (".csv", ".tsv", ".gz"):
+            raise ValueError(f"--out must end in .csv, .csv.gz or .tsv, got {args.out.name}")
+        if args.tss is not None and args.modality != "atac":
+            raise ValueError("--tss needs --modality atac (a profile of peaks)")
+        if args.tss is not None and args.top_n is not None:
+            raise ValueError("--tss needs every peak per gene: leave out --top-n")
+        genes = _gene_list(args.genes)
+        model = DGD.load(args.model)
+        data = read(args.data)
+        table = analysis.gene2peak(
+            model,
+            data,
+            genes=genes,
+            groupby=args.groupby,
+            modality=args.modality,
+            n_steps=args.steps,
+            lr=args.lr,
+            step_size=args.step_size,
+            scale=args.scale,
+            top_n=args.top_n,
+            min_cells=args.min_cells,
+            rna_mod=args.rna_mod,
+            atac_mod=args.atac_mod,
+            layer=args.layer,
+            device=args.device,
+            progress_bar=not args.quiet,
+        )
+        outputs = [str(_write_table(table, args.out))]
+        if args.plot is not None:
+            outputs.append(str(analysis.plot_gene2peak(table, args.plot)))
+        if args.spearman is not None:
+            names = {"rna_mod": args.rna_mod or model.source_modality.get("rna", "rna")}
+            names["atac_mod"] = args.atac_mod or model.source_modality.get("atac", "atac")
+            baseline = analysis.spearman_gene2peak(
+                data,
+                genes=table["gene"].astype(str).unique().tolist(),
+                groupby=args.groupby,
+                modality=args.modality,
+                top_n=args.top_n,
+                layer=args.layer,
+                **names,
+            )
+            outputs.append(str(_write_table(baseline, args.spearman)))
+        summary = {
+            "genes": int(table["gene"].nunique()),
+            "skipped_genes": sorted(set(genes) - set(table["gene"].astype(str))),
+            "rows": len(table),
+            "groups": int(table["group"].nunique()),
+        }
+        if args.tss is not None:
+            peaks = (
+                data.mod[args.atac_mod or model.source_modality.get("atac", "atac")].var
+                if hasattr(data, "mod")
+                else None
+            )
+            if peaks is None:
+                raise ValueError("--tss needs a MuData with an ATAC modality for the peak coordinates")
+            rna_var = data.mod[args.rna_mod or model.source_modality.get("rna", "rna")].var
+            groups = table["group"].astype(str).unique()
+            stem = args.out.name.split(".")[0]
+            for grp in groups:
+                profile = analysis.tss_profile(table, peaks, args.tss, group=grp, rna_var=rna_var)
+                tag = "" if len(groups) == 1 else f"_{grp}".replace(" ", "_").replace("/", "_")
+                base = args.out.with_name(f"{stem}_tss_profile{tag}")
+                outputs.append(str(_write_table(profile, base.with_suffix(".csv"))))
+                title = f"{len(profile.attrs['genes_with_peaks_in_window'])} genes with a peak within 10 kb"
+                outputs.append(str(analysis.plot_tss_profile(profile, base.with_suffix(".png"), title=title)))
+            summary["tss_genes_with_peaks"] = len(profile.attrs["genes_with_peaks_in_window"])
+        summary["outputs"] = outputs
+    except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
         print(f"multidgd: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
