@@ -83,3 +83,17 @@ def test_training_and_inference_on_cuda(mdata, precision):
     emb_gpu = gpu.infer(mdata, device="cuda", progress_bar=False)
     emb_cpu = gpu.infer(mdata, device="cpu", progress_bar=False)
     np.testing.assert_allclose(emb_gpu.nll.to_numpy(), emb_cpu.nll.to_numpy(), rtol=1e-3)
+
+
+@needs_cuda
+def test_gene2peak_on_cuda_matches_cpu(mdata):
+    from multidgd import analysis
+
+    model = _train(mdata, "cpu")
+    kw = {"genes": ["g0", "g1"], "groupby": "cell_type", "step_size": 0.1, "progress_bar": False}
+    by = ["gene", "group", "peak"]
+    a = analysis.gene2peak(model, mdata, device="cpu", **kw).sort_values(by).reset_index(drop=True)
+    b = analysis.gene2peak(model, mdata, device="cuda", **kw).sort_values(by).reset_index(drop=True)
+    assert (a[by] == b[by]).all().all()
+    for col in ("mean_delta", "mean_abs_delta", "mean_logfc"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-3, atol=1e-7)

@@ -1096,11 +1096,11 @@ def plot_tss_profile(profile: pd.DataFrame, path, *, title: str = ""):
         if p.empty:
             continue
         x, y, e = p["distance"] / 1000, p["mean_relative"], p["sem_relative"].fillna(0)
-        label = f"{'TSS of the silenced gene' if name == 'silenced' else 'TSS of random genes'}"
+        label = "silenced gene" if name == "silenced" else "same peaks, other genes silenced"
         ax.plot(x, y, "o-", color=colour, label=f"{label} ({int(p['n_pairs'].sum())} gene-peak pairs)", ms=3)
         ax.fill_between(x, y - e, y + e, color=colour, alpha=0.2)
     ax.axhline(1, color="k", lw=0.5, ls=":")
-    ax.set_xlabel("distance of the peak to the TSS (kb; + downstream)")
+    ax.set_xlabel("distance of the peak to the silenced gene's TSS (kb; + downstream)")
     ax.set_ylabel(f"{profile.attrs.get('score', 'score')} / gene's mean")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
