@@ -68,6 +68,10 @@ def train_and_report(
         progress_bar=progress_bar,
     )
     train_seconds = time.perf_counter() - t0
+    from .distributed import is_main
+
+    if not is_main():  # every process has the whole model; rank 0 writes the outputs
+        return {}
     model.save(out / "model.pt")
 
     add_results(data, model)
@@ -396,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"multidgd: interrupted; rerun with --resume to continue from {out / 'checkpoint.pt'}", file=sys.stderr)
         return 130
-    _print_summary(summary, out)
+    if summary:
+        _print_summary(summary, out)
     return 0
 
 

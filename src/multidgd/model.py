@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import ModelConfig, TrainConfig
 from .data import MODALITIES, MultiomeData, gather_rows, make_validation_split, read_multiome
 from .inference import Embedding, covariate_index, embed_cells
@@ -184,6 +184,15 @@ class DGD:
         Returns
         -------
         ``self``; the losses per epoch are in :attr:`history`.
+
+        Notes
+        -----
+        Launched with ``torchrun --nproc-per-node N`` (or inside an initialised
+        ``torch.distributed`` process group), training is data-parallel: each process
+        holds and updates the representations of its share of the cells, decoder and
+        mixture gradients are summed over processes every step (``gloo`` on CPU, ``nccl``
+        on GPUs), and every process ends with the whole model. Only rank 0 writes the
+        checkpoint. See :mod:`multidgd.distributed`.
         """
         if self.data is None:
             raise RuntimeError("this model was loaded from a file without data; it cannot be trained further")
@@ -199,7 +208,7 @@ class DGD:
                 f"covariate classes {self.learned_classes} were learned after training; training again "
                 "would drop them. Train a new DGD on data that includes those cells instead."
             )
-        dev = resolve_device(device)
+        dev = distributed.init_from_env(resolve_device(device))
 
         if resume and Path(checkpoint_path).is_file():
             payload = checkpoint.read(checkpoint_path, kind=_CHECKPOINT_KIND)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed
 from ._memory import freed_memory_kept
 from .checkpoint import write_atomic
 from .config import TrainConfig
@@ -83,10 +84,10 @@ def _make_optimizers(module: DGDModule, cfg: TrainConfig) -> dict[str, torch.opt
     return opts
 
 
-def _snapshot(state: TrainingState) -> dict[str, Any]:
+def _snapshot(module: DGDModule, tables: dict[str, RepresentationTable]) -> dict[str, Any]:
     return {
-        "module": copy.deepcopy({k: v.detach().cpu() for k, v in state.module.state_dict().items()}),
-        "tables": {k: t.values.detach().cpu().clone() for k, t in state.tables.items()},
+        "module": copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()}),
+        "tables": {k: t.values.detach().cpu().clone() for k, t in tables.items()},
     }
 
 
@@ -110,13 +111,27 @@ def fit(
     validation representations take one step with everything else frozen, and their
     reconstruction loss drives early stopping. At the end the best epoch's parameters and
     representations are restored.
+
+    In a distributed run (see :mod:`multidgd.distributed`) each process trains the cells it
+    owns; ``state`` holds whole tables before and after.
     """
     from tqdm.auto import tqdm
 
     _check_precision(config.precision, device)
+    ctx = distributed.current()
+    main = ctx is None or ctx.rank == 0
     module = state.module.to(device)
+    sizes = {k: t.n for k, t in state.tables.items()}
     tables = {k: t.to(device) for k, t in state.tables.items()}
-    state.tables = tables
+    if ctx is not None:
+        tables = {k: distributed.shard_table(t, ctx) for k, t in tables.items()}
+    params = list(module.parameters())
+
+    def whole_tables() -> dict[str, RepresentationTable]:
+        if ctx is None:
+            return tables
+        return {k: distributed.gather_table(t, sizes[k], ctx) for k, t in tables.items()}
+
     optimizers = _make_optimizers(module, config)
     if state.optimizer_states is not None:
         for name, opt in optimizers.items():
@@ -139,11 +154,14 @@ def fit(
     def save_checkpoint() -> None:
         if checkpoint_path is None:
             return
+        whole = whole_tables()  # collective: every process takes part
+        if not main:
+            return
         payload = {
             "kind": "multidgd-training-checkpoint",
             "epoch": state.epoch,
             "module": module.state_dict(),
-            "tables": {k: t.state_dict() for k, t in tables.items()},
+            "tables": {k: t.state_dict() for k, t in whole.items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "shuffle_rng_state": shuffle.get_state(),
             "history": state.history,
@@ -165,7 +183,7 @@ def fit(
         total=max_epochs,
         desc="Training",
         unit="epoch",
-        disable=None if progress_bar else True,
+        disable=None if progress_bar and main else True,
     )
     for epoch in bar:
         if state.stopped_early:
@@ -177,42 +195,53 @@ def fit(
         batches = _batches(n_train, config.batch_size, shuffle)
         n_batches = len(batches)
         for local in batches:
-            rows = state.train_index[local]
-            counts, lib, labels = batch_inputs(rows)
-            idx = torch.from_numpy(local).to(device)
-            zb = tables["train_basal"].rows(idx)
-            zc = tables["train_covariate"].rows(idx)
+            hyper_scale = len(local) if config.hyperprior_per_cell else len(local) / n_train
+            # the rows of this process (all of them without distribution) and their table rows
+            mine, own = (local, local) if ctx is None else ctx.mine(local)
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
-            terms = per_cell_terms(module, zb, zc, counts, lib, labels, config.precision)
-            per_cell = sum(terms.values())
-            hyper_scale = len(local) if config.hyperprior_per_cell else len(local) / n_train
-            loss = per_cell.sum() + hyper_scale * module.hyperprior_nll()
-            loss.backward()
+            loss = hyper_scale * module.hyperprior_nll() if main else None  # counted once
+            if len(mine):
+                counts, lib, labels = batch_inputs(state.train_index[mine])
+                idx = torch.from_numpy(own).to(device)
+                zb = tables["train_basal"].rows(idx)
+                zc = tables["train_covariate"].rows(idx)
+                terms = per_cell_terms(module, zb, zc, counts, lib, labels, config.precision)
+                per_cell = sum(terms.values()).sum()
+                loss = per_cell if loss is None else loss + per_cell
+            if loss is not None:
+                loss.backward()
+            if ctx is not None:
+                distributed.all_reduce_grads(params)
             if config.l1_decoder:
                 # the L1 term's gradient, added directly: cheaper than differentiating |W|
                 module.decoder.add_l1_grad(config.l1_decoder)
             for opt in optimizers.values():
                 opt.step()
-            tables["train_basal"].accumulate(idx, zb.grad)
-            tables["train_covariate"].accumulate(idx, zc.grad)
+            if len(mine):
+                tables["train_basal"].accumulate(idx, zb.grad)
+                tables["train_covariate"].accumulate(idx, zc.grad)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
             if config.representation_update == "batch":
                 tables["train_basal"].step(**rep_kw)
                 tables["train_covariate"].step(**rep_kw)
-            total += float(loss.detach())
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
+            if loss is not None:
+                total += float(loss.detach())
         if config.representation_update == "epoch":
             tables["train_basal"].step(**rep_kw)
             tables["train_covariate"].step(**rep_kw)
 
+        if ctx is not None:
+            sums = distributed.all_reduce_sums({**sums, "\0total": total}, device)
+            total = sums.pop("\0total")
         if config.l1_decoder:
             with torch.no_grad():
                 total += n_batches * config.l1_decoder * float(module.decoder.weight_l1())
         row: dict[str, float] = {"epoch": epoch, "train_loss": total / n_train}
         row.update({f"train_{k}": v / n_train for k, v in sums.items()})
         if has_val:
-            row.update(_validation_epoch(module, tables, state.val_index, batch_inputs, config, rep_kw, device))
+            row.update(_validation_epoch(module, tables, state.val_index, batch_inputs, config, rep_kw, device, ctx))
         row["seconds"] = time.perf_counter() - t0
         state.history.append(row)
         state.epoch = epoch
@@ -220,7 +249,7 @@ def fit(
         metric = row.get("val_reconstruction", float("nan"))
         if has_val and metric < state.best_metric:
             state.best_metric, state.best_epoch = metric, epoch
-            state.best_snapshot = _snapshot(state)
+            state.best_snapshot = _snapshot(module, whole_tables())
         if (
             has_val
             and config.early_stopping
@@ -237,10 +266,12 @@ def fit(
     bar.close()
     if state.stopped_early:
         logger.info("early stopping at epoch %d; best epoch %d", state.epoch, state.best_epoch)
+    tables = whole_tables()
     if has_val and config.early_stopping and state.best_snapshot is not None:
         module.load_state_dict(state.best_snapshot["module"])
         for k, values in state.best_snapshot["tables"].items():
             tables[k].values.copy_(values.to(device))
+    state.tables = tables
     state.optimizer_states = {k: o.state_dict() for k, o in optimizers.items()}
     state.shuffle_rng_state = shuffle.get_state()
     return state
@@ -262,12 +293,17 @@ def _check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, device) -> dict[str, float]:
-    """One pass over validation cells: grads reach only their representations, then one step."""
+def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, device, ctx=None) -> dict[str, float]:
+    """One pass over validation cells: grads reach only their representations, then one step.
+
+    Each validation cell's terms depend only on its own rows, so a distributed process
+    takes the cells it owns in any grouping; the sums are then added over processes.
+    """
     module.eval()
     sums: dict[str, float] = {}
-    for local in _batches(len(val_index), config.batch_size, None):
-        counts, lib, _ = batch_inputs(val_index[local])
+    owned = val_index if ctx is None else val_index[ctx.owned(len(val_index))]
+    for local in _batches(len(owned), config.batch_size, None):
+        counts, lib, _ = batch_inputs(owned[local])
         idx = torch.from_numpy(local).to(device)
         zb = tables["val_basal"].rows(idx)
         zc = tables["val_covariate"].rows(idx)
@@ -282,6 +318,8 @@ def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, d
             sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
     tables["val_basal"].step(**rep_kw)
     tables["val_covariate"].step(**rep_kw)
+    if ctx is not None:
+        sums = distributed.all_reduce_sums(sums, device)
     n = len(val_index)
     out = {f"val_{k}": v / n for k, v in sums.items()}
     out["val_reconstruction"] = sum(v for k, v in out.items() if k.startswith("val_nll_"))
