@@ -74,8 +74,18 @@ def train_and_report(
         return {}
     model.save(out / "model.pt")
 
-    add_results(data, model)
-    data_path = write(data, out / "multidgd")
+    if getattr(data, "isbacked", False) or any(
+        getattr(a, "isbacked", False) for a in getattr(data, "mod", {}).values()
+    ):
+        # the counts stay in the input file; the results go into a file of their own
+        import anndata as ad
+
+        results = ad.AnnData(obs=pd_frame(data.obs_names))
+        add_results(results, model)
+        data_path = write(results, out / "multidgd_results")
+    else:
+        add_results(data, model)
+        data_path = write(data, out / "multidgd")
     history = model.history
     history.to_csv(out / "history.csv")
     figures = [plot_history(history, out / "training_curves.png", best_epoch=model.best_epoch)]
@@ -273,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layer", default=None, help="layer with raw counts (default X)")
     train.add_argument("--cell-type-key", default=None)
     train.add_argument("--covariate-keys", nargs="*", default=[])
+    train.add_argument(
+        "--backed",
+        action="store_true",
+        help="leave the counts on disk and read rows per minibatch (X stored as CSR); "
+        "results go to DIR/multidgd_results.h5ad",
+    )
     _add_common(train, default_epochs=1000)
     ev = sub.add_parser("evaluate", help="train on a split, embed the test cells and report the paper's metrics")
     ev.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts")
@@ -380,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 "covariate_keys": args.covariate_keys,
             }
             out = args.out or Path(f"multidgd_{Path(path).stem}")
-        data = read(path)
+        data = read(path, backed=getattr(args, "backed", False))
         summary = train_and_report(
             data,
             out,

@@ -16,6 +16,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from ._backed import BackedCSR, backed_group
+
 __all__ = ["MultiomeData", "read_multiome", "obs_column", "make_validation_split", "gather_rows", "MODALITIES"]
 
 logger = logging.getLogger(__name__)
@@ -130,22 +132,31 @@ def read_multiome(
     if len(set(covariate_keys)) != len(covariate_keys):
         raise ValueError(f"covariate_keys contains duplicates: {covariate_keys}")
 
-    mods, obs, source = _split_modalities(data, rna_mod=rna_mod, atac_mod=atac_mod)
+    mods, obs, source, columns_of = _split_modalities(data, rna_mod=rna_mod, atac_mod=atac_mod)
     obs_names = _check_obs_names(mods, source)
+    backed = any(getattr(a, "isbacked", False) for a in mods.values())
     # align the second modality to the first one's cell order
+    order: dict[str, np.ndarray | None] = {m: None for m in MODALITIES}
     for m in MODALITIES:
         if not mods[m].obs_names.equals(obs_names):
-            mods[m] = mods[m][obs_names]
+            if backed:
+                order[m] = pd.Index(mods[m].obs_names.astype(str)).get_indexer(obs_names)
+            else:
+                mods[m] = mods[m][obs_names]
 
-    counts: dict[str, sp.csr_matrix] = {}
+    counts: dict[str, Any] = {}
     var_names: dict[str, pd.Index] = {}
     for m in MODALITIES:
         adata = mods[m]
-        if adata.n_vars == 0:
+        cols = columns_of.get(m)
+        names = adata.var_names if cols is None else adata.var_names[cols]
+        if len(names) == 0:
             raise ValueError(f"modality {source[m]!r} has no features")
-        x = _get_matrix(adata, layer, source[m])
-        counts[m] = _to_count_csr(x, source[m], layer)
-        var_names[m] = pd.Index(adata.var_names.astype(str))
+        if backed:
+            counts[m] = _backed_counts(adata, layer, source[m], rows=order[m], cols=cols)
+        else:
+            counts[m] = _to_count_csr(_get_matrix(adata, layer, source[m]), source[m], layer)
+        var_names[m] = pd.Index(names.astype(str))
         if not var_names[m].is_unique:
             dup = var_names[m][var_names[m].duplicated()].unique()[:5].tolist()
             raise ValueError(f"feature names repeat in modality {source[m]!r}, e.g. {dup}")
@@ -157,7 +168,13 @@ def read_multiome(
         obs_names,
     )
 
-    library = np.stack([np.asarray(counts[m].sum(axis=1)).ravel() for m in MODALITIES], axis=1)
+    library = np.stack(
+        [
+            counts[m].row_sums() if isinstance(counts[m], BackedCSR) else np.asarray(counts[m].sum(axis=1)).ravel()
+            for m in MODALITIES
+        ],
+        axis=1,
+    )
     empty = library == 0
     kept = ~empty.any(axis=1)
     if not kept.all():
@@ -173,7 +190,7 @@ def read_multiome(
             len(kept),
             detail,
         )
-        counts = {m: x[kept] for m, x in counts.items()}
+        counts = {m: x.subset(kept) if isinstance(x, BackedCSR) else x[kept] for m, x in counts.items()}
         library = library[kept]
         columns = {k: v[kept] for k, v in columns.items()}
 
@@ -202,7 +219,8 @@ def read_multiome(
 
 
 def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
-    """Return ({'rna': AnnData, 'atac': AnnData}, global obs or None, source names)."""
+    """Return ({'rna': AnnData, 'atac': AnnData}, global obs or None, source names, and for a
+    backed single AnnData the columns of each modality)."""
     import anndata as ad
 
     try:
@@ -222,7 +240,7 @@ def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
         if rna_mod == atac_mod:
             raise ValueError(f"rna_mod and atac_mod are both {rna_mod!r}; they must differ")
         mods = {"rna": data.mod[rna_mod], "atac": data.mod[atac_mod]}
-        return mods, data.obs, {"rna": rna_mod, "atac": atac_mod}
+        return mods, data.obs, {"rna": rna_mod, "atac": atac_mod}, {}
     if isinstance(data, ad.AnnData):
         if "feature_types" not in data.var:
             raise ValueError(
@@ -231,7 +249,7 @@ def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
             )
         types = data.var["feature_types"].astype(str).str.strip().str.lower().map(_FEATURE_TYPE_ALIASES)
         found = sorted(data.var["feature_types"].astype(str).unique().tolist())
-        mods = {}
+        mods, columns_of = {}, {}
         for m in MODALITIES:
             mask = (types == m).to_numpy()
             if not mask.any():
@@ -239,7 +257,10 @@ def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
                     f"no {m.upper()} features in var['feature_types'] (found {found}); allowed: "
                     "'Gene Expression'/'GEX'/'rna' for genes and 'Peaks'/'ATAC' for peaks"
                 )
-            mods[m] = data[:, mask]
+            if data.isbacked:  # columns are picked from the rows read, not through a view
+                mods[m], columns_of[m] = data, np.flatnonzero(mask)
+            else:
+                mods[m] = data[:, mask]
         other = types.isna().to_numpy()
         if other.any():
             logger.warning(
@@ -247,7 +268,7 @@ def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
                 int(other.sum()),
                 sorted(data.var["feature_types"][other].astype(str).unique().tolist()),
             )
-        return mods, data.obs, {"rna": "Gene Expression", "atac": "Peaks"}
+        return mods, data.obs, {"rna": "Gene Expression", "atac": "Peaks"}, columns_of
     raise TypeError(f"expected a MuData or an AnnData, got {type(data).__name__}")
 
 
@@ -283,6 +304,26 @@ def _get_matrix(adata, layer: str | None, mod_name: str):
     if layer not in adata.layers:
         raise ValueError(f"layer {layer!r} not in the layers of modality {mod_name!r}; available: {list(adata.layers)}")
     return adata.layers[layer]
+
+
+def _backed_counts(adata, layer: str | None, mod_name: str, *, rows=None, cols=None) -> BackedCSR:
+    """A backed modality's counts as a :class:`BackedCSR`, checked a block of rows at a time."""
+    if layer is not None:
+        raise ValueError(f"a file opened backed is read from X only; got layer={layer!r}. Drop backed or the layer")
+    group = backed_group(adata.X)
+    if group is None or getattr(adata.X, "format", "csr") != "csr":
+        raise ValueError(
+            f"modality {mod_name!r}: training from a backed file needs X stored as a CSR sparse matrix "
+            f"(found {type(adata.X).__name__}{', ' + adata.X.format if hasattr(adata.X, 'format') else ''}); "
+            "write it as CSR (adata.X = scipy.sparse.csr_matrix(adata.X)) or read the file into memory"
+        )
+    x = BackedCSR(group, adata.n_vars, rows=rows, cols=cols)
+    sums = np.empty(x.shape[0], dtype=np.float64)
+    for start, block in x.chunks():
+        _to_count_csr(block, mod_name, None)  # the same checks as in memory, one block at a time
+        sums[start : start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
+    x._row_sums = sums
+    return x
 
 
 def _to_count_csr(x, mod_name: str, layer: str | None) -> sp.csr_matrix:

@@ -11,8 +11,13 @@ import pandas as pd
 __all__ = ["read", "write", "add_results"]
 
 
-def read(path: str | Path):
-    """Read an ``.h5mu`` (MuData) or ``.h5ad`` (AnnData) file."""
+def read(path: str | Path, *, backed: bool = False):
+    """Read an ``.h5mu`` (MuData) or ``.h5ad`` (AnnData) file.
+
+    ``backed=True`` opens it read-only with the count matrices left on disk: training then
+    reads count rows per minibatch (X must be stored as CSR), so memory does not grow with
+    the number of cells beyond per-cell labels, library sizes and representations.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -21,11 +26,11 @@ def read(path: str | Path):
         import mudata as md
 
         md.set_options(pull_on_update=False)
-        return md.read_h5mu(path)
+        return md.read_h5mu(path, backed=backed)
     if suffix == ".h5ad":
         import anndata as ad
 
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     raise ValueError(f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData) or .h5ad (AnnData)")
 
 
