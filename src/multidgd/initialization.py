@@ -76,7 +76,7 @@ def _modality_scores(
     del fit
     directions = inv[:, None] * vt.T  # (F, k): scaling folded into the projection
     offset = mean @ vt.T
-    out = np.empty((len(rows), vt.shape[0]))
+    out = np.empty((len(rows), vt.shape[0]), dtype=np.float32)  # per cell: k values, kept lean
     for i in range(0, len(rows), chunk):
         block = _log_normalise(x[rows[i : i + chunk]], median)
         out[i : i + chunk] = block @ directions - offset
@@ -107,24 +107,41 @@ def spectral_embedding(
         (n_cells_total, V) covariate codes indexed like the counts' rows, or None.
     max_fit_cells
         Above this many rows, each modality's components are fitted on a seeded subset of
-        this size and all rows projected onto them in blocks (bounded memory).
+        this size and all rows projected onto them in blocks, the scores are kept in
+        float32 and the joint directions come from the Gram matrix (summed in blocks), so
+        the memory per cell is a few hundred bytes.
 
     Returns
     -------
     (len(rows), dim) float32.
     """
+    large = len(rows) > max_fit_cells
     blocks = []
     for x in counts.values():
         scores = _modality_scores(x, np.asarray(rows), n_pcs, seed, max_fit_cells)
-        blocks.append(scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)))
+        scores /= np.sqrt(max(scores.var(axis=0, dtype=np.float64).sum(), 1e-12))
+        blocks.append(scores)
     joint = np.hstack(blocks)
-    joint = joint - joint.mean(axis=0)
+    del blocks
+    joint -= joint.mean(axis=0, dtype=np.float64).astype(joint.dtype)
     if groups is not None:
         for codes in np.asarray(groups)[rows].T:
             for g in np.unique(codes):
-                joint[codes == g] -= joint[codes == g].mean(axis=0)
-    u, s, _ = np.linalg.svd(joint, full_matrices=False)
-    emb = u[:, :dim] * s[:dim]
+                members = codes == g
+                joint[members] -= joint[members].mean(axis=0, dtype=np.float64).astype(joint.dtype)
+    if large:
+        # the top directions from the (features x features) Gram matrix, summed a block of
+        # cells at a time: no (cells x features) float64 copy and no SVD workspace per cell
+        gram = np.zeros((joint.shape[1], joint.shape[1]))
+        for i in range(0, len(joint), 65536):
+            block = joint[i : i + 65536].astype(np.float64)
+            gram += block.T @ block
+        values, vectors = np.linalg.eigh(gram)
+        top = vectors[:, np.argsort(values)[::-1][:dim]]
+        emb = (joint @ top.astype(joint.dtype)).astype(np.float64)
+    else:
+        u, s, _ = np.linalg.svd(joint, full_matrices=False)
+        emb = u[:, :dim] * s[:dim]
     if emb.shape[1] < dim:
         emb = np.hstack([emb, np.zeros((len(rows), dim - emb.shape[1]))])
     q = np.quantile(np.linalg.norm(emb, axis=1), 0.95)
