@@ -54,15 +54,25 @@ def _scale_columns(x: sp.csr_matrix) -> sp.csr_matrix:
     return (x @ sp.diags(_inverse_sd(x))).tocsr()
 
 
+def _n_components(n_pcs: int, n_rows: int, n_features: int) -> int:
+    return max(1, min(n_pcs, min(n_rows, n_features) - 1))
+
+
 def _modality_scores(
-    x: sp.csr_matrix, rows: np.ndarray, n_pcs: int, seed: int, max_fit_cells: int, chunk: int = 8192
+    x: sp.csr_matrix,
+    rows: np.ndarray,
+    n_pcs: int,
+    seed: int,
+    max_fit_cells: int,
+    chunk: int = 8192,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top principal component scores of the log-normalised, feature-scaled rows of ``x``.
 
     With more than ``max_fit_cells`` rows, the components are fitted on a seeded random
     subset of that many and every row is projected onto them a block at a time, so the
     memory stays that of the subset, not of all cells (the library sizes are normalised to
-    the median over all rows either way).
+    the median over all rows either way); the scores then go into ``out`` (float32) when given.
     """
     if len(rows) <= max_fit_cells:
         return _centred_svd(_scale_columns(_log_normalise(x[rows]).astype(np.float64)), n_pcs, seed)[0]
@@ -76,7 +86,8 @@ def _modality_scores(
     del fit
     directions = inv[:, None] * vt.T  # (F, k): scaling folded into the projection
     offset = mean @ vt.T
-    out = np.empty((len(rows), vt.shape[0]), dtype=np.float32)  # per cell: k values, kept lean
+    if out is None:
+        out = np.empty((len(rows), vt.shape[0]), dtype=np.float32)  # per cell: k values, kept lean
     for i in range(0, len(rows), chunk):
         block = _log_normalise(x[rows[i : i + chunk]], median)
         out[i : i + chunk] = block @ directions - offset
@@ -115,20 +126,39 @@ def spectral_embedding(
     -------
     (len(rows), dim) float32.
     """
+    rows = np.asarray(rows)
     large = len(rows) > max_fit_cells
-    blocks = []
-    for x in counts.values():
-        scores = _modality_scores(x, np.asarray(rows), n_pcs, seed, max_fit_cells)
-        scores /= np.sqrt(max(scores.var(axis=0, dtype=np.float64).sum(), 1e-12))
-        blocks.append(scores)
-    joint = np.hstack(blocks)
-    del blocks
-    joint -= joint.mean(axis=0, dtype=np.float64).astype(joint.dtype)
-    if groups is not None:
-        for codes in np.asarray(groups)[rows].T:
-            for g in np.unique(codes):
-                members = codes == g
-                joint[members] -= joint[members].mean(axis=0, dtype=np.float64).astype(joint.dtype)
+    if large:
+        # every modality's scores written straight into one float32 array, centred in place
+        ks = [_n_components(n_pcs, max_fit_cells, x.shape[1]) for x in counts.values()]
+        joint = np.empty((len(rows), sum(ks)), dtype=np.float32)
+        start = 0
+        for x, k in zip(counts.values(), ks, strict=True):
+            part = joint[:, start : start + k]
+            _modality_scores(x, rows, n_pcs, seed, max_fit_cells, out=part)
+            part /= np.sqrt(max(part.var(axis=0, dtype=np.float64).sum(), 1e-12))
+            start += k
+        joint -= joint.mean(axis=0, dtype=np.float64).astype(joint.dtype)
+        if groups is not None:
+            for codes in np.asarray(groups)[rows].T:
+                classes, inverse = np.unique(codes, return_inverse=True)
+                member = sp.csr_matrix(
+                    (np.ones(len(rows)), (inverse, np.arange(len(rows)))), shape=(len(classes), len(rows))
+                )
+                means = (member @ joint) / np.bincount(inverse)[:, None]
+                for i in range(0, len(rows), 65536):
+                    joint[i : i + 65536] -= means[inverse[i : i + 65536]].astype(joint.dtype)
+    else:
+        blocks = []
+        for x in counts.values():
+            scores = _modality_scores(x, rows, n_pcs, seed, max_fit_cells)
+            blocks.append(scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)))
+        joint = np.hstack(blocks)
+        joint = joint - joint.mean(axis=0)
+        if groups is not None:
+            for codes in np.asarray(groups)[rows].T:
+                for g in np.unique(codes):
+                    joint[codes == g] -= joint[codes == g].mean(axis=0)
     if large:
         # the top directions from the (features x features) Gram matrix, summed a block of
         # cells at a time: no (cells x features) float64 copy and no SVD workspace per cell
@@ -138,12 +168,13 @@ def spectral_embedding(
             gram += block.T @ block
         values, vectors = np.linalg.eigh(gram)
         top = vectors[:, np.argsort(values)[::-1][:dim]]
-        emb = (joint @ top.astype(joint.dtype)).astype(np.float64)
+        emb = joint @ top.astype(joint.dtype)
+        del joint
     else:
         u, s, _ = np.linalg.svd(joint, full_matrices=False)
         emb = u[:, :dim] * s[:dim]
     if emb.shape[1] < dim:
-        emb = np.hstack([emb, np.zeros((len(rows), dim - emb.shape[1]))])
+        emb = np.hstack([emb, np.zeros((len(rows), dim - emb.shape[1]), dtype=emb.dtype)])
     q = np.quantile(np.linalg.norm(emb, axis=1), 0.95)
     return (emb * (0.5 * radius / max(q, 1e-12))).astype(np.float32)
 
