@@ -142,10 +142,10 @@ def spectral_embedding(
         if groups is not None:
             for codes in np.asarray(groups)[rows].T:
                 classes, inverse = np.unique(codes, return_inverse=True)
-                member = sp.csr_matrix(
-                    (np.ones(len(rows)), (inverse, np.arange(len(rows)))), shape=(len(classes), len(rows))
-                )
-                means = (member @ joint) / np.bincount(inverse)[:, None]
+                sums = np.zeros((len(classes), joint.shape[1]))
+                for i in range(0, len(rows), 65536):  # class sums in float64, a block at a time
+                    np.add.at(sums, inverse[i : i + 65536], joint[i : i + 65536].astype(np.float64))
+                means = sums / np.bincount(inverse)[:, None]
                 for i in range(0, len(rows), 65536):
                     joint[i : i + 65536] -= means[inverse[i : i + 65536]].astype(joint.dtype)
     else:
