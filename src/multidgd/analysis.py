@@ -27,6 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from .data import MODALITIES, obs_column
+from .model import _select as _positions
 
 __all__ = [
     "gene2peak",
@@ -71,27 +72,6 @@ def _check_modality(modality: str) -> str:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {list(MODALITIES)} (the affected features), got {modality!r}")
     return modality
-
-
-def _positions(index: pd.Index, wanted, what: str) -> np.ndarray:
-    """Positions in ``index`` of names, integer positions or a boolean mask (None: all)."""
-    if wanted is None:
-        return np.arange(len(index))
-    if isinstance(wanted, str):
-        wanted = [wanted]
-    arr = np.asarray(wanted)
-    if arr.dtype == bool:
-        if arr.shape != (len(index),):
-            raise ValueError(f"boolean {what} mask has length {arr.size}; expected {len(index)}")
-        return np.flatnonzero(arr)
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.size and (arr.min() < 0 or arr.max() >= len(index)):
-            raise ValueError(f"{what} positions out of range 0..{len(index) - 1}")
-        return arr.astype(np.int64)
-    pos = index.get_indexer(pd.Index(arr.astype(str)))
-    if (pos < 0).any():
-        raise ValueError(f"{int((pos < 0).sum())} {what} not found, e.g. {arr[pos < 0][:3].tolist()}")
-    return pos
 
 
 def _groups(data: Any, groupby: str | None, obs_names: pd.Index, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
