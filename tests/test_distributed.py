@@ -6,6 +6,7 @@ import os
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -96,3 +97,34 @@ def test_resume_with_another_number_of_processes(tmp_path):
     resumed = _train(path, 6, checkpoint=tmp_path / "checkpoint.pt", resume=True)  # one process
     assert resumed.history.index.tolist() == list(range(1, 7))
     _compare(single, resumed, rtol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_nccl_processes_match_one(tmp_path):
+    path = tmp_path / "data.h5mu"
+    make_mudata(n_cells=200, seed=5).write(path)
+    single = _train(path, 4)
+    mp.start_processes(
+        _cuda_worker, args=(2, _free_port(), str(path), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
+    )
+    both = DGD.load(tmp_path / "rank0.pt")
+    assert (tmp_path / "world0").read_text() == "2"
+    _compare(single, both, rtol=1e-3)
+
+
+def _cuda_worker(rank: int, world: int, port: int, path: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    import torch.distributed as dist
+
+    try:
+        model = DGD(read(path), cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
+        model.train(max_epochs=4, seed=0, device="cuda", config=CONFIG, progress_bar=False)
+        assert dist.get_backend() == "nccl"
+        model.save(os.path.join(out, f"rank{rank}.pt"))
+        with open(os.path.join(out, f"world{rank}"), "w") as fh:
+            fh.write(str(dist.get_world_size()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
