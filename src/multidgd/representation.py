@@ -60,11 +60,16 @@ class RepresentationTable(nn.Module):
         self._touched[index] = True
 
     @torch.no_grad()
-    def step(self, *, lr: float, betas: tuple[float, float], weight_decay: float, eps: float = 1e-8) -> None:
-        """One Adam step on every row that received gradient since the last step."""
-        idx = torch.nonzero(self._touched, as_tuple=False).squeeze(1)
-        if idx.numel() == 0:
-            return
+    def step(
+        self, *, lr: float, betas: tuple[float, float], weight_decay: float, eps: float = 1e-8, block: int = 16384
+    ) -> None:
+        """One Adam step on every row that received gradient since the last step (``block``
+        rows at a time, so the temporaries do not grow with the table)."""
+        touched = torch.nonzero(self._touched, as_tuple=False).squeeze(1)
+        for start in range(0, touched.numel(), block):
+            self._step_rows(touched[start : start + block], lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
+
+    def _step_rows(self, idx: torch.Tensor, *, lr: float, betas: tuple[float, float], weight_decay: float, eps: float):
         beta1, beta2 = betas
         g = self.grad[idx]
         x = self.values[idx]
