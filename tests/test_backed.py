@@ -98,3 +98,27 @@ def test_train_command_backed(tmp_path):
     assert results.n_obs == 160 and results.n_vars == 0
     np.testing.assert_array_equal(results.obsm["X_multidgd"], model.get_latent_representation())
     assert results.obsm["X_multidgd_batch"].shape == (160, 2)
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")
+def test_training_from_backed_zarr_matches_in_memory(tmp_path):
+    m = make_mudata(n_cells=160, seed=6)
+    m.write_zarr(tmp_path / "d.zarr")
+    memory = _train(read(tmp_path / "d.zarr"), epochs=2)
+    backed_data = read(tmp_path / "d.zarr", backed=True)
+    assert list(backed_data.mod) == ["rna", "atac"]
+    backed = _train(backed_data, epochs=2)
+    assert all(isinstance(x, BackedCSR) for x in backed.data.counts.values())
+    np.testing.assert_allclose(backed.get_latent_representation(), memory.get_latent_representation(), atol=1e-6)
+    # an AnnData zarr store with feature types
+    m = make_mudata(n_cells=160, seed=6)
+    rna, atac = m.mod["rna"], m.mod["atac"]
+    var = pd.DataFrame(
+        {"feature_types": ["Gene Expression"] * rna.n_vars + ["Peaks"] * atac.n_vars},
+        index=list(rna.var_names) + list(atac.var_names),
+    )
+    single = ad.AnnData(sp.hstack([rna.X, atac.X]).tocsr(), obs=m.obs[["cell_type", "batch"]].copy(), var=var)
+    single.write_zarr(tmp_path / "s.zarr")
+    one = _train(read(tmp_path / "s.zarr", backed=True), epochs=2)
+    assert all(isinstance(x, BackedCSR) for x in one.data.counts.values())
+    np.testing.assert_allclose(one.get_latent_representation(), memory.get_latent_representation(), atol=1e-6)

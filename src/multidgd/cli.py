@@ -74,9 +74,9 @@ def train_and_report(
         return {}
     model.save(out / "model.pt")
 
-    if getattr(data, "isbacked", False) or any(
-        getattr(a, "isbacked", False) for a in getattr(data, "mod", {}).values()
-    ):
+    from .data import _is_backed
+
+    if _is_backed(data) or any(_is_backed(a) for a in getattr(data, "mod", {}).values()):
         # the counts stay in the input file; the results go into a file of their own
         import anndata as ad
 
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train on the bundled SNARE-seq demo data")
     _add_common(demo, default_epochs=1000)
     train = sub.add_parser("train", help="train on a .h5mu or .h5ad file")
-    train.add_argument("data", type=Path, help=".h5mu (MuData) or .h5ad (AnnData with var['feature_types'])")
+    train.add_argument("data", type=Path, help=".h5mu (MuData), .h5ad (AnnData with var['feature_types']) or .zarr")
     train.add_argument("--rna-mod", default="rna")
     train.add_argument("--atac-mod", default="atac")
     train.add_argument("--layer", default=None, help="layer with raw counts (default X)")

@@ -134,7 +134,7 @@ def read_multiome(
 
     mods, obs, source, columns_of = _split_modalities(data, rna_mod=rna_mod, atac_mod=atac_mod)
     obs_names = _check_obs_names(mods, source)
-    backed = any(getattr(a, "isbacked", False) for a in mods.values())
+    backed = any(_is_backed(a) for a in mods.values())
     # align the second modality to the first one's cell order
     order: dict[str, np.ndarray | None] = {m: None for m in MODALITIES}
     for m in MODALITIES:
@@ -257,7 +257,7 @@ def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
                     f"no {m.upper()} features in var['feature_types'] (found {found}); allowed: "
                     "'Gene Expression'/'GEX'/'rna' for genes and 'Peaks'/'ATAC' for peaks"
                 )
-            if data.isbacked:  # columns are picked from the rows read, not through a view
+            if _is_backed(data):  # columns are picked from the rows read, not through a view
                 mods[m], columns_of[m] = data, np.flatnonzero(mask)
             else:
                 mods[m] = data[:, mask]
@@ -304,6 +304,11 @@ def _get_matrix(adata, layer: str | None, mod_name: str):
     if layer not in adata.layers:
         raise ValueError(f"layer {layer!r} not in the layers of modality {mod_name!r}; available: {list(adata.layers)}")
     return adata.layers[layer]
+
+
+def _is_backed(adata) -> bool:
+    """Whether an AnnData's X stays on disk (opened backed, or a sparse dataset as X)."""
+    return bool(getattr(adata, "isbacked", False)) or backed_group(getattr(adata, "X", None)) is not None
 
 
 def _backed_counts(adata, layer: str | None, mod_name: str, *, rows=None, cols=None) -> BackedCSR:

@@ -16,7 +16,8 @@ def read(path: str | Path, *, backed: bool = False):
 
     ``backed=True`` opens it read-only with the count matrices left on disk: training then
     reads count rows per minibatch (X must be stored as CSR), so memory does not grow with
-    the number of cells beyond per-cell labels, library sizes and representations.
+    the number of cells beyond per-cell labels, library sizes and representations. A
+    ``.zarr`` store (AnnData or MuData) is read the same way.
     """
     path = Path(path)
     if not path.exists():
@@ -31,7 +32,42 @@ def read(path: str | Path, *, backed: bool = False):
         import anndata as ad
 
         return ad.read_h5ad(path, backed="r" if backed else None)
-    raise ValueError(f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData) or .h5ad (AnnData)")
+    if suffix == ".zarr":
+        return _read_zarr(path, backed=backed)
+    raise ValueError(
+        f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData), .h5ad (AnnData) or .zarr (either)"
+    )
+
+
+def _read_zarr(path: Path, *, backed: bool):
+    """An AnnData or MuData zarr store; with ``backed`` every X stays on disk (a sparse dataset)."""
+    import anndata as ad
+    import mudata as md
+    import zarr
+
+    md.set_options(pull_on_update=False)
+    root = zarr.open_group(str(path), mode="r")
+    is_mudata = "mod" in root
+    if not backed:
+        return md.read_zarr(str(path)) if is_mudata else ad.read_zarr(str(path))
+
+    def lazy(group):
+        if "X" not in group:
+            raise ValueError(f"{path}: the store has no X to read counts from")
+        x = group["X"]
+        if not hasattr(x, "keys"):  # a dense array, not a sparse group
+            raise ValueError(f"{path}: X is stored dense; training from disk needs CSR (write it as a sparse matrix)")
+        return ad.AnnData(
+            X=ad.io.sparse_dataset(x), obs=ad.io.read_elem(group["obs"]), var=ad.io.read_elem(group["var"])
+        )
+
+    if not is_mudata:
+        return lazy(root)
+    order = list(root["mod"].attrs.get("mod-order", [])) or sorted(root["mod"])
+    mods = {name: lazy(root["mod"][name]) for name in order}
+    data = md.MuData(mods)
+    data.obs = ad.io.read_elem(root["obs"]).reindex(data.obs_names) if "obs" in root else data.obs
+    return data
 
 
 def write(data: Any, path: str | Path) -> Path:
