@@ -142,3 +142,43 @@ def test_fused_nb_nll_bfloat16_logits():
     np.testing.assert_allclose(out.detach().numpy(), ref.numpy(), rtol=1e-6)  # the loss itself is float32
     out.sum().backward()
     assert y.grad.dtype == torch.bfloat16 and torch.isfinite(y.grad.float()).all()
+
+
+def test_compiled_and_eager_fused_loss_agree_and_failure_falls_back(monkeypatch, caplog):
+    from multidgd import distributions as D
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.poisson(torch.rand(9, 70, generator=gen) * 2) * (torch.rand(9, 70, generator=gen) < 0.3)
+    rows, cols = x.nonzero(as_tuple=True)
+    logits, rho = torch.randn(9, 70, generator=gen), torch.randn(70, generator=gen)
+    lib = torch.rand(9, generator=gen) * 3 + 2
+
+    def run():
+        y = logits.clone().requires_grad_(True)
+        p = rho.clone().requires_grad_(True)
+        nll = D.nb_nll_from_logits(y, lib, p, rows, cols, x[rows, cols])
+        (nll * torch.arange(1.0, 10.0)).sum().backward()
+        return nll.detach(), y.grad, p.grad
+
+    compiled = run()
+    monkeypatch.setenv("MULTIDGD_COMPILE", "0")
+    eager = run()
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # a compiler that fails: one warning, then the eager functions, same numbers
+    monkeypatch.setenv("MULTIDGD_COMPILE", "1")
+    monkeypatch.setattr(D, "_COMPILED", {})
+    monkeypatch.setattr(D, "_COMPILE_FAILED", False)
+
+    def broken(fn, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no compiler here")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level("WARNING", logger="multidgd.distributions"):
+        fallback = run()
+    assert "compiling the loss failed" in caplog.text and D._COMPILE_FAILED
+    for a, b in zip(fallback, eager, strict=True):
+        torch.testing.assert_close(a, b)
