@@ -21,6 +21,17 @@ def _train(data, epochs: int = 4) -> DGD:
     return model.train(max_epochs=epochs, seed=0, device="cpu", config=cfg, progress_bar=False)
 
 
+def _single_anndata(seed: int) -> ad.AnnData:
+    """The paired test data as one AnnData whose var["feature_types"] marks the modalities."""
+    m = make_mudata(n_cells=160, seed=seed)
+    rna, atac = m.mod["rna"], m.mod["atac"]
+    var = pd.DataFrame(
+        {"feature_types": ["Gene Expression"] * rna.n_vars + ["Peaks"] * atac.n_vars},
+        index=list(rna.var_names) + list(atac.var_names),
+    )
+    return ad.AnnData(sp.hstack([rna.X, atac.X]).tocsr(), obs=m.obs[["cell_type", "batch"]].copy(), var=var)
+
+
 def test_backed_reader_rows_and_columns(tmp_path):
     rng = np.random.default_rng(0)
     x = sp.random(50, 12, density=0.3, format="csr", random_state=1, dtype=np.float32)
@@ -57,14 +68,7 @@ def test_training_from_backed_h5mu_matches_in_memory(tmp_path):
 
 
 def test_training_from_backed_h5ad_with_feature_types(tmp_path):
-    m = make_mudata(n_cells=160, seed=4)
-    rna, atac = m.mod["rna"], m.mod["atac"]
-    var = pd.DataFrame(
-        {"feature_types": ["Gene Expression"] * rna.n_vars + ["Peaks"] * atac.n_vars},
-        index=list(rna.var_names) + list(atac.var_names),
-    )
-    adata = ad.AnnData(sp.hstack([rna.X, atac.X]).tocsr(), obs=m.obs[["cell_type", "batch"]].copy(), var=var)
-    adata.write_h5ad(tmp_path / "d.h5ad")
+    _single_anndata(seed=4).write_h5ad(tmp_path / "d.h5ad")
     memory = _train(read(tmp_path / "d.h5ad"), epochs=2)
     backed = _train(read(tmp_path / "d.h5ad", backed=True), epochs=2)
     assert all(isinstance(x, BackedCSR) for x in backed.data.counts.values())
@@ -111,14 +115,7 @@ def test_training_from_backed_zarr_matches_in_memory(tmp_path):
     assert all(isinstance(x, BackedCSR) for x in backed.data.counts.values())
     np.testing.assert_allclose(backed.get_latent_representation(), memory.get_latent_representation(), atol=1e-6)
     # an AnnData zarr store with feature types
-    m = make_mudata(n_cells=160, seed=6)
-    rna, atac = m.mod["rna"], m.mod["atac"]
-    var = pd.DataFrame(
-        {"feature_types": ["Gene Expression"] * rna.n_vars + ["Peaks"] * atac.n_vars},
-        index=list(rna.var_names) + list(atac.var_names),
-    )
-    single = ad.AnnData(sp.hstack([rna.X, atac.X]).tocsr(), obs=m.obs[["cell_type", "batch"]].copy(), var=var)
-    single.write_zarr(tmp_path / "s.zarr")
+    _single_anndata(seed=6).write_zarr(tmp_path / "s.zarr")
     one = _train(read(tmp_path / "s.zarr", backed=True), epochs=2)
     assert all(isinstance(x, BackedCSR) for x in one.data.counts.values())
     np.testing.assert_allclose(one.get_latent_representation(), memory.get_latent_representation(), atol=1e-6)

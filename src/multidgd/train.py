@@ -123,7 +123,9 @@ def fit(
     module = state.module.to(device)
     sizes = {k: t.n for k, t in state.tables.items()}
     tables = {k: t.to(device) for k, t in state.tables.items()}
-    if ctx is not None:
+    if ctx is None:
+        state.tables = tables  # the state follows training (e.g. after an interruption)
+    else:
         tables = {k: distributed.shard_table(t, ctx) for k, t in tables.items()}
     params = list(module.parameters())
 
