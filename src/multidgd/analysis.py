@@ -68,6 +68,11 @@ def _check_genes(genes, known: pd.Index) -> list[str]:
     return genes
 
 
+def _check_top_n(top_n) -> None:
+    if top_n is not None and (not isinstance(top_n, int | np.integer) or top_n < 1):
+        raise ValueError(f"top_n must be a positive integer or None, got {top_n!r}")
+
+
 def _check_modality(modality: str) -> str:
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {list(MODALITIES)} (the affected features), got {modality!r}")
@@ -159,10 +164,7 @@ def _prepare_cells(model, data, genes, *, cells, groupby, embedding, rna_mod, at
     from .inference import Embedding
     from .query import read_query
 
-    names = {
-        "rna": rna_mod or model.source_modality.get("rna", "rna"),
-        "atac": atac_mod or model.source_modality.get("atac", "atac"),
-    }
+    names = model.modality_names(rna_mod, atac_mod)
     query = read_query(
         data, var_names=model.var_names, modality_names=names, covariate_keys=[], layer=layer, min_feature_fraction=0
     )
@@ -326,8 +328,7 @@ def gene2peak(
         raise ValueError(f"lr must be >= 0, got {lr!r}")
     if step_size is not None and not step_size >= 0:
         raise ValueError(f"step_size must be >= 0 or None, got {step_size!r}")
-    if top_n is not None and (not isinstance(top_n, int | np.integer) or top_n < 1):
-        raise ValueError(f"top_n must be a positive integer or None, got {top_n!r}")
+    _check_top_n(top_n)
     for name, value in (("batch_size", batch_size), ("memory_budget_mb", memory_budget_mb), ("min_cells", min_cells)):
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
@@ -589,8 +590,7 @@ def spearman_gene2peak(
     modality = _check_modality(modality)
     d = read_multiome(data, rna_mod=rna_mod, atac_mod=atac_mod, layer=layer, drop_empty_cells=True)
     genes = _check_genes(genes, d.var_names["rna"])
-    if top_n is not None and (not isinstance(top_n, int | np.integer) or top_n < 1):
-        raise ValueError(f"top_n must be a positive integer or None, got {top_n!r}")
+    _check_top_n(top_n)
     all_features = d.var_names[modality]
     cols = _positions(all_features, features, "features")
     rows_all = _positions(d.input_obs_names, cells, "cells")
@@ -847,7 +847,7 @@ def tss_profile(
     ``mean_relative``, ``sem_relative``, ``n_pairs`` (gene-peak pairs) and ``n_genes``.
     ``attrs`` has the genes found in the annotation and those with a peak in the window.
     """
-    from .genome import gene_tss, load_tss, parse_peak_coordinates, tss_distance
+    from .genome import gene_tss, parse_peak_coordinates, tss_distance
 
     if not (isinstance(window, int | np.integer) and window > 0 and isinstance(bin_size, int | np.integer)):
         raise ValueError(f"window and bin_size must be positive integers, got {window!r}, {bin_size!r}")
@@ -857,8 +857,6 @@ def tss_profile(
     t = _one_group(table, group)
     col = _peak_column(t)
     coords = parse_peak_coordinates(peaks)
-    if isinstance(tss, str | bytes) or not isinstance(tss, pd.DataFrame):
-        tss = load_tss(tss)
     genes = t["gene"].astype(str).unique().tolist()
     found = gene_tss(genes, tss, var=rna_var)
     rng = np.random.default_rng(seed)

@@ -540,12 +540,11 @@ def _main_gene2peak(args: argparse.Namespace) -> int:
             device=args.device,
             progress_bar=not args.quiet,
         )
+        mods = model.modality_names(args.rna_mod, args.atac_mod)
         outputs = [str(_write_table(table, args.out))]
         if args.plot is not None:
             outputs.append(str(analysis.plot_gene2peak(table, args.plot)))
         if args.spearman is not None:
-            names = {"rna_mod": args.rna_mod or model.source_modality.get("rna", "rna")}
-            names["atac_mod"] = args.atac_mod or model.source_modality.get("atac", "atac")
             baseline = analysis.spearman_gene2peak(
                 data,
                 genes=table["gene"].astype(str).unique().tolist(),
@@ -553,7 +552,8 @@ def _main_gene2peak(args: argparse.Namespace) -> int:
                 modality=args.modality,
                 top_n=args.top_n,
                 layer=args.layer,
-                **names,
+                rna_mod=mods["rna"],
+                atac_mod=mods["atac"],
             )
             outputs.append(str(_write_table(baseline, args.spearman)))
         summary = {
@@ -563,14 +563,9 @@ def _main_gene2peak(args: argparse.Namespace) -> int:
             "groups": int(table["group"].nunique()),
         }
         if args.tss is not None:
-            peaks = (
-                data.mod[args.atac_mod or model.source_modality.get("atac", "atac")].var
-                if hasattr(data, "mod")
-                else None
-            )
-            if peaks is None:
+            if not hasattr(data, "mod"):
                 raise ValueError("--tss needs a MuData with an ATAC modality for the peak coordinates")
-            rna_var = data.mod[args.rna_mod or model.source_modality.get("rna", "rna")].var
+            peaks, rna_var = data.mod[mods["atac"]].var, data.mod[mods["rna"]].var
             groups = table["group"].astype(str).unique()
             stem = args.out.name.split(".")[0]
             for grp in groups:

@@ -557,10 +557,7 @@ class DGD:
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         dev = resolve_device(device)
-        names = {
-            "rna": rna_mod or self.source_modality.get("rna", "rna"),
-            "atac": atac_mod or self.source_modality.get("atac", "atac"),
-        }
+        names = self.modality_names(rna_mod, atac_mod)
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
         query = read_query(
             data,
@@ -659,6 +656,14 @@ class DGD:
             start_candidate=result["start"],
             learned_classes=learned,
         )
+
+    def modality_names(self, rna_mod: str | None = None, atac_mod: str | None = None) -> dict[str, str]:
+        """Names of the RNA and ATAC modalities in new data: those given, else the ones used
+        in training (``"rna"`` / ``"atac"`` when unknown)."""
+        return {
+            "rna": rna_mod or self.source_modality.get("rna", "rna"),
+            "atac": atac_mod or self.source_modality.get("atac", "atac"),
+        }
 
     def _estimate_library(self, latent: np.ndarray, library: np.ndarray, k: int = 15) -> np.ndarray | None:
         """Library sizes (n, 2) for modalities a cell lacks, from the ``k`` nearest training cells.
