@@ -6,7 +6,9 @@ of that shape to an ``.h5mu`` file (X as CSR), then another process opens it bac
 (batch 128, 10 % validation, PCA start), and reports its peak RSS (ru_maxrss). With
 ``--in-memory`` the same training also runs on the file read into memory, for comparison.
 Count rows are read per minibatch, so what grows with the cells is only what is kept per
-cell: representation tables with their Adam state, library sizes, labels and names.
+cell: representation tables with their Adam state (``table_mb``), and the cell names,
+library sizes, label codes and row pointers (``cell_metadata_mb``); peak RSS without
+those (``rss_beyond_cell_state_mb``) should not depend on the number of cells.
 
     python benchmarks/backed_memory.py --cells 50000 200000 --genes 1000 --peaks 5000
 """
@@ -48,6 +50,7 @@ def _train(path: str, backed: bool, epochs: int, threads: int) -> None:
     model.train(max_epochs=epochs, seed=0, device="cpu", config=TrainConfig(early_stopping=False), progress_bar=False)
     tables = model._state.tables
     table_mb = sum(t.values.numel() * 4 * 5 + t.steps.numel() * 8 for t in tables.values()) / 2**20
+    cell_mb = _cell_metadata_bytes(model) / 2**20
     seconds = model.history["seconds"].tolist()
     print(
         json.dumps(
@@ -58,9 +61,27 @@ def _train(path: str, backed: bool, epochs: int, threads: int) -> None:
                 "seconds_per_epoch": round(seconds[-1], 1),
                 "total_seconds": round(time.perf_counter() - t0, 1),
                 "table_mb": round(table_mb, 1),
+                "cell_metadata_mb": round(cell_mb, 1),
+                "rss_beyond_cell_state_mb": round(_peak_rss_mb() - table_mb - cell_mb, 1),
             }
         )
     )
+
+
+def _cell_metadata_bytes(model) -> int:
+    """Bytes of what is kept per cell besides the tables: the cell names (one copy of the
+    strings, a pointer per index that holds them), library sizes, label codes and the row
+    pointers, row order and row sums of each backed matrix."""
+    from multidgd._backed import BackedCSR
+
+    d = model.data
+    names = sum(sys.getsizeof(s) for s in d.obs_names) + 8 * 4 * d.n_cells  # MuData, modality, data, model
+    arrays = [d.library_size, d.covariate_codes, d.kept]
+    arrays += [a for a in (d.cell_type_codes, d.split) if a is not None]
+    for x in d.counts.values():
+        if isinstance(x, BackedCSR):
+            arrays += [a for a in (x._indptr, x._rows, x._row_sums) if a is not None]
+    return names + sum(a.nbytes for a in arrays)
 
 
 def _child(*args: str) -> dict:

@@ -3,20 +3,23 @@
 The data are ``multidgd.datasets.synthetic`` counts of the requested shape (cluster and batch
 structure, RNA 7 % and ATAC 3 % non-zero, log-normal libraries). Training runs with the
 default settings (batch 128, no validation split, so an epoch is the training pass and the
-per-epoch representation step) for ``--epochs`` epochs; ``seconds_per_epoch`` is the median
-over the epochs after the first.
+per-epoch representation step) for ``--epochs`` epochs; the first (which compiles) is not
+counted.
 
 The floor is measured in the same process on the same batch shapes: forward plus backward
 (weight and input gradients) of the decoder alone, on dense random input, with a random
 output gradient, for every minibatch of an epoch. These are the matmuls any implementation
 of the model has to do; everything else (the loss, the optimisers, data handling) is
-overhead. ``ratio_to_floor`` = ``seconds_per_epoch / floor_seconds_per_epoch``.
+overhead. A shared machine's speed drifts, so every counted epoch is followed by one floor
+pass: ``ratio_to_floor`` is the median of the per-epoch ratios, ``seconds_per_epoch`` and
+``floor_seconds_per_epoch`` the medians of each.
 
 Inference: ``--infer-cells`` new cells of the same shape are placed with the default
 best-start search (every basal component x covariate class) plus ``--infer-steps`` steps.
 Its floor: the decoder forward on the candidates, the candidates' scores as one dense
 (cells x features) @ (features x candidates) matmul, and per step a forward plus an input
-gradient of the decoder on the new cells.
+gradient of the decoder on the new cells; measured right before and right after the
+inference, ``infer_floor_seconds`` is the mean of the two.
 
     python benchmarks/speed.py --cells 5600 --genes 13431 --peaks 116490 --dtype float32
     python benchmarks/speed.py --cells 5600 --dtype bfloat16 --epochs 4
@@ -38,6 +41,16 @@ import torch
 def _peak_rss_mb() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ru / 1024.0 if sys.platform != "darwin" else ru / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux: clear_refs 5); False where not supported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _sync(device: torch.device) -> None:
@@ -121,7 +134,7 @@ def main(argv=None) -> dict:
     p.add_argument("--peaks", type=int, default=116490)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs (the first is not counted)")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs (the first is not counted)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--infer-cells", type=int, default=700, help="new cells to place (0: skip inference)")
     p.add_argument("--infer-steps", type=int, default=50)
@@ -129,13 +142,14 @@ def main(argv=None) -> dict:
     p.add_argument("--batches", type=int, default=4, help="batch classes = covariate candidates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--floor-repeats", type=int, default=2, help="floor passes over an epoch's batches (best is kept)")
+    p.add_argument("--floor-repeats", type=int, default=1, help="floor passes after each epoch (best is kept)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from multidgd import DGD, TrainConfig
     from multidgd.datasets import synthetic
+    from multidgd.train import fit
 
     device = torch.device(args.device)
     t0 = time.perf_counter()
@@ -151,13 +165,18 @@ def main(argv=None) -> dict:
     model = DGD(train, cell_type_key="cell_type", covariate_keys="batch")
     extra = {} if args.dtype == "float32" else {"precision": args.dtype}
     cfg = TrainConfig(batch_size=args.batch_size, validation_fraction=0.0, early_stopping=False, **extra)
-    model.train(args.epochs, seed=args.seed, device=device, config=cfg, progress_bar=False)
-    seconds = model.history["seconds"].to_numpy()
-    steady = float(statistics.median(seconds[1:])) if len(seconds) > 1 else float(seconds[0])
-
+    model.train(1, seed=args.seed, device=device, config=cfg, progress_bar=False)
     decoder = model.module.decoder
     sizes = [min(args.batch_size, args.cells - s) for s in range(0, args.cells, args.batch_size)]
-    floor = decoder_floor(decoder, sizes, device, args.dtype, weight_grad=True, repeats=args.floor_repeats)
+    epoch_s, floor_s = [], []
+    for epoch in range(2, args.epochs + 1):  # each counted epoch beside its own floor pass
+        fit(model._state, model.data, config=cfg, max_epochs=epoch, device=device, seed=args.seed, progress_bar=False)
+        epoch_s.append(float(model.history["seconds"].iloc[-1]))
+        floor_s.append(decoder_floor(decoder, sizes, device, args.dtype, weight_grad=True, repeats=args.floor_repeats))
+    first = float(model.history["seconds"].iloc[0])
+    steady = statistics.median(epoch_s) if epoch_s else first
+    floor = statistics.median(floor_s) if floor_s else float("nan")
+    ratio = statistics.median(e / f for e, f in zip(epoch_s, floor_s, strict=True)) if epoch_s else float("nan")
 
     out = {
         "cells": args.cells,
@@ -169,9 +188,11 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "seconds_per_epoch": round(steady, 3),
-        "first_epoch_seconds": round(float(seconds[0]), 3),
+        "first_epoch_seconds": round(first, 3),
         "floor_seconds_per_epoch": round(floor, 3),
-        "ratio_to_floor": round(steady / floor, 3),
+        "ratio_to_floor": round(ratio, 3),
+        "epoch_seconds": [round(x, 3) for x in epoch_s],
+        "floor_seconds": [round(x, 3) for x in floor_s],
         "cells_per_second": round(args.cells / steady, 1),
         "final_train_loss": float(model.history["train_loss"].iloc[-1]),
         "synthetic_seconds": round(build_seconds, 2),
@@ -180,14 +201,20 @@ def main(argv=None) -> dict:
     print(json.dumps(out), file=sys.stderr, flush=True)  # the training part, before inference
     if new is not None:
         kw = {"device": device, "progress_bar": False, "n_steps": args.infer_steps}
+        n_cand = model.module.basal.n_components * int(np.prod([m.n_components for m in model.module.covariates]))
+        floor_args = (decoder, args.infer_cells, n_cand, args.genes + args.peaks, args.infer_steps, 512, device)
+        before = infer_floor(*floor_args, args.dtype)
+        peaks = [_peak_rss_mb()]
+        windowed = _reset_peak_rss()
         t0 = time.perf_counter()
         model.infer(new, **kw)
         _sync(device)
         infer_s = time.perf_counter() - t0
-        n_cand = model.module.basal.n_components * int(np.prod([m.n_components for m in model.module.covariates]))
-        ifloor = infer_floor(
-            decoder, args.infer_cells, n_cand, args.genes + args.peaks, args.infer_steps, 512, device, args.dtype
-        )
+        if windowed:  # the inference alone (with the model and both data sets held)
+            out["infer_peak_rss_mb"] = round(_peak_rss_mb(), 1)
+        peaks.append(_peak_rss_mb())
+        after = infer_floor(*floor_args, args.dtype)
+        ifloor = (before + after) / 2
         out.update(
             {
                 "infer_cells": args.infer_cells,
@@ -195,10 +222,11 @@ def main(argv=None) -> dict:
                 "infer_steps": args.infer_steps,
                 "infer_seconds": round(infer_s, 3),
                 "infer_floor_seconds": round(ifloor, 3),
+                "infer_floor_before_after_seconds": [round(before, 3), round(after, 3)],
                 "infer_ratio_to_floor": round(infer_s / ifloor, 3),
             }
         )
-    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    out["peak_rss_mb"] = round(max([_peak_rss_mb(), *(peaks if new is not None else [])]), 1)
     if device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     print(json.dumps(out))

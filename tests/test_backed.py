@@ -62,6 +62,10 @@ def test_training_from_backed_h5mu_matches_in_memory(tmp_path):
     from multidgd._backed import BackedCSR as B
 
     assert all(isinstance(x, B) for x in backed.data.counts.values())
+    # one copy of the cell names where a modality's equal the MuData's; the reversed one keeps its own
+    assert backed_data.mod["rna"].obs_names is backed_data.obs_names
+    assert backed_data.mod["atac"].obs_names is not backed_data.obs_names
+    assert list(backed_data.mod["atac"].obs_names) == list(data.mod["atac"].obs_names)
     np.testing.assert_allclose(backed.history.to_numpy()[:, :-1], memory.history.to_numpy()[:, :-1], rtol=1e-6)
     np.testing.assert_allclose(backed.get_latent_representation(), memory.get_latent_representation(), atol=1e-6)
     pd.testing.assert_frame_equal(backed.reconstruction_nll(), memory.reconstruction_nll(), rtol=1e-5)

@@ -416,3 +416,34 @@ def test_model_without_covariates(all_data):
     assert emb.nll.notna().all().all()
     with pytest.raises(ValueError, match="no covariates"):
         emb.covariate_representation()
+
+
+def test_a_zero_count_table_shared_by_blocks_matches_exact_scores():
+    """The table built once for all cells gives each block the exact per-cell scores."""
+    from multidgd.inference import zero_count_table
+
+    rng = np.random.default_rng(3)
+    J, F, n = 4, 2000, 500
+    log_p = torch.log_softmax(torch.from_numpy(rng.normal(size=(J, F))), dim=1)
+    r = torch.from_numpy(rng.uniform(0.5, 5, F))
+    log_lib = torch.from_numpy(np.log(rng.uniform(20, 400, n)))
+    none = torch.zeros(0, dtype=torch.int64)
+    empty = (none, none, torch.zeros(0, dtype=torch.float64))
+    # a few features with large fractions are summed exactly, the rest as the series
+    log_p[:, :3] += 4
+    r = r.clone()
+    table = zero_count_table(log_p, r, log_lib, budget_elements=10**6)
+    assert 0 < table.exact_r.numel() < F and table.grid is not None and 2 * len(table.grid) < n
+    direct = (r * torch.nn.functional.softplus(log_lib[:, None, None] + log_p - torch.log(r))).sum(2)
+    for block in (slice(0, 7), slice(7, 300), slice(300, n)):
+        shared = candidate_scores(log_p, r, log_lib[block], *empty, budget_elements=10**6, zero_term=table)
+        np.testing.assert_allclose(shared.numpy(), direct[block].numpy(), rtol=1e-7)
+    # too few cells for a grid to pay: the exact features per cell (float64: to 1e-12)
+    few = zero_count_table(log_p, r, log_lib[:10], budget_elements=7, grid_spacing=0.05)
+    assert few.grid is None
+    np.testing.assert_allclose(few(log_lib[:10]).numpy(), direct[:10].numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="smaller library sizes"):
+        few(log_lib)
+    # float32: the series to float precision
+    f32 = zero_count_table(log_p.float(), r.float(), log_lib.float(), budget_elements=10**6, grid_spacing=None)
+    np.testing.assert_allclose(f32(log_lib.float()).numpy(), direct.numpy(), rtol=2e-6)

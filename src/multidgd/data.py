@@ -140,7 +140,7 @@ def read_multiome(
     for m in MODALITIES:
         if not mods[m].obs_names.equals(obs_names):
             if backed:
-                order[m] = pd.Index(mods[m].obs_names.astype(str)).get_indexer(obs_names)
+                order[m] = _str_index(mods[m].obs_names).get_indexer(obs_names)
             else:
                 mods[m] = mods[m][obs_names]
 
@@ -272,8 +272,15 @@ def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
     raise TypeError(f"expected a MuData or an AnnData, got {type(data).__name__}")
 
 
+def _str_index(index: pd.Index) -> pd.Index:
+    """``index`` as strings; the same object when it already holds only strings (no per-cell copy)."""
+    if index.dtype == object and pd.api.types.infer_dtype(index, skipna=False) == "string":
+        return index
+    return pd.Index(index.astype(str))
+
+
 def _check_obs_names(mods, source) -> pd.Index:
-    names = {m: pd.Index(mods[m].obs_names.astype(str)) for m in MODALITIES}
+    names = {m: _str_index(mods[m].obs_names) for m in MODALITIES}
     for m in MODALITIES:
         if not names[m].is_unique:
             dup = names[m][names[m].duplicated()].unique()[:5].tolist()

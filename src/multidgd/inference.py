@@ -5,9 +5,11 @@ The decoder, the dispersions and the mixtures stay frozen. For each new cell:
 1. **Best start.** Every candidate pair (basal component mean k, covariate class mean c;
    K x prod_v C_v candidates) is decoded once, and each cell is scored against every
    candidate by the negative-binomial loss of the modalities it has. The dense part of the
-   loss, ``sum_f r_f softplus(log s + log p_jf - log r_f)``, is computed in blocks of
-   cells x candidates x features bounded by a memory budget; the count-dependent part only
-   at the cell's non-zeros. The lgamma terms do not depend on the candidate and are skipped.
+   loss, ``sum_f r_f softplus(log s + log p_jf - log r_f)``, depends on a cell only through
+   its library size s: for most features it is a power series in s whose coefficients are
+   computed once per candidate, the rest exactly in blocks of candidates x features bounded
+   by a memory budget; the count-dependent part only at the cell's non-zeros. The lgamma
+   terms do not depend on the candidate and are skipped.
 2. **Optimisation.** The basal and covariate representations take ``n_steps`` Adam steps
    on reconstruction + basal-mixture prior + covariate-mixture prior (unsupervised, or
    supervised by the cell's label when new classes are learned).
@@ -174,6 +176,7 @@ def candidate_scores(
     *,
     budget_elements: int,
     grid_spacing: float | None = 0.05,
+    zero_term: ZeroCountTable | None = None,
 ) -> torch.Tensor:
     """NB loss of each cell under each candidate, without the candidate-independent lgamma terms.
 
@@ -190,10 +193,15 @@ def candidate_scores(
     budget_elements
         Largest number of float elements of one temporary block.
     grid_spacing
-        When there are more than twice as many cells as grid points, the zero-count term
-        (a smooth function of the log library size) is evaluated exactly, with its slope, on
-        a grid of log library sizes of this spacing, and by cubic Hermite interpolation in
-        between (relative error about spacing^4 / 384). ``None``: every cell exactly.
+        The zero-count term is a power series in the library size for most features (see
+        :class:`ZeroCountTable`); for the others, when there are more than twice as many
+        cells as grid points, it is evaluated exactly, with its slope, on a grid of log
+        library sizes of this spacing, and by cubic Hermite interpolation in between
+        (relative error about spacing^4 / 384). ``None``: every cell exactly.
+    zero_term
+        The zero-count part, built once by :func:`zero_count_table` for all cells to be
+        scored against these candidates (it does not depend on the cells' counts), so that
+        cells scored in several blocks share it; ``grid_spacing`` is then not used.
 
     Returns
     -------
@@ -201,25 +209,119 @@ def candidate_scores(
     """
     n, n_cand = log_library.shape[0], log_p.shape[0]
     log_r = torch.log(r)
-    shifted = log_p - log_r  # (J, F): log(p/r)
     out = torch.empty(n, n_cand, dtype=log_p.dtype, device=log_p.device)
     # dense part, h_j(t_i) = sum_f r_f softplus(t_i + log p_jf - log r_f) with t_i = log s_i
-    grid = _library_grid(log_library, grid_spacing)
-    if grid is not None and 2 * len(grid) < n:
-        # h_j is smooth in t: exact values and slopes on a grid, cubic Hermite in between
-        on_grid, slopes = _dense_term(shifted, r, grid, budget_elements, with_slope=True)
-        out.copy_(_hermite(grid, on_grid, slopes, log_library))
-    else:
-        out.copy_(_dense_term(shifted, r, log_library, budget_elements)[0])
+    if zero_term is None:
+        zero_term = zero_count_table(log_p, r, log_library, budget_elements=budget_elements, grid_spacing=grid_spacing)
+    out.copy_(zero_term(log_library))
     # count part at the non-zeros: x softplus(log r - log mu)
     if values.numel():
         nz_step = max(1, budget_elements // n_cand)
+        neg_log_p = (-log_p).T.contiguous()  # (F, J): a non-zero's candidates are one row
         for k0 in range(0, values.numel(), nz_step):
             rr, cc, vv = rows[k0 : k0 + nz_step], cols[k0 : k0 + nz_step], values[k0 : k0 + nz_step]
-            log_mu = log_p[:, cc] + log_library[rr]  # (J, nnz)
-            term = vv * softplus(log_r[cc] - log_mu)
-            out.index_add_(0, rr, term.T.contiguous())
+            x = neg_log_p.index_select(0, cc)  # (nnz, J)
+            x += (log_r[cc] - log_library[rr]).unsqueeze(1)  # log r - log mu
+            term = softplus(x)
+            term *= vv.unsqueeze(1)
+            out.index_add_(0, rr, term)
     return out
+
+
+# softplus(x) = sum_k (-1)^(k+1) exp(k x) / k for x < 0; features whose x stays below this
+# for every candidate and cell are summed as that series, the others exactly
+_SERIES_BELOW = -1.0
+
+
+@dataclass
+class ZeroCountTable:
+    """The zero-count part of the candidate scores, ``h_j(t) = sum_f r_f softplus(t + s_jf)``
+    with ``s_jf = log p_jf - log r_f``, as a function of the log library size ``t``.
+
+    Most features (all but the most accessible peaks and most expressed genes) have
+    ``t + s_jf < -1`` for every candidate and cell: for them softplus is the power series
+    ``sum_k (-1)^(k+1) exp(k (t + s_jf)) / k``, so their sum is
+    ``sum_k exp(k (t - centre)) a_kj`` with moments ``a_kj`` computed once (one pass over
+    the features per term; terms up to the float precision). The few others are summed
+    exactly: on a grid of ``t`` with cubic Hermite interpolation when there are many
+    cells, else per cell. Calling the table with (n,) log library sizes gives (n, J).
+    """
+
+    centre: float
+    moments: torch.Tensor  # (K, J)
+    exact_shifted: torch.Tensor  # (J, F') s_jf of the features summed exactly
+    exact_r: torch.Tensor  # (F',)
+    grid: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    slopes: torch.Tensor | None = None
+    budget_elements: int = 1 << 24
+
+    def __call__(self, log_library: torch.Tensor) -> torch.Tensor:
+        if log_library.numel() and float(log_library.max()) > self.centre + 1e-6:
+            raise ValueError("the table was built for smaller library sizes than these cells'")
+        k = torch.arange(1, self.moments.shape[0] + 1, dtype=log_library.dtype, device=log_library.device)
+        out = torch.exp((log_library - self.centre).unsqueeze(1) * k) @ self.moments
+        if self.grid is not None:
+            out += _hermite(self.grid, self.values, self.slopes, log_library)
+        elif self.exact_r.numel():
+            out += _dense_term(self.exact_shifted, self.exact_r, log_library, self.budget_elements)[0]
+        return out
+
+
+def _series_terms(dtype: torch.dtype) -> int:
+    """Terms after which the series' remainder, relative to its first term, is below the
+    precision: exp(-K) / (K + 1) < eps where every exponent is below -1."""
+    eps = torch.finfo(dtype).eps
+    return next(k for k in range(1, 64) if np.exp(_SERIES_BELOW * k) / (k + 1) < eps)
+
+
+@torch.no_grad()
+def zero_count_table(
+    log_p: torch.Tensor,
+    r: torch.Tensor,
+    log_library: torch.Tensor,
+    *,
+    budget_elements: int,
+    grid_spacing: float | None = 0.05,
+) -> ZeroCountTable:
+    """A :class:`ZeroCountTable` for cells with log library sizes up to ``max(log_library)``.
+
+    The features summed exactly use a grid of log library sizes of ``grid_spacing`` over
+    the cells' range when it has fewer than half as many points as there are cells
+    (relative error about spacing^4 / 384); otherwise, or with ``None``, each cell exactly.
+    """
+    n_cand = log_p.shape[0]
+    centre = float(log_library.max())
+    shifted = log_p - torch.log(r)  # (J, F)
+    exact = (shifted.max(dim=0).values + centre) > _SERIES_BELOW
+    series_cols = torch.nonzero(~exact).squeeze(1)
+    n_terms = _series_terms(log_p.dtype)
+    moments = torch.zeros(n_terms, n_cand, dtype=log_p.dtype, device=log_p.device)
+    f_step = max(1, budget_elements // (2 * n_cand))
+    for f0 in range(0, len(series_cols), f_step):
+        cols = series_cols[f0 : f0 + f_step]
+        base = torch.exp(shifted[:, cols] + centre)  # (J, f), every entry below exp(-1)
+        rr = r[cols]
+        power = base.clone()
+        for k in range(n_terms):
+            moments[k] += power @ rr
+            if k + 1 < n_terms:
+                power *= base
+    signs = torch.tensor([(-1.0) ** k / (k + 1) for k in range(n_terms)], dtype=log_p.dtype, device=log_p.device)
+    table = ZeroCountTable(
+        centre=centre,
+        moments=moments * signs.unsqueeze(1),
+        exact_shifted=shifted[:, exact].contiguous(),
+        exact_r=r[exact],
+        budget_elements=budget_elements,
+    )
+    grid = _library_grid(log_library, grid_spacing)
+    if table.exact_r.numel() and grid is not None and 2 * len(grid) < log_library.numel():
+        table.grid = grid
+        table.values, table.slopes = _dense_term(
+            table.exact_shifted, table.exact_r, grid, budget_elements, with_slope=True
+        )
+    return table
 
 
 def _library_grid(log_library: torch.Tensor, spacing: float | None) -> torch.Tensor | None:
@@ -404,6 +506,13 @@ def embed_cells(
     n_feat = sum(int(v.shape[-1]) for v in cand_logp.values())
     block = max(1, min(batch_size, int(memory_budget_mb * 2**20 // (16 * n_feat))))
     chunks = _chunks(query.present, block)
+    # the zero-count part of the scores depends on a cell only through its library size:
+    # one table per modality for all cells, shared by the blocks
+    zero_terms = {}
+    for j, m in enumerate(MODALITIES):
+        if m in cand_logp and query.present[:, j].any():
+            lib = torch.from_numpy(query.library_size[query.present[:, j], j]).to(device)
+            zero_terms[m] = zero_count_table(cand_logp[m], dispersion[m], torch.log(lib), budget_elements=budget)
     start = np.zeros((n, 2), dtype=np.int64)
     basal0 = torch.zeros(n, L)
     cov0 = torch.zeros(n, d * V)
@@ -412,7 +521,12 @@ def embed_cells(
         score = 0
         for m in chunk.modalities:
             score = score + candidate_scores(
-                cand_logp[m], dispersion[m], batch["log_library"][m], *batch["counts"][m], budget_elements=budget
+                cand_logp[m],
+                dispersion[m],
+                batch["log_library"][m],
+                *batch["counts"][m],
+                budget_elements=budget,
+                zero_term=zero_terms[m],
             )
         score = score.view(len(chunk.cells), K, n_combo)
         allowed = torch.from_numpy(np.broadcast_to(combo_known, (len(chunk.cells), n_combo)).copy())

@@ -27,7 +27,10 @@ def read(path: str | Path, *, backed: bool = False):
         import mudata as md
 
         md.set_options(pull_on_update=False)
-        return md.read_h5mu(path, backed=backed)
+        data = md.read_h5mu(path, backed=backed)
+        if backed:
+            _share_obs_names(data)
+        return data
     if suffix == ".h5ad":
         import anndata as ad
 
@@ -37,6 +40,18 @@ def read(path: str | Path, *, backed: bool = False):
     raise ValueError(
         f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData), .h5ad (AnnData) or .zarr (either)"
     )
+
+
+def _share_obs_names(data) -> None:
+    """Let modalities whose cell names equal the MuData's use the MuData's index object.
+
+    Each obs table is read with its own copy of the names; for a backed file they are most
+    of what is held per cell, so equal copies are dropped (the names do not change).
+    """
+    names = data.obs_names
+    for adata in data.mod.values():
+        if adata.obs_names is not names and adata.obs_names.equals(names):
+            adata.obs.index = names
 
 
 def _read_zarr(path: Path, *, backed: bool):
@@ -67,6 +82,7 @@ def _read_zarr(path: Path, *, backed: bool):
     mods = {name: lazy(root["mod"][name]) for name in order}
     data = md.MuData(mods)
     data.obs = ad.io.read_elem(root["obs"]).reindex(data.obs_names) if "obs" in root else data.obs
+    _share_obs_names(data)
     return data
 
 
