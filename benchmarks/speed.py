@@ -166,17 +166,20 @@ def main(argv=None) -> dict:
     extra = {} if args.dtype == "float32" else {"precision": args.dtype}
     cfg = TrainConfig(batch_size=args.batch_size, validation_fraction=0.0, early_stopping=False, **extra)
     model.train(1, seed=args.seed, device=device, config=cfg, progress_bar=False)
+    # counted epochs continue the training (the optimisers' moments restart after the first)
+    kw = {"config": cfg, "device": device, "seed": args.seed, "progress_bar": False, "keep_training_state": True}
     decoder = model.module.decoder
     sizes = [min(args.batch_size, args.cells - s) for s in range(0, args.cells, args.batch_size)]
     epoch_s, floor_s = [], []
     for epoch in range(2, args.epochs + 1):  # each counted epoch beside its own floor pass
-        fit(model._state, model.data, config=cfg, max_epochs=epoch, device=device, seed=args.seed, progress_bar=False)
+        fit(model._state, model.data, max_epochs=epoch, **kw)
         epoch_s.append(float(model.history["seconds"].iloc[-1]))
         floor_s.append(decoder_floor(decoder, sizes, device, args.dtype, weight_grad=True, repeats=args.floor_repeats))
+    model._state.optimizer_states = model._state.best_snapshot = None  # as after DGD.train
     first = float(model.history["seconds"].iloc[0])
     steady = statistics.median(epoch_s) if epoch_s else first
-    floor = statistics.median(floor_s) if floor_s else float("nan")
-    ratio = statistics.median(e / f for e, f in zip(epoch_s, floor_s, strict=True)) if epoch_s else float("nan")
+    floor = statistics.median(floor_s) if floor_s else None  # None: only the first epoch was run
+    ratio = statistics.median(e / f for e, f in zip(epoch_s, floor_s, strict=True)) if epoch_s else None
 
     out = {
         "cells": args.cells,
@@ -189,8 +192,8 @@ def main(argv=None) -> dict:
         "epochs": args.epochs,
         "seconds_per_epoch": round(steady, 3),
         "first_epoch_seconds": round(first, 3),
-        "floor_seconds_per_epoch": round(floor, 3),
-        "ratio_to_floor": round(ratio, 3),
+        "floor_seconds_per_epoch": None if floor is None else round(floor, 3),
+        "ratio_to_floor": None if ratio is None else round(ratio, 3),
         "epoch_seconds": [round(x, 3) for x in epoch_s],
         "floor_seconds": [round(x, 3) for x in floor_s],
         "cells_per_second": round(args.cells / steady, 1),

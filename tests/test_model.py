@@ -217,3 +217,28 @@ def test_l1_gradient_matches_autograd(chunk):
     assert len(got) == len(expected) == 8
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
+
+
+def test_training_state_is_dropped_after_training_and_results_unchanged(mdata):
+    """Optimiser moments and the best-epoch snapshot are only needed to continue (checkpoints
+    hold them): DGD.train drops them; keeping them gives the same model, which is the best epoch."""
+    model = _trained(mdata, epochs=8)
+    assert model._state.optimizer_states is None and model._state.best_snapshot is None
+
+    other = _model(mdata)
+    state = other._initial_state(FAST, 0)
+    train_module.fit(
+        state,
+        other.data,
+        config=FAST,
+        max_epochs=8,
+        device=torch.device("cpu"),
+        seed=0,
+        progress_bar=False,
+        keep_training_state=True,
+    )
+    assert set(state.optimizer_states) >= {"decoder", "basal_mixture"} and state.best_snapshot is not None
+    for name, value in state.module.state_dict().items():
+        torch.testing.assert_close(value, model.module.state_dict()[name], rtol=0, atol=0)
+        torch.testing.assert_close(value, state.best_snapshot["module"][name].to(value.device), rtol=0, atol=0)
+    assert state.best_epoch == model._state.best_epoch

@@ -103,8 +103,13 @@ def fit(
     checkpoint_path: str | Path | None = None,
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
     progress_bar: bool = True,
+    keep_training_state: bool = False,
 ) -> TrainingState:
     """Train ``state`` in place up to ``max_epochs`` (continuing from ``state.epoch``).
+
+    The optimisers' moments and the best epoch's snapshot (at the peaks head's size, about
+    three copies of the decoder) are written to checkpoints and dropped at the end, unless
+    ``keep_training_state``, which a later call needs to continue exactly where this one ended.
 
     Each epoch: every minibatch steps the decoder and mixture optimisers; the training
     representations step once per epoch (or per minibatch, see ``TrainConfig``); the
@@ -274,7 +279,9 @@ def fit(
         for k, values in state.best_snapshot["tables"].items():
             tables[k].values.copy_(values.to(device))
     state.tables = tables
-    state.optimizer_states = {k: o.state_dict() for k, o in optimizers.items()}
+    state.optimizer_states = {k: o.state_dict() for k, o in optimizers.items()} if keep_training_state else None
+    if not keep_training_state:
+        state.best_snapshot = None
     state.shuffle_rng_state = shuffle.get_state()
     return state
 
