@@ -217,6 +217,11 @@ def test_l1_gradient_matches_autograd(chunk):
     assert len(got) == len(expected) == 8
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
+    # the value without gradients: in blocks, against a float64 sum
+    exact = sum(float(m.weight.detach().double().abs().sum()) for m in dec.modules() if hasattr(m, "weight"))
+    with torch.no_grad():
+        value = dec.weight_l1(chunk_elements=chunk)
+    assert value.dtype == torch.float64 and float(value) == pytest.approx(exact, rel=1e-6)
 
 
 def test_training_state_is_dropped_after_training_and_results_unchanged(mdata):

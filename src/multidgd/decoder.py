@@ -88,27 +88,40 @@ class Decoder(nn.Module):
             out[m] = torch.nn.functional.linear(x, last.weight).float() + last.bias
         return out
 
-    @torch.no_grad()
-    def add_l1_grad(self, coefficient: float, chunk_elements: int = 1 << 22) -> None:
-        """Add the gradient of ``coefficient * weight_l1()`` to the weights' ``.grad``.
-
-        The signs go through one small kept buffer, a block of rows at a time: a fresh
-        allocation the size of the largest weight costs several times the passes themselves.
-        """
-        buf = self.__dict__.get("_sign_buffer")
+    def _weight_blocks(self, chunk_elements: int, grads_only: bool = False):
+        """(Linear, first row, block of its weight rows, same-shaped scratch view) for every
+        weight matrix. The scratch is one small kept buffer: a fresh allocation the size of
+        the largest weight costs several times the passes themselves."""
         for m in self.modules():
-            if not isinstance(m, nn.Linear) or m.weight.grad is None:
+            if not isinstance(m, nn.Linear) or (grads_only and m.weight.grad is None):
                 continue
-            w, g = m.weight, m.weight.grad
+            w = m.weight
             rows = max(1, chunk_elements // w.shape[1])
             need = min(w.numel(), rows * w.shape[1])
+            buf = self.__dict__.get("_sign_buffer")
             if buf is None or buf.device != w.device or buf.dtype != w.dtype or buf.numel() < need:
                 buf = self.__dict__["_sign_buffer"] = torch.empty(need, dtype=w.dtype, device=w.device)
             for r0 in range(0, w.shape[0], rows):
                 wb = w[r0 : r0 + rows]
-                sb = buf[: wb.numel()].view_as(wb)
-                g[r0 : r0 + rows].add_(torch.sign(wb, out=sb), alpha=coefficient)
+                yield m, r0, wb, buf[: wb.numel()].view_as(wb)
 
-    def weight_l1(self) -> torch.Tensor:
-        """Sum of absolute values of all weight matrices (biases excluded)."""
-        return sum(m.weight.abs().sum() for m in self.modules() if isinstance(m, nn.Linear))
+    @torch.no_grad()
+    def add_l1_grad(self, coefficient: float, chunk_elements: int = 1 << 22) -> None:
+        """Add the gradient of ``coefficient * weight_l1()`` to the weights' ``.grad``, a
+        block of rows at a time."""
+        for m, r0, wb, scratch in self._weight_blocks(chunk_elements, grads_only=True):
+            m.weight.grad[r0 : r0 + len(wb)].add_(torch.sign(wb, out=scratch), alpha=coefficient)
+
+    def weight_l1(self, chunk_elements: int = 1 << 22) -> torch.Tensor:
+        """Sum of absolute values of all weight matrices (biases excluded).
+
+        With gradients off it is summed a block of rows at a time (in float64 across blocks),
+        without a temporary the size of a weight matrix.
+        """
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return sum(m.weight.abs().sum() for m in self.modules() if isinstance(m, nn.Linear))
+        total = None
+        for _, _, wb, scratch in self._weight_blocks(chunk_elements):
+            part = torch.abs(wb, out=scratch).sum().double()
+            total = part if total is None else total + part
+        return total if total is not None else torch.zeros((), dtype=torch.float64)
