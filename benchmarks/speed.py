@@ -23,6 +23,10 @@ inference, ``infer_floor_seconds`` is the mean of the two.
 
     python benchmarks/speed.py --cells 5600 --genes 13431 --peaks 116490 --dtype float32
     python benchmarks/speed.py --cells 5600 --dtype bfloat16 --epochs 4
+    python benchmarks/speed.py --cells 69249 --device cuda --dtype float32 bfloat16   # one data set, two lines
+
+With several ``--dtype`` values the data are built once and each precision gets its own model
+(one JSON line each; on CUDA, ``peak_gpu_mb`` is that model's peak).
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def _stage(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -132,7 +140,9 @@ def main(argv=None) -> dict:
     p.add_argument("--cells", type=int, default=5600, help="training cells")
     p.add_argument("--genes", type=int, default=13431)
     p.add_argument("--peaks", type=int, default=116490)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument(
+        "--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32"], help="one result line per precision"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--epochs", type=int, default=4, help="training epochs (the first is not counted)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -143,29 +153,50 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--floor-repeats", type=int, default=1, help="floor passes after each epoch (best is kept)")
+    p.add_argument("--stack-dump-seconds", type=float, default=0, help="print every thread's stack this often (0: off)")
     args = p.parse_args(argv)
+    if args.stack_dump_seconds > 0:  # where a long run spends its time, without a profiler
+        import faulthandler
+
+        faulthandler.dump_traceback_later(args.stack_dump_seconds, repeat=True)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from multidgd import DGD, TrainConfig
     from multidgd.datasets import synthetic
-    from multidgd.train import fit
 
     device = torch.device(args.device)
     t0 = time.perf_counter()
     total = args.cells + args.infer_cells
     mdata = synthetic(total, args.genes, args.peaks, n_clusters=args.clusters, n_batches=args.batches, seed=args.seed)
     build_seconds = time.perf_counter() - t0
+    _stage(f"synthetic data built in {build_seconds:.1f} s")
     if args.infer_cells:
         train, new = mdata[: args.cells].copy(), mdata[args.cells :].copy()
     else:
         train, new = mdata, None  # no copy of the whole data set
     del mdata
+    results = []
+    for dtype in args.dtype:  # one data set, one model per precision
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        out = measure(train, new, dtype, device, args)
+        out["synthetic_seconds"] = round(build_seconds, 2)
+        print(json.dumps(out), flush=True)
+        results.append(out)
+    return results[0] if len(results) == 1 else results
+
+
+def measure(train, new, dtype: str, device: torch.device, args) -> dict:
+    """Train ``train`` for ``args.epochs`` epochs in ``dtype`` beside floor passes; then place ``new``."""
+    from multidgd import DGD, TrainConfig
+    from multidgd.train import fit
 
     model = DGD(train, cell_type_key="cell_type", covariate_keys="batch")
-    extra = {} if args.dtype == "float32" else {"precision": args.dtype}
+    extra = {} if dtype == "float32" else {"precision": dtype}
     cfg = TrainConfig(batch_size=args.batch_size, validation_fraction=0.0, early_stopping=False, **extra)
+    t0 = time.perf_counter()
     model.train(1, seed=args.seed, device=device, config=cfg, progress_bar=False)
+    _stage(f"{dtype}: first epoch (with the start) in {time.perf_counter() - t0:.1f} s")
     # counted epochs continue the training (the optimisers' moments restart after the first)
     kw = {"config": cfg, "device": device, "seed": args.seed, "progress_bar": False, "keep_training_state": True}
     decoder = model.module.decoder
@@ -174,7 +205,8 @@ def main(argv=None) -> dict:
     for epoch in range(2, args.epochs + 1):  # each counted epoch beside its own floor pass
         fit(model._state, model.data, max_epochs=epoch, **kw)
         epoch_s.append(float(model.history["seconds"].iloc[-1]))
-        floor_s.append(decoder_floor(decoder, sizes, device, args.dtype, weight_grad=True, repeats=args.floor_repeats))
+        floor_s.append(decoder_floor(decoder, sizes, device, dtype, weight_grad=True, repeats=args.floor_repeats))
+        _stage(f"{dtype}: epoch {epoch} {epoch_s[-1]:.2f} s, floor {floor_s[-1]:.2f} s")
     model._state.optimizer_states = model._state.best_snapshot = None  # as after DGD.train
     first = float(model.history["seconds"].iloc[0])
     steady = statistics.median(epoch_s) if epoch_s else first
@@ -185,7 +217,7 @@ def main(argv=None) -> dict:
         "cells": args.cells,
         "genes": args.genes,
         "peaks": args.peaks,
-        "dtype": args.dtype,
+        "dtype": dtype,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
@@ -198,15 +230,17 @@ def main(argv=None) -> dict:
         "floor_seconds": [round(x, 3) for x in floor_s],
         "cells_per_second": round(args.cells / steady, 1),
         "final_train_loss": float(model.history["train_loss"].iloc[-1]),
-        "synthetic_seconds": round(build_seconds, 2),
     }
     out["train_peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    if device.type == "cuda":
+        out["train_peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     print(json.dumps(out), file=sys.stderr, flush=True)  # the training part, before inference
+    peaks = []
     if new is not None:
         kw = {"device": device, "progress_bar": False, "n_steps": args.infer_steps}
         n_cand = model.module.basal.n_components * int(np.prod([m.n_components for m in model.module.covariates]))
         floor_args = (decoder, args.infer_cells, n_cand, args.genes + args.peaks, args.infer_steps, 512, device)
-        before = infer_floor(*floor_args, args.dtype)
+        before = infer_floor(*floor_args, dtype)
         peaks = [_peak_rss_mb()]
         windowed = _reset_peak_rss()
         t0 = time.perf_counter()
@@ -216,7 +250,7 @@ def main(argv=None) -> dict:
         if windowed:  # the inference alone (with the model and both data sets held)
             out["infer_peak_rss_mb"] = round(_peak_rss_mb(), 1)
         peaks.append(_peak_rss_mb())
-        after = infer_floor(*floor_args, args.dtype)
+        after = infer_floor(*floor_args, dtype)
         ifloor = (before + after) / 2
         out.update(
             {
@@ -229,10 +263,9 @@ def main(argv=None) -> dict:
                 "infer_ratio_to_floor": round(infer_s / ifloor, 3),
             }
         )
-    out["peak_rss_mb"] = round(max([_peak_rss_mb(), *(peaks if new is not None else [])]), 1)
+    out["peak_rss_mb"] = round(max([_peak_rss_mb(), *peaks]), 1)
     if device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    print(json.dumps(out))
     return out
 
 
