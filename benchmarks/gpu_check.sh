@@ -24,10 +24,14 @@ mkdir -p "$OUTDIR"
 cd "$(dirname "$0")/.."
 
 SITE=/tmp/site
+install_wheels() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$@" || exit 1
+}
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
-  if ! python3 -c 'import pandas, sys; sys.exit(int(pandas.__version__.split(".")[0]) >= 3)' && [ -d .whl/pandas ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/pandas/*.whl || exit 1
+  install_wheels .whl/*.whl
+  # exit status 0 where the machine's pandas is 3 or newer
+  if [ -d .whl/pandas ] && python3 -c 'import pandas, sys; sys.exit(int(pandas.__version__.split(".")[0]) < 3)'; then
+    install_wheels .whl/pandas/*.whl
   fi
 fi
 export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -39,10 +43,10 @@ for section in $SECTIONS; do
     env)
       timeout 60 python3 - >"$OUTDIR/env.json" <<'EOF'
 import json, platform
-import anndata, mudata, numpy, pandas, scipy, torch
+from importlib.metadata import version
+import torch
 out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-       "numpy": numpy.__version__, "pandas": pandas.__version__, "scipy": scipy.__version__,
-       "anndata": anndata.__version__, "mudata": mudata.__version__,
+       **{name: version(name) for name in ("numpy", "pandas", "scipy", "anndata", "mudata")},
        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
        "gpu_memory_gb": [round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)
                          for i in range(torch.cuda.device_count())],

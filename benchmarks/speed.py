@@ -26,7 +26,8 @@ inference, ``infer_floor_seconds`` is the mean of the two.
     python benchmarks/speed.py --cells 69249 --device cuda --dtype float32 bfloat16   # one data set, two lines
 
 With several ``--dtype`` values the data are built once and each precision gets its own model
-(one JSON line each; on CUDA, ``peak_gpu_mb`` is that model's peak).
+(one JSON line each; on CUDA, ``peak_gpu_mb`` is that model's peak; the RSS peaks are the
+process's, so a later precision's include what the earlier ones held).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def infer_floor(decoder, n_cells, n_candidates, n_features, n_steps, batch_size,
     return search + n_steps * steps
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=5600, help="training cells")
     p.add_argument("--genes", type=int, default=13431)
@@ -183,7 +184,7 @@ def main(argv=None) -> dict:
         out["synthetic_seconds"] = round(build_seconds, 2)
         print(json.dumps(out), flush=True)
         results.append(out)
-    return results[0] if len(results) == 1 else results
+    return results
 
 
 def measure(train, new, dtype: str, device: torch.device, args) -> dict:
