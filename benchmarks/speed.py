@@ -68,7 +68,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _autocast(device: torch.device, dtype: str):
-    # like multidgd.network.autocast, kept here so the script also runs against versions without it
+    # like multidgd.module.autocast, kept here so the script also runs against versions without it
     if dtype == "float32":
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from .data import MODALITIES, obs_column
-from .model import _select as _positions
+from .data import positions as _positions
 
 __all__ = [
     "gene2peak",
@@ -315,7 +315,8 @@ def gene2peak(
     """
     from tqdm.auto import tqdm
 
-    from .model import _frozen, resolve_device
+    from .model import resolve_device
+    from .module import frozen as _frozen
 
     model._require_trained()
     modality = _check_modality(modality)

@@ -18,7 +18,15 @@ import torch
 
 from ._backed import BackedCSR, backed_group
 
-__all__ = ["MultiomeData", "read_multiome", "obs_column", "make_validation_split", "gather_rows", "MODALITIES"]
+__all__ = [
+    "MultiomeData",
+    "read_multiome",
+    "obs_column",
+    "make_validation_split",
+    "gather_rows",
+    "positions",
+    "MODALITIES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -455,3 +463,24 @@ def gather_rows(x: sp.csr_matrix, rows: np.ndarray, device: torch.device | str =
         torch.from_numpy(sub.indices.astype(np.int64)).to(device),
         torch.from_numpy(sub.data.astype(np.float32, copy=False)).to(device),
     )
+
+
+def positions(index: pd.Index, wanted, what: str) -> np.ndarray:
+    """Positions in ``index`` of names, integer positions or a boolean mask (None: all)."""
+    if wanted is None:
+        return np.arange(len(index))
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    arr = np.asarray(wanted)
+    if arr.dtype == bool:
+        if arr.shape != (len(index),):
+            raise ValueError(f"boolean {what} mask has length {arr.size}; expected {len(index)}")
+        return np.flatnonzero(arr)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (arr.min() < -len(index) or arr.max() >= len(index)):
+            raise ValueError(f"{what} positions out of range 0..{len(index) - 1}")
+        return np.arange(len(index))[arr]
+    pos = index.get_indexer(pd.Index(arr.astype(str)))
+    if (pos < 0).any():
+        raise ValueError(f"{int((pos < 0).sum())} {what} not found, e.g. {arr[pos < 0][:3].tolist()}")
+    return pos

@@ -33,7 +33,7 @@ from torch.nn.functional import softplus
 from ._memory import freed_memory_kept
 from .data import MODALITIES, gather_rows
 from .distributions import nb_log_prob_sparse
-from .network import DGDModule
+from .module import DGDModule
 from .query import QueryData
 from .representation import RepresentationTable
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
@@ -16,10 +15,10 @@ import torch
 
 from . import checkpoint, distributed
 from .config import ModelConfig, TrainConfig
-from .data import MODALITIES, MultiomeData, gather_rows, make_validation_split, read_multiome
+from .data import MODALITIES, MultiomeData, gather_rows, make_validation_split, positions, read_multiome
 from .inference import Embedding, covariate_index, embed_cells
 from .initialization import kmeans_centres, spectral_embedding
-from .network import DGDModule
+from .module import DGDModule, frozen
 from .query import read_query
 from .representation import RepresentationTable
 from .train import TrainingState, fit
@@ -594,7 +593,7 @@ class DGD:
         module.to(dev).eval()
         train_config = self.train_config or TrainConfig()
         try:
-            with _frozen(module):
+            with frozen(module):
                 result = embed_cells(
                     module,
                     query,
@@ -761,9 +760,9 @@ class DGD:
                 raise TypeError(f"embedding must be an Embedding from infer(), got {type(embedding).__name__}")
             names, latent, cov = embedding.obs_names, embedding.latent, embedding.covariate
             library = embedding.library_size[:, j]
-        rows = _select(names, cells, "cells")
+        rows = positions(names, cells, "cells")
         all_features = self.var_names[modality]
-        cols = _select(all_features, features, "genes" if modality == "rna" else "peaks")
+        cols = positions(all_features, features, "genes" if modality == "rna" else "peaks")
         n_out, f_out = len(rows), len(cols)
         if return_type is None:
             if n_out * f_out > max_dense_elements:
@@ -901,40 +900,6 @@ class DGD:
             f"DGD({len(self.obs_names)} cells, {nf['rna']} genes, {nf['atac']} peaks, "
             f"K={self.n_components}, covariates={self.covariate_keys}; {status})"
         )
-
-
-@contextlib.contextmanager
-def _frozen(module: torch.nn.Module):
-    """Parameters do not require grad inside the block (so no gradient is built for them)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def _select(index: pd.Index, wanted, what: str) -> np.ndarray:
-    """Positions in ``index`` of names, integer positions or a boolean mask (None: all)."""
-    if wanted is None:
-        return np.arange(len(index))
-    if isinstance(wanted, str):
-        wanted = [wanted]
-    arr = np.asarray(wanted)
-    if arr.dtype == bool:
-        if arr.shape != (len(index),):
-            raise ValueError(f"boolean {what} mask has length {arr.size}; expected {len(index)}")
-        return np.flatnonzero(arr)
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.size and (arr.min() < -len(index) or arr.max() >= len(index)):
-            raise ValueError(f"{what} positions out of range 0..{len(index) - 1}")
-        return np.arange(len(index))[arr]
-    pos = index.get_indexer(pd.Index(arr.astype(str)))
-    if (pos < 0).any():
-        raise ValueError(f"{int((pos < 0).sum())} {what} not found, e.g. {arr[pos < 0][:3].tolist()}")
-    return pos
 
 
 def _fingerprint(d: MultiomeData) -> str:

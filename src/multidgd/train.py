@@ -19,7 +19,7 @@ from ._memory import freed_memory_kept
 from .checkpoint import write_atomic
 from .config import TrainConfig
 from .data import MultiomeData, gather_rows
-from .network import DGDModule
+from .module import DGDModule
 from .representation import RepresentationTable
 
 __all__ = ["TrainingState", "fit", "per_cell_terms"]

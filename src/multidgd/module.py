@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -10,7 +12,7 @@ from .decoder import Decoder
 from .distributions import nb_log_prob_sparse, nb_nll_from_logits
 from .mixture import GaussianMixture
 
-__all__ = ["DGDModule", "SparseCounts", "autocast"]
+__all__ = ["DGDModule", "SparseCounts", "autocast", "frozen"]
 
 
 def _decoder_input(basal: torch.Tensor, covariate: torch.Tensor | None) -> torch.Tensor:
@@ -208,3 +210,16 @@ class DGDModule(nn.Module):
         for mixture in self.covariates:
             total = total - mixture.hyperprior_log_prob()
         return total
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """Parameters do not require grad inside the block (so no gradient is built for them)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
