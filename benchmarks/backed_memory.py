@@ -48,7 +48,7 @@ def _train(path: str, backed: bool, epochs: int, threads: int) -> None:
     model = DGD(data, cell_type_key="cell_type", covariate_keys=["batch"])
     t_read = time.perf_counter() - t0
     model.train(max_epochs=epochs, seed=0, device="cpu", config=TrainConfig(early_stopping=False), progress_bar=False)
-    tables = model._state.tables
+    tables = model.state.tables
     table_mb = sum(t.values.numel() * 4 * 5 + t.steps.numel() * 8 for t in tables.values()) / 2**20
     cell_mb = _cell_metadata_bytes(model) / 2**20
     seconds = model.history["seconds"].tolist()

@@ -204,11 +204,11 @@ def measure(train, new, dtype: str, device: torch.device, args) -> dict:
     sizes = [min(args.batch_size, args.cells - s) for s in range(0, args.cells, args.batch_size)]
     epoch_s, floor_s = [], []
     for epoch in range(2, args.epochs + 1):  # each counted epoch beside its own floor pass
-        fit(model._state, model.data, max_epochs=epoch, **kw)
+        fit(model.state, model.data, max_epochs=epoch, **kw)
         epoch_s.append(float(model.history["seconds"].iloc[-1]))
         floor_s.append(decoder_floor(decoder, sizes, device, dtype, weight_grad=True, repeats=args.floor_repeats))
         _stage(f"{dtype}: epoch {epoch} {epoch_s[-1]:.2f} s, floor {floor_s[-1]:.2f} s")
-    model._state.optimizer_states = model._state.best_snapshot = None  # as after DGD.train
+    model.state.optimizer_states = model.state.best_snapshot = None  # as after DGD.train
     first = float(model.history["seconds"].iloc[0])
     steady = statistics.median(epoch_s) if epoch_s else first
     floor = statistics.median(floor_s) if floor_s else None  # None: only the first epoch was run

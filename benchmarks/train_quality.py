@@ -77,8 +77,7 @@ def main(argv=None) -> dict:
     if args.save_model:
         model.save(args.save_model)
 
-    where, row, kept_pos = model._cell_rows()
-    train = where == 0
+    train = (model.split == "train").to_numpy()
     z = model.get_latent_representation()
     labels = obs[args.cell_type_key].astype(str).to_numpy()
     batches = obs[args.batch_key].astype(str).to_numpy()
@@ -88,7 +87,7 @@ def main(argv=None) -> dict:
 
     # average-profile baseline on the validation cells
     data = model.data
-    state = model._state
+    state = model.state
     module = model.module.to("cpu")
     base = {}
     with torch.no_grad():
@@ -127,7 +126,7 @@ def main(argv=None) -> dict:
         "train_nll_rna": round(float(nll.loc[train, "nll_rna"].mean()), 3),
         "train_nll_atac": round(float(nll.loc[train, "nll_atac"].mean()), 3),
         "epochs": int(h.index[-1]),
-        "stopped_early": bool(model._state.stopped_early),
+        "stopped_early": bool(model.state.stopped_early),
         "max_epochs": args.max_epochs,
         "best_epoch": int(model.best_epoch),
         "seconds_per_epoch": round(float(h["seconds"].median()), 3),

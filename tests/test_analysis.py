@@ -156,7 +156,7 @@ def test_table_schema_counts_and_per_cell_effects(trained):
     frac_table, frac_cells = analysis.gene2peak(
         model, data, genes=genes, groupby="cell_type", return_cells=True, progress_bar=False
     )
-    lib = model._gather_library()[model.obs_names.get_indexer(cells.obs["cell"]), 1]
+    lib = model.get_library_size()[model.obs_names.get_indexer(cells.obs["cell"]), 1]
     np.testing.assert_allclose(cells.X, frac_cells.X * lib[:, None], rtol=1e-4, atol=1e-9)
     # the log ratio agrees with the fractions decoded independently
     pos = model.obs_names.get_indexer(frac_cells.obs["cell"])

@@ -55,7 +55,7 @@ def _dense(x):
 
 def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.module.state_dict().items()}, {
-        k: t.values.clone() for k, t in model._state.tables.items()
+        k: t.values.clone() for k, t in model.state.tables.items()
     }
 
 
@@ -229,8 +229,9 @@ def test_single_modality_inference_and_prediction(model, all_data, present):
     np.testing.assert_allclose(frac.to_numpy(), np.exp(logf.numpy()), rtol=1e-5)
     # the estimated library: the cell's own library of the present modality times the median
     # ratio (missing / present) over the 15 nearest trained cells
-    ref = np.concatenate([model._state.tables[t].values.numpy() for t in ("train_basal", "val_basal")])
-    libs = np.concatenate([model._table_library[t].numpy() for t in ("train", "val")]).astype(np.float64)
+    ref = np.concatenate([model.state.tables[t].values.numpy() for t in ("train_basal", "val_basal")])
+    lib_all, split = model.get_library_size(), model.split.to_numpy()
+    libs = np.concatenate([lib_all[split == t] for t in ("train", "validation")]).astype(np.float64)
     d = ((emb.latent[:, None, :] - ref[None]) ** 2).sum(-1)
     near = np.argsort(d, axis=1)[:, :15]
     ratios = libs[:, 1 - j] / libs[:, j]
@@ -330,7 +331,7 @@ def test_two_new_classes_learned_at_once(model, all_data, tmp_path):
 # ---------------------------------------------------------------------------- getters
 def test_getters_on_training_cells(model):
     frac = model.get_normalized_expression()
-    where, _, _ = model._cell_rows()
+    where = np.where((model.split != "none").to_numpy(), 0, -1)
     assert frac.shape == (int((where >= 0).sum()), 30)
     np.testing.assert_allclose(frac.to_numpy(), model.decode("rna")[where >= 0], rtol=1e-6)
     sub = model.get_normalized_accessibility(peaks=["chr1:500-550", "chr1:0-50"], cells=[0, 3])
@@ -338,7 +339,7 @@ def test_getters_on_training_cells(model):
     np.testing.assert_allclose(sub.to_numpy(), full[[0, 3]][:, [5, 0]], rtol=1e-6)
     assert list(sub.columns) == ["chr1:500-550", "chr1:0-50"]
     counts = model.get_normalized_accessibility(scale="counts", return_type="array")
-    lib = model._gather_library()[where >= 0, 1]
+    lib = model.get_library_size()[where >= 0, 1]
     np.testing.assert_allclose(counts, full * lib[:, None], rtol=1e-5)
     thr = np.quantile(full, 0.9)
     sparse = model.get_normalized_accessibility(return_type="sparse", threshold=thr)

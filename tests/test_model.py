@@ -6,6 +6,7 @@ import torch
 import multidgd
 import multidgd.train as train_module
 from multidgd import DGD, ModelConfig, TrainConfig
+from multidgd.initialization import initial_state
 
 FAST = TrainConfig(batch_size=32, min_epochs=2, patience=2, checkpoint_every=1)
 
@@ -228,10 +229,10 @@ def test_training_state_is_dropped_after_training_and_results_unchanged(mdata):
     """Optimiser moments and the best-epoch snapshot are only needed to continue (checkpoints
     hold them): DGD.train drops them; keeping them gives the same model, which is the best epoch."""
     model = _trained(mdata, epochs=8)
-    assert model._state.optimizer_states is None and model._state.best_snapshot is None
+    assert model.state.optimizer_states is None and model.state.best_snapshot is None
 
     other = _model(mdata)
-    state = other._initial_state(FAST, 0)
+    state = initial_state(other.data, other.config, FAST, other.n_components, 0)
     train_module.fit(
         state,
         other.data,
@@ -246,4 +247,4 @@ def test_training_state_is_dropped_after_training_and_results_unchanged(mdata):
     for name, value in state.module.state_dict().items():
         torch.testing.assert_close(value, model.module.state_dict()[name], rtol=0, atol=0)
         torch.testing.assert_close(value, state.best_snapshot["module"][name].to(value.device), rtol=0, atol=0)
-    assert state.best_epoch == model._state.best_epoch
+    assert state.best_epoch == model.state.best_epoch

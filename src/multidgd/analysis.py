@@ -188,15 +188,16 @@ def _prepare_cells(model, data, genes, *, cells, groupby, embedding, rna_mod, at
     cov_dim = model.config.covariate_dim * len(model.covariate_keys)
     covariate = np.empty((n, cov_dim), dtype=np.float32)
     library = query.library_size[rows].astype(np.float64)
-    where, _, _ = model._cell_rows()
     pos = model.obs_names.get_indexer(obs)
     known = pos >= 0
-    known[known] = where[pos[known]] >= 0
+    known[known] = (model.split != "none").to_numpy()[pos[known]]
     if known.any():
         latent[known] = model.get_latent_representation()[pos[known]]
-        covariate[known] = model._gather_table("covariate")[pos[known]]
-        if model._table_library is not None:
-            library[known] = model._gather_library()[pos[known]]
+        covariate[known] = model.get_covariate_matrix()[pos[known]]
+        try:
+            library[known] = model.get_library_size()[pos[known]]
+        except ValueError:  # a model file without library sizes
+            pass
     unknown = np.flatnonzero(~known)
     if len(unknown):
         if embedding is None:
@@ -318,7 +319,7 @@ def gene2peak(
     from .model import resolve_device
     from .module import frozen as _frozen
 
-    model._require_trained()
+    model.state  # noqa: B018 - raises when untrained
     modality = _check_modality(modality)
     genes = _check_genes(genes, model.var_names["rna"])
     if scale not in ("fraction", "counts"):

@@ -1,14 +1,66 @@
-"""One self-describing file per model or training checkpoint, written atomically."""
+"""The file schema: what training writes and the model reads back.
+
+Two kinds of self-describing file, each written atomically with ``torch.save``:
+
+* a **training checkpoint** (:data:`CHECKPOINT_KIND`): everything that changes during
+  training (:class:`TrainingState`, the optimisers' moments, the shuffling generator), so
+  that a run resumes exactly where it stopped;
+* a **model file** (:data:`MODEL_KIND`): the trained parameters, representations and
+  library sizes that :meth:`multidgd.DGD.load` needs, without any data.
+
+Both carry the model's description (names, labels, configuration) under ``"model"``.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-__all__ = ["write_atomic", "read"]
+from .representation import RepresentationTable
+
+if TYPE_CHECKING:
+    from .module import DGDModule
+
+__all__ = [
+    "CHECKPOINT_KIND",
+    "FORMAT_VERSION",
+    "MODEL_KIND",
+    "TrainingState",
+    "model_payload",
+    "read",
+    "read_model",
+    "state_from_model",
+    "state_from_training",
+    "training_payload",
+    "write_atomic",
+]
+
+MODEL_KIND = "multidgd-model"
+CHECKPOINT_KIND = "multidgd-training-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainingState:
+    """Everything that changes during training, so that a run can be resumed exactly."""
+
+    module: DGDModule
+    tables: dict[str, RepresentationTable]  # train_basal, train_covariate, val_basal, val_covariate
+    train_index: np.ndarray  # rows of the data used for training, in table order
+    val_index: np.ndarray
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float = float("inf")
+    best_snapshot: dict[str, Any] | None = None
+    optimizer_states: dict[str, Any] | None = None
+    shuffle_rng_state: torch.Tensor | None = None
+    stopped_early: bool = False
 
 
 def write_atomic(payload: dict[str, Any], path: str | Path) -> None:
@@ -42,3 +94,110 @@ def read(path: str | Path, *, kind: str) -> dict[str, Any]:
     if found != kind:
         raise ValueError(f"{path} holds {found!r}, expected {kind!r}")
     return payload
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+def training_payload(
+    state: TrainingState,
+    *,
+    module_state: dict[str, torch.Tensor],
+    tables: dict[str, RepresentationTable],
+    optimizers: dict[str, torch.optim.Optimizer],
+    shuffle_rng_state: torch.Tensor,
+    train_config: dict[str, Any],
+    seed: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The training checkpoint of ``state`` (``tables``: whole tables, with Adam state)."""
+    return {
+        "kind": CHECKPOINT_KIND,
+        "epoch": state.epoch,
+        "module": module_state,
+        "tables": {k: t.state_dict() for k, t in tables.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "shuffle_rng_state": shuffle_rng_state,
+        "history": state.history,
+        "best_epoch": state.best_epoch,
+        "best_metric": state.best_metric,
+        "best_snapshot": state.best_snapshot,
+        "train_index": torch.from_numpy(state.train_index),
+        "val_index": torch.from_numpy(state.val_index),
+        "stopped_early": state.stopped_early,
+        "train_config": train_config,
+        "seed": seed,
+        **(extra or {}),
+    }
+
+
+def state_from_training(payload: dict[str, Any], module: DGDModule) -> TrainingState:
+    """The :class:`TrainingState` of a training checkpoint; ``module`` is shaped like the
+    saved one and receives its parameters."""
+    module.load_state_dict(payload["module"])
+    tables = {}
+    for name, tstate in payload["tables"].items():
+        table = RepresentationTable(tstate["values"])
+        table.load_state_dict(tstate)
+        tables[name] = table
+    return TrainingState(
+        module=module,
+        tables=tables,
+        train_index=payload["train_index"].numpy(),
+        val_index=payload["val_index"].numpy(),
+        epoch=int(payload["epoch"]),
+        history=list(payload["history"]),
+        best_epoch=int(payload["best_epoch"]),
+        best_metric=float(payload["best_metric"]),
+        best_snapshot=payload["best_snapshot"],
+        optimizer_states=payload["optimizers"],
+        shuffle_rng_state=payload["shuffle_rng_state"],
+        stopped_early=bool(payload["stopped_early"]),
+    )
+
+
+# ----------------------------------------------------------------------------- model files
+def model_payload(
+    state: TrainingState,
+    *,
+    description: dict[str, Any],
+    train_config: dict[str, Any],
+    seed: int | None,
+    library_size: dict[str, torch.Tensor] | None,
+) -> dict[str, Any]:
+    """The model file of a trained ``state`` (parameters and representation values only)."""
+    return {
+        "kind": MODEL_KIND,
+        "model": description,
+        "module": {k: v.detach().cpu() for k, v in state.module.state_dict().items()},
+        "tables": {k: t.values.detach().cpu() for k, t in state.tables.items()},
+        "train_index": torch.from_numpy(state.train_index),
+        "val_index": torch.from_numpy(state.val_index),
+        "history": state.history,
+        "best_epoch": state.best_epoch,
+        "epoch": state.epoch,
+        "train_config": train_config,
+        "seed": seed,
+        "library_size": library_size,
+    }
+
+
+def read_model(path: str | Path) -> dict[str, Any]:
+    """A model file's payload, its format version checked."""
+    payload = read(path, kind=MODEL_KIND)
+    version = payload["model"].get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported format version {version}")
+    return payload
+
+
+def state_from_model(payload: dict[str, Any], module: DGDModule) -> TrainingState:
+    """The (finished) :class:`TrainingState` of a model file; ``module`` receives its parameters."""
+    module.load_state_dict(payload["module"])
+    return TrainingState(
+        module=module,
+        tables={k: RepresentationTable(v) for k, v in payload["tables"].items()},
+        train_index=payload["train_index"].numpy(),
+        val_index=payload["val_index"].numpy(),
+        epoch=int(payload["epoch"]),
+        history=list(payload["history"]),
+        best_epoch=int(payload["best_epoch"]),
+    )

@@ -104,24 +104,22 @@ def train_and_report(
         labels = _obs_column(data, key, model.obs_names)
         figures.append(plot_model_covariates(model, key, labels, out / f"covariate_{key}.png"))
 
-    state = model._state
     train_cells = np.zeros(len(latent), dtype=bool)
-    where, _, _ = model._cell_rows()
-    train_cells[where == 0] = True
+    train_cells[(model.split == "train").to_numpy()] = True
     used = np.unique(clustering.labels[train_cells])
     best = history.loc[model.best_epoch]
     summary: dict[str, Any] = {
         "data": source,
         "cells": int(len(model.obs_names)),
-        "cells_trained": int(len(state.train_index)),
-        "cells_validation": int(len(state.val_index)),
+        "cells_trained": int(len(model.state.train_index)),
+        "cells_validation": int(len(model.state.val_index)),
         "genes": len(model.var_names["rna"]),
         "peaks": len(model.var_names["atac"]),
         "components": model.n_components,
         "components_used": int(len(used)),
-        "epochs": int(state.epoch),
+        "epochs": int(model.state.epoch),
         "best_epoch": int(model.best_epoch),
-        "stopped_early": bool(state.stopped_early),
+        "stopped_early": bool(model.state.stopped_early),
         "train_nll_rna": float(best["train_nll_rna"]),
         "train_nll_atac": float(best["train_nll_atac"]),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -6,6 +6,7 @@ lists of its non-zeros (:func:`gather_rows`) and never into a dense cells x feat
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,23 @@ class MultiomeData:
     @property
     def n_features(self) -> dict[str, int]:
         return {m: x.shape[1] for m, x in self.counts.items()}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the cells, features, labels and library sizes: a checkpoint written
+        for other data is refused on resume."""
+        h = hashlib.sha256()
+        for part in (
+            list(self.obs_names),
+            *(list(v) for v in self.var_names.values()),
+            self.covariate_keys,
+            self.covariate_categories,
+            self.cell_type_categories or [],
+        ):
+            h.update("\x1f".join(map(str, part)).encode())
+            h.update(b"\x1e")
+        for m in MODALITIES:
+            h.update(np.ascontiguousarray(self.library_size[:, MODALITIES.index(m)]).tobytes())
+        return h.hexdigest()
 
 
 def read_multiome(

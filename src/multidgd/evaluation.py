@@ -244,22 +244,20 @@ def run_evaluation(
         from .model import DGD
 
         model = DGD.load(model_path)
-        where_m, _, _ = model._cell_rows()
-        model_split = np.where(where_m == 0, "train", np.where(where_m == 1, "validation", "other"))
+        model_split = model.split.astype(str).replace("none", "other").to_numpy()
         same_cells = np.array_equal(np.asarray(model.obs_names).astype(str), obs_names.to_numpy())
-        fitted = where_m >= 0
+        fitted = model_split != "other"
         if not same_cells or not np.array_equal(split[fitted].astype(str), model_split[fitted]):
             raise ValueError(
                 f"{model_path}: not trained on these cells with this split (seed {seed}); "
                 "give the data, --seed or --split-csv it was trained with"
             )
-        train_seconds = float(sum(row["seconds"] for row in model._state.history))
+        train_seconds = float(sum(row["seconds"] for row in model.state.history))
     test = data[split == "test"].copy()
     train = data[split == "train"].copy()
     res = heldout_metrics(model, test, train, device=device)
 
-    where, _, _ = model._cell_rows()
-    is_train = where == 0
+    is_train = (model.split == "train").to_numpy()
     latent = model.get_latent_representation()
     clustering = model.cluster()
     history = model.history
@@ -267,7 +265,7 @@ def run_evaluation(
         "data": source,
         "seed": seed,
         "cells_train": int(is_train.sum()),
-        "cells_validation": int((where == 1).sum()),
+        "cells_validation": int((model.split == "validation").sum()),
         "cells_test": int((split == "test").sum()),
         **{k: v for k, v in res.items() if not k.startswith("_")},
         "ari": ari(cell_types[is_train], clustering.labels[is_train]),
@@ -278,7 +276,7 @@ def run_evaluation(
             if batches is not None and len(np.unique(batches[is_train])) > 1
             else None
         ),
-        "epochs": int(model._state.epoch),
+        "epochs": int(model.state.epoch),
         "best_epoch": int(model.best_epoch),
         "seconds_per_epoch": float(history["seconds"].median()),
         "train_seconds": train_seconds,

@@ -1,12 +1,94 @@
-"""Data-driven starting values: a sparse PCA of both modalities for the basal
-representations, and k-means centres of those for the basal mixture means."""
+"""Starting values: the initial training state (split, network, representation tables),
+a sparse PCA of both modalities for the basal representations, and k-means centres of
+those for the basal mixture means."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
+import torch
 
-__all__ = ["spectral_embedding", "kmeans_centres"]
+from .checkpoint import TrainingState
+from .data import make_validation_split
+from .module import DGDModule
+from .representation import RepresentationTable
+
+if TYPE_CHECKING:
+    from .config import ModelConfig, TrainConfig
+    from .data import MultiomeData
+
+__all__ = ["initial_state", "spectral_embedding", "kmeans_centres"]
+
+
+def initial_state(
+    data: MultiomeData, model_config: ModelConfig, config: TrainConfig, n_components: int, seed: int
+) -> TrainingState:
+    """The state training starts from: the split, a seeded network and the four tables.
+
+    Training and validation cells come from ``data.split`` when given, else a seeded
+    validation split stratified by cell type. Basal rows start as set by
+    ``config.basal_init`` (the PCA start embeds training and validation cells together, so
+    both start alike); the basal mixture means at k-means centres of the training rows
+    (``config.mixture_init``). Training covariate rows start at their class's mean,
+    validation rows at 0 (they are inferred unsupervised).
+    """
+    train_index, val_index = _split_rows(data, config, seed)
+    n_classes = [len(c) for c in data.covariate_categories]
+    module = DGDModule(data.n_features, n_classes, n_components, model_config, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    L, d = model_config.latent_dim, model_config.covariate_dim
+    val_basal = torch.zeros(len(val_index), L)
+    if config.basal_init == "pca":
+        both = np.concatenate([train_index, val_index])
+        emb = spectral_embedding(
+            data.counts, both, L, radius=model_config.basal_radius, groups=data.covariate_codes, seed=seed
+        )
+        emb = torch.from_numpy(emb)
+        basal, val_basal = emb[: len(train_index)], emb[len(train_index) :]
+    elif config.basal_init == "normal":
+        basal = config.basal_init_sd * torch.randn(len(train_index), L, generator=gen)
+    else:
+        basal = torch.zeros(len(train_index), L)
+    if config.mixture_init == "kmeans":
+        with torch.no_grad():
+            module.basal.mean.copy_(torch.from_numpy(kmeans_centres(basal.numpy(), n_components, seed=seed)))
+    cov = torch.zeros(len(train_index), d * len(n_classes))
+    with torch.no_grad():
+        for v, mixture in enumerate(module.covariates):
+            labels = torch.from_numpy(data.covariate_codes[train_index, v])
+            cov[:, d * v : d * (v + 1)] = mixture.mean[labels]
+    tables = {
+        "train_basal": RepresentationTable(basal),
+        "train_covariate": RepresentationTable(cov),
+        "val_basal": RepresentationTable(val_basal),
+        "val_covariate": RepresentationTable(torch.zeros(len(val_index), d * len(n_classes))),
+    }
+    return TrainingState(module=module, tables=tables, train_index=train_index, val_index=val_index)
+
+
+def _split_rows(data: MultiomeData, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the training and validation cells, with clear errors when too few."""
+    n = data.n_cells
+    if n < config.batch_size:
+        raise ValueError(
+            f"{n} cells is fewer than one minibatch (batch_size={config.batch_size}); "
+            "pass TrainConfig(batch_size=...) no larger than the number of cells"
+        )
+    if data.split is not None:
+        is_train = data.split == "train"
+        is_val = data.split == "validation"
+    else:
+        is_val = make_validation_split(n, config.validation_fraction, strata=data.cell_type_codes, seed=seed)
+        is_train = ~is_val
+    train_index, val_index = np.flatnonzero(is_train), np.flatnonzero(is_val)
+    if len(train_index) < config.batch_size:
+        raise ValueError(
+            f"{len(train_index)} training cells is fewer than one minibatch "
+            f"(batch_size={config.batch_size}); lower batch_size or validation_fraction"
+        )
+    return train_index, val_index
 
 
 def _log_normalise(x: sp.csr_matrix, median: float | None = None) -> sp.csr_matrix:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,22 +13,18 @@ import pandas as pd
 import torch
 
 from . import checkpoint, distributed
+from .checkpoint import TrainingState
 from .config import ModelConfig, TrainConfig
-from .data import MODALITIES, MultiomeData, gather_rows, make_validation_split, positions, read_multiome
-from .inference import Embedding, covariate_index, embed_cells
-from .initialization import kmeans_centres, spectral_embedding
+from .data import MODALITIES, MultiomeData, gather_rows, positions, read_multiome
+from .inference import Embedding, complete_library, covariate_index, embed_cells, estimate_library
+from .initialization import initial_state
 from .module import DGDModule, frozen
-from .query import read_query
-from .representation import RepresentationTable
-from .train import TrainingState, fit
+from .query import QueryData, read_query
+from .train import fit
 
 __all__ = ["DGD", "Clustering", "resolve_device"]
 
 logger = logging.getLogger(__name__)
-
-_MODEL_KIND = "multidgd-model"
-_CHECKPOINT_KIND = "multidgd-training-checkpoint"
-_FORMAT_VERSION = 1
 
 
 class Clustering(NamedTuple):
@@ -139,7 +134,7 @@ class DGD:
                 "cell_type_categories": d.cell_type_categories,
                 "source_modality": d.source_modality,
                 "n_components": n_components,
-                "fingerprint": _fingerprint(d),
+                "fingerprint": d.fingerprint(),
                 "learned_classes": {},
             }
         )
@@ -193,6 +188,40 @@ class DGD:
         on GPUs), and every process ends with the whole model. Only rank 0 writes the
         checkpoint. See :mod:`multidgd.distributed`.
         """
+        config = self._check_train_args(max_epochs, config, checkpoint_path, resume)
+        dev = distributed.init_from_env(resolve_device(device))
+        if resume and Path(checkpoint_path).is_file():
+            payload = checkpoint.read(checkpoint_path, kind=checkpoint.CHECKPOINT_KIND)
+            self._check_checkpoint_matches(payload, checkpoint_path)
+            seed = int(payload["seed"])
+            config = TrainConfig.from_dict(payload["train_config"])
+            state = checkpoint.state_from_training(payload, self._build_module(self.data.n_features))
+            logger.info("resuming from %s at epoch %d", checkpoint_path, state.epoch)
+        else:
+            if resume:
+                logger.warning("no checkpoint at %s; starting from scratch", checkpoint_path)
+            state = initial_state(self.data, self.config, config, self.n_components, seed)
+        self.train_config, self.seed = config, seed
+        self._state = state
+        self.module = state.module
+        fit(
+            state,
+            self.data,
+            config=config,
+            max_epochs=max_epochs,
+            device=dev,
+            seed=seed,
+            checkpoint_path=checkpoint_path,
+            checkpoint_extra=lambda: {"model": self._describe()},
+            progress_bar=progress_bar,
+        )
+        self._table_library = {
+            "train": torch.from_numpy(self.data.library_size[state.train_index]),
+            "val": torch.from_numpy(self.data.library_size[state.val_index]),
+        }
+        return self
+
+    def _check_train_args(self, max_epochs, config, checkpoint_path, resume) -> TrainConfig:
         if self.data is None:
             raise RuntimeError("this model was loaded from a file without data; it cannot be trained further")
         if max_epochs < 1:
@@ -207,123 +236,7 @@ class DGD:
                 f"covariate classes {self.learned_classes} were learned after training; training again "
                 "would drop them. Train a new DGD on data that includes those cells instead."
             )
-        dev = distributed.init_from_env(resolve_device(device))
-
-        if resume and Path(checkpoint_path).is_file():
-            payload = checkpoint.read(checkpoint_path, kind=_CHECKPOINT_KIND)
-            self._check_checkpoint_matches(payload, checkpoint_path)
-            seed = int(payload["seed"])
-            config = TrainConfig.from_dict(payload["train_config"])
-            state = self._state_from_checkpoint(payload)
-            logger.info("resuming from %s at epoch %d", checkpoint_path, state.epoch)
-        else:
-            if resume:
-                logger.warning("no checkpoint at %s; starting from scratch", checkpoint_path)
-            state = self._initial_state(config, seed)
-        self.train_config, self.seed = config, seed
-        self._state = state
-        self.module = state.module
-
-        def extra() -> dict[str, Any]:
-            return {"model": self._describe()}
-
-        fit(
-            state,
-            self.data,
-            config=config,
-            max_epochs=max_epochs,
-            device=dev,
-            seed=seed,
-            checkpoint_path=checkpoint_path,
-            checkpoint_extra=extra,
-            progress_bar=progress_bar,
-        )
-        self._table_library = {
-            "train": torch.from_numpy(self.data.library_size[state.train_index]),
-            "val": torch.from_numpy(self.data.library_size[state.val_index]),
-        }
-        return self
-
-    def _initial_state(self, config: TrainConfig, seed: int) -> TrainingState:
-        d = self.data
-        n = d.n_cells
-        if n < config.batch_size:
-            raise ValueError(
-                f"{n} cells is fewer than one minibatch (batch_size={config.batch_size}); "
-                "pass TrainConfig(batch_size=...) no larger than the number of cells"
-            )
-        if d.split is not None:
-            is_train = d.split == "train"
-            is_val = d.split == "validation"
-        else:
-            is_val = make_validation_split(n, config.validation_fraction, strata=d.cell_type_codes, seed=seed)
-            is_train = ~is_val
-        train_index = np.flatnonzero(is_train)
-        val_index = np.flatnonzero(is_val)
-        if len(train_index) < config.batch_size:
-            raise ValueError(
-                f"{len(train_index)} training cells is fewer than one minibatch "
-                f"(batch_size={config.batch_size}); lower batch_size or validation_fraction"
-            )
-        n_classes = [len(c) for c in d.covariate_categories]
-        module = DGDModule(d.n_features, n_classes, self.n_components, self.config, seed=seed)
-        gen = torch.Generator().manual_seed(seed + 1)
-        L, dc = self.config.latent_dim, self.config.covariate_dim * len(n_classes)
-
-        val_basal = torch.zeros(len(val_index), L)
-        if config.basal_init == "pca":
-            # one embedding of training and validation cells, so both start alike
-            both = np.concatenate([train_index, val_index])
-            emb = spectral_embedding(
-                d.counts, both, L, radius=self.config.basal_radius, groups=d.covariate_codes, seed=seed
-            )
-            emb = torch.from_numpy(emb)
-            basal, val_basal = emb[: len(train_index)], emb[len(train_index) :]
-        elif config.basal_init == "normal":
-            basal = config.basal_init_sd * torch.randn(len(train_index), L, generator=gen)
-        else:
-            basal = torch.zeros(len(train_index), L)
-        if config.mixture_init == "kmeans":
-            with torch.no_grad():
-                module.basal.mean.copy_(torch.from_numpy(kmeans_centres(basal.numpy(), self.n_components, seed=seed)))
-
-        # training covariate rows start at their class mean; validation rows at 0 (unsupervised)
-        cov = torch.zeros(len(train_index), dc)
-        with torch.no_grad():
-            for v, mixture in enumerate(module.covariates):
-                labels = torch.from_numpy(d.covariate_codes[train_index, v])
-                cov[:, 2 * v : 2 * v + 2] = mixture.mean[labels]
-        tables = {
-            "train_basal": RepresentationTable(basal),
-            "train_covariate": RepresentationTable(cov),
-            "val_basal": RepresentationTable(val_basal),
-            "val_covariate": RepresentationTable(torch.zeros(len(val_index), dc)),
-        }
-        return TrainingState(module=module, tables=tables, train_index=train_index, val_index=val_index)
-
-    def _state_from_checkpoint(self, payload: dict[str, Any]) -> TrainingState:
-        d = self.data
-        module = DGDModule(d.n_features, [len(c) for c in d.covariate_categories], self.n_components, self.config)
-        module.load_state_dict(payload["module"])
-        tables = {}
-        for name, tstate in payload["tables"].items():
-            table = RepresentationTable(tstate["values"])
-            table.load_state_dict(tstate)
-            tables[name] = table
-        return TrainingState(
-            module=module,
-            tables=tables,
-            train_index=payload["train_index"].numpy(),
-            val_index=payload["val_index"].numpy(),
-            epoch=int(payload["epoch"]),
-            history=list(payload["history"]),
-            best_epoch=int(payload["best_epoch"]),
-            best_metric=float(payload["best_metric"]),
-            best_snapshot=payload["best_snapshot"],
-            optimizer_states=payload["optimizers"],
-            shuffle_rng_state=payload["shuffle_rng_state"],
-            stopped_early=bool(payload["stopped_early"]),
-        )
+        return config
 
     def _check_checkpoint_matches(self, payload: dict[str, Any], path) -> None:
         described = payload.get("model", {})
@@ -338,9 +251,15 @@ class DGD:
     # ------------------------------------------------------------------ results
     @property
     def is_trained(self) -> bool:
+        """Whether the model holds trained parameters (trained here or loaded)."""
         return self.module is not None and self._state is not None and self._state.epoch > 0
 
-    def _require_trained(self) -> TrainingState:
+    @property
+    def state(self) -> TrainingState:
+        """The :class:`~multidgd.checkpoint.TrainingState`: network, representation tables
+        (``train_basal``, ``train_covariate``, ``val_basal``, ``val_covariate``), the data rows
+        of the training and validation cells, epochs and history. For engines that drive
+        :func:`multidgd.train.fit` directly; most users want the getters."""
         if not self.is_trained:
             raise RuntimeError("the model is not trained yet; call model.train() first")
         return self._state
@@ -348,33 +267,38 @@ class DGD:
     @property
     def history(self) -> pd.DataFrame:
         """Loss terms per epoch (per-cell means), training and validation, and seconds."""
-        state = self._require_trained()
-        return pd.DataFrame(state.history).set_index("epoch")
+        return pd.DataFrame(self.state.history).set_index("epoch")
 
     @property
     def best_epoch(self) -> int:
         """Epoch whose state was restored (the last one without validation)."""
-        state = self._require_trained()
+        state = self.state
         restored = len(state.val_index) and (self.train_config is None or self.train_config.early_stopping)
         return state.best_epoch if restored else state.epoch
 
-    def _cell_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def split(self) -> pd.Series:
+        """The role of every input cell in training, indexed by ``obs_names``: ``"train"``,
+        ``"validation"`` or ``"none"`` (cells left out: empty, or marked test)."""
+        where, _ = self._table_rows()
+        values = np.array(["none", "train", "validation"], dtype=object)[where + 1]
+        return pd.Series(pd.Categorical(values, categories=["train", "validation", "none"]), index=self.obs_names)
+
+    def _table_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """For every input cell: which table holds it (0 train, 1 validation, -1 none) and its row."""
-        state = self._require_trained()
-        n_in = len(self.obs_names)
+        state = self.state
         kept_pos = np.flatnonzero(self._kept)  # data row -> input row
-        where = np.full(n_in, -1, dtype=np.int64)
-        row = np.full(n_in, -1, dtype=np.int64)
-        where[kept_pos[state.train_index]] = 0
-        row[kept_pos[state.train_index]] = np.arange(len(state.train_index))
-        where[kept_pos[state.val_index]] = 1
-        row[kept_pos[state.val_index]] = np.arange(len(state.val_index))
-        return where, row, kept_pos
+        where = np.full(len(self.obs_names), -1, dtype=np.int64)
+        row = np.full(len(self.obs_names), -1, dtype=np.int64)
+        for code, index in ((0, state.train_index), (1, state.val_index)):
+            where[kept_pos[index]] = code
+            row[kept_pos[index]] = np.arange(len(index))
+        return where, row
 
     def _per_cell(self, train: np.ndarray, val: np.ndarray) -> np.ndarray:
         """Rows of the training and validation tables placed at their cells in ``obs_names``
         (NaN for cells in neither)."""
-        where, row, _ = self._cell_rows()
+        where, row = self._table_rows()
         out = np.full((len(self.obs_names), train.shape[1]), np.nan, dtype=np.float32)
         for code, values in ((0, train), (1, val)):
             mask = where == code
@@ -382,7 +306,7 @@ class DGD:
         return out
 
     def _gather_table(self, kind: str) -> np.ndarray:
-        tables = self._require_trained().tables
+        tables = self.state.tables
         return self._per_cell(*(tables[f"{p}_{kind}"].values.detach().cpu().numpy() for p in ("train", "val")))
 
     def get_latent_representation(self) -> np.ndarray:
@@ -393,16 +317,27 @@ class DGD:
         return self._gather_table("basal")
 
     def get_covariate_representation(self, key: str | None = None) -> np.ndarray:
-        """2-D representation of covariate ``key`` (default: the only one), (n_cells, 2)."""
-        self._require_trained()
+        """Representation of covariate ``key`` (default: the only one), (n_cells, covariate_dim)."""
         v = covariate_index(self.covariate_keys, key)
         d = self.config.covariate_dim
         return self._gather_table("covariate")[:, v * d : (v + 1) * d]
 
+    def get_covariate_matrix(self) -> np.ndarray:
+        """Every covariate's representation side by side (``covariate_keys`` order), the
+        decoder's covariate input: (n_cells, covariate_dim * V) float32, NaN rows as above."""
+        return self._gather_table("covariate")
+
+    def get_library_size(self) -> np.ndarray:
+        """Library sizes the model was trained with, (n_cells, 2) float32 (columns
+        ``rna``, ``atac``), NaN rows for cells left out of training."""
+        if self._table_library is None:
+            raise ValueError("this model file holds no library sizes")
+        self.state  # noqa: B018 - raises when untrained
+        return self._per_cell(self._table_library["train"].numpy(), self._table_library["val"].numpy())
+
     @torch.no_grad()
     def cluster(self) -> Clustering:
         """Basal mixture responsibilities p(k | z) (computed in log space) and their argmax."""
-        self._require_trained()
         z = self.get_latent_representation()
         ok = ~np.isnan(z).any(axis=1)
         probs = np.full((len(z), self.n_components), np.nan, dtype=np.float32)
@@ -414,6 +349,20 @@ class DGD:
         return Clustering(labels=labels, probabilities=probs)
 
     @torch.no_grad()
+    def _decoded(self, latent, covariate, modality: str, cols=None, batch_size: int = 1024, each=None) -> list:
+        """Decoded fractions of ``modality`` (all features, or the positions ``cols``) for
+        consecutive blocks of ``batch_size`` rows of (latent, covariate): a list of (b, F)
+        float32 arrays, each passed through ``each`` when given. The one decoding path."""
+        module = self.module.to("cpu").eval()
+        col_t = None if cols is None else torch.from_numpy(cols)
+        parts = []
+        for i in range(0, len(latent), batch_size):
+            z, c = torch.from_numpy(latent[i : i + batch_size]), torch.from_numpy(covariate[i : i + batch_size])
+            logf = module.decode(z, c, [modality])[modality]
+            values = torch.exp(logf if col_t is None else logf[:, col_t]).numpy()
+            parts.append(values if each is None else each(values, i))
+        return parts
+
     def decode(self, modality: str = "rna", *, cells: np.ndarray | None = None) -> np.ndarray:
         """Decoded fractions of one modality for trained cells.
 
@@ -430,18 +379,14 @@ class DGD:
         """
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
-        self._require_trained()
-        z = self.get_latent_representation()
-        c = self._gather_table("covariate")
+        z, c = self.get_latent_representation(), self.get_covariate_matrix()
         cells = np.arange(len(z)) if cells is None else np.asarray(cells)
         z, c = z[cells], c[cells]
         ok = ~np.isnan(z).any(axis=1)
         out = np.full((len(cells), len(self.var_names[modality])), np.nan, dtype=np.float32)
-        module = self.module.to("cpu").eval()
-        for start in range(0, int(ok.sum()), 1024):
-            sel = np.flatnonzero(ok)[start : start + 1024]
-            logf = module.decode(torch.from_numpy(z[sel]), torch.from_numpy(c[sel]), [modality])[modality]
-            out[sel] = torch.exp(logf).numpy()
+        parts = self._decoded(z[ok], c[ok], modality)
+        if parts:
+            out[ok] = np.concatenate(parts)
         return out
 
     @torch.no_grad()
@@ -451,11 +396,12 @@ class DGD:
         Returns a DataFrame indexed by ``obs_names`` with columns ``nll_rna``, ``nll_atac``
         and ``split`` (train / validation / none).
         """
-        self._require_trained()
+        self.state  # noqa: B018 - raises when untrained
         if self.data is None:
             raise RuntimeError("needs the training data; this model was loaded without it")
-        where, row, kept_pos = self._cell_rows()
-        z, c = self.get_latent_representation(), self._gather_table("covariate")
+        where, _ = self._table_rows()
+        kept_pos = np.flatnonzero(self._kept)
+        z, c = self.get_latent_representation(), self.get_covariate_matrix()
         module = self.module.to("cpu").eval()
         out = np.full((len(z), len(MODALITIES)), np.nan)
         data_row = np.full(len(z), -1)
@@ -545,51 +491,24 @@ class DGD:
         :class:`~multidgd.inference.Embedding` with representations, clusters, per-cell NLL
         and library sizes. ``Embedding.add_to(data)`` writes them into ``data``.
         """
-        self._require_trained()
-        if new_classes not in ("naive", "learn"):
-            raise ValueError(f"new_classes must be 'naive' or 'learn', got {new_classes!r}")
-        if covariate_start not in ("search", "label"):
-            raise ValueError(f"covariate_start must be 'search' or 'label', got {covariate_start!r}")
-        if not isinstance(n_steps, int | np.integer) or n_steps < 0:
-            raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
-        for name, value in (("lr", lr), ("batch_size", batch_size), ("memory_budget_mb", memory_budget_mb)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        self._check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb)
         dev = resolve_device(device)
-        names = self.modality_names(rna_mod, atac_mod)
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
         query = read_query(
             data,
             var_names=self.var_names,
-            modality_names=names,
+            modality_names=self.modality_names(rna_mod, atac_mod),
             covariate_keys=self.covariate_keys,
             layer=layer,
             library_size_keys=library_keys,
             min_feature_fraction=min_feature_fraction,
         )
-        codes = np.full((query.n_cells, len(self.covariate_keys)), -1, dtype=np.int64)
-        unseen: dict[str, list[str]] = {}
-        for v, key in enumerate(self.covariate_keys):
-            cats = pd.Index(self.covariate_categories[v])
-            codes[:, v] = cats.get_indexer(query.covariate_labels[v])
-            new = sorted(set(query.covariate_labels[v][codes[:, v] < 0].tolist()))
-            if new:
-                unseen[key] = new
-                logger.info("%s: %d cells of classes unknown to the model %s", key, int((codes[:, v] < 0).sum()), new)
-
-        module = self.module
-        original_device = next(module.parameters()).device
-        new_components = None
+        codes, unseen = self._class_codes(query)
+        module, new_components = self.module, None
         if new_classes == "learn" and unseen:
-            # grow a copy, so that a failure leaves the model as it was
-            module = copy.deepcopy(module)
-            new_components = []
-            for v, key in enumerate(self.covariate_keys):
-                added = module.covariates[v].add_components(len(unseen.get(key, [])))
-                new_components.append(np.asarray(added, dtype=np.int64))
-                for name, c in zip(unseen.get(key, []), added, strict=True):
-                    codes[query.covariate_labels[v] == name, v] = c
+            module, new_components = self._grown_module(query, codes, unseen)
             covariate_start = "label"
+        original_device = next(self.module.parameters()).device
         module.to(dev).eval()
         train_config = self.train_config or TrainConfig()
         try:
@@ -612,32 +531,63 @@ class DGD:
                 )
         finally:
             self.module.to(original_device)
-        learned = {}
-        if new_components is not None:
-            module.to(original_device)
-            self.module = module
-            self._state.module = module
-            for v, key in enumerate(self.covariate_keys):
-                if unseen.get(key):
-                    self.covariate_categories[v] = [*self.covariate_categories[v], *unseen[key]]
-                    self.learned_classes[key] = [*self.learned_classes.get(key, []), *unseen[key]]
-                    learned[key] = unseen[key]
-            logger.info("learned new covariate classes %s; save() keeps them", learned)
+        learned = {} if new_components is None else self._adopt_classes(module.to(original_device), unseen)
+        return self._embedding(query, result, learned)
 
-        library = result["library_total"]
-        source = np.where(np.isnan(library), "", "observed").astype(object)
-        for j in range(len(MODALITIES)):
-            given = ~np.isnan(query.given_library_size[:, j]) & np.isnan(library[:, j])
-            library[given, j] = query.given_library_size[given, j]
-            source[given, j] = "given"
-        todo = np.isnan(library)
-        if todo.any():
-            estimate = self._estimate_library(result["latent"], library)
-            if estimate is not None:
-                library[todo] = estimate[todo]
-                source[todo] = "estimated"
-            else:
-                logger.warning("no training library sizes stored in this model; counts of missing modalities are NaN")
+    @staticmethod
+    def _check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb) -> None:
+        if new_classes not in ("naive", "learn"):
+            raise ValueError(f"new_classes must be 'naive' or 'learn', got {new_classes!r}")
+        if covariate_start not in ("search", "label"):
+            raise ValueError(f"covariate_start must be 'search' or 'label', got {covariate_start!r}")
+        if not isinstance(n_steps, int | np.integer) or n_steps < 0:
+            raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
+        for name, value in (("lr", lr), ("batch_size", batch_size), ("memory_budget_mb", memory_budget_mb)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+
+    def _class_codes(self, query: QueryData) -> tuple[np.ndarray, dict[str, list[str]]]:
+        """(n, V) codes of the query's covariate labels (-1: unknown) and the unknown labels per key."""
+        self.state  # noqa: B018 - raises when untrained
+        codes = np.full((query.n_cells, len(self.covariate_keys)), -1, dtype=np.int64)
+        unseen: dict[str, list[str]] = {}
+        for v, key in enumerate(self.covariate_keys):
+            codes[:, v] = pd.Index(self.covariate_categories[v]).get_indexer(query.covariate_labels[v])
+            new = sorted(set(query.covariate_labels[v][codes[:, v] < 0].tolist()))
+            if new:
+                unseen[key] = new
+                logger.info("%s: %d cells of classes unknown to the model %s", key, int((codes[:, v] < 0).sum()), new)
+        return codes, unseen
+
+    def _grown_module(self, query: QueryData, codes: np.ndarray, unseen: dict[str, list[str]]):
+        """A copy of the network with a new covariate component per unseen class (so a
+        failure leaves the model as it was); ``codes`` are set to the new components."""
+        module = copy.deepcopy(self.module)
+        new_components = []
+        for v, key in enumerate(self.covariate_keys):
+            added = module.covariates[v].add_components(len(unseen.get(key, [])))
+            new_components.append(np.asarray(added, dtype=np.int64))
+            for name, c in zip(unseen.get(key, []), added, strict=True):
+                codes[query.covariate_labels[v] == name, v] = c
+        return module, new_components
+
+    def _adopt_classes(self, module: DGDModule, unseen: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Keep the grown network and its new classes; returns the classes learned."""
+        self.module = module
+        self._state.module = module
+        learned = {}
+        for v, key in enumerate(self.covariate_keys):
+            if unseen.get(key):
+                self.covariate_categories[v] = [*self.covariate_categories[v], *unseen[key]]
+                self.learned_classes[key] = [*self.learned_classes.get(key, []), *unseen[key]]
+                learned[key] = unseen[key]
+        logger.info("learned new covariate classes %s; save() keeps them", learned)
+        return learned
+
+    def _embedding(self, query: QueryData, result: dict[str, Any], learned: dict[str, list[str]]) -> Embedding:
+        library, source = complete_library(
+            result["library_total"], query.given_library_size, lambda lib: self._estimate_library(result["latent"], lib)
+        )
         with torch.no_grad():
             logp = self.module.basal.to("cpu").log_responsibilities(torch.from_numpy(result["latent"])).numpy()
         return Embedding(
@@ -650,11 +600,19 @@ class DGD:
             nll=pd.DataFrame(result["nll"], index=query.obs_names, columns=[f"nll_{m}" for m in MODALITIES]),
             observed=query.present,
             library_size=library.astype(np.float32),
-            library_size_source=source.astype(str),
+            library_size_source=source,
             n_absent_features={m: query.n_absent_features.get(m, len(self.var_names[m])) for m in MODALITIES},
             start_candidate=result["start"],
             learned_classes=learned,
         )
+
+    def _estimate_library(self, latent: np.ndarray, library: np.ndarray) -> np.ndarray | None:
+        if self._table_library is None:
+            return None
+        tables = self._state.tables
+        reference = torch.cat([tables["train_basal"].values.cpu(), tables["val_basal"].values.cpu()])
+        reference_library = torch.cat([self._table_library["train"], self._table_library["val"]]).double()
+        return estimate_library(latent, library, reference, reference_library)
 
     def modality_names(self, rna_mod: str | None = None, atac_mod: str | None = None) -> dict[str, str]:
         """Names of the RNA and ATAC modalities in new data: those given, else the ones used
@@ -664,33 +622,19 @@ class DGD:
             "atac": atac_mod or self.source_modality.get("atac", "atac"),
         }
 
-    def _estimate_library(self, latent: np.ndarray, library: np.ndarray, k: int = 15) -> np.ndarray | None:
-        """Library sizes (n, 2) for modalities a cell lacks, from the ``k`` nearest training cells.
-
-        Where the cell has the other modality: its library size there times the median,
-        over the neighbours, of the ratio of the two modalities' library sizes. Otherwise
-        the neighbours' median library size. (On the demo file's validation cells the ratio
-        cut the median |log error| from 0.49 to 0.41 for ATAC and from 0.45 to 0.38 for RNA.)
-        """
-        if self._table_library is None:
-            return None
-        state = self._state
-        ref = torch.cat([state.tables["train_basal"].values.cpu(), state.tables["val_basal"].values.cpu()])
-        lib = torch.cat([self._table_library["train"], self._table_library["val"]]).double()
-        k = min(k, ref.shape[0])
-        out = np.empty((len(latent), lib.shape[1]), dtype=np.float64)
-        z = torch.from_numpy(latent)
-        for i in range(0, len(z), 1024):
-            near = torch.cdist(z[i : i + 1024], ref).topk(k, largest=False).indices  # (b, k)
-            own = library[i : i + 1024]
-            for j in range(lib.shape[1]):
-                o = 1 - j
-                ratio = (lib[:, j] / lib[:, o])[near].median(dim=1).values.numpy()
-                median = lib[:, j][near].median(dim=1).values.numpy()
-                out[i : i + 1024, j] = np.where(np.isnan(own[:, o]), median, ratio * own[:, o])
-        return out
-
-    def get_normalized_expression(self, embedding: Embedding | None = None, *, genes=None, **kwargs):
+    # ------------------------------------------------------------------ decoded profiles
+    def get_normalized_expression(
+        self,
+        embedding: Embedding | None = None,
+        *,
+        genes=None,
+        cells=None,
+        scale: str = "fraction",
+        return_type: str | None = None,
+        threshold: float = 0.0,
+        batch_size: int = 1024,
+        max_dense_elements: int = 50_000_000,
+    ):
         """Decoded RNA for trained cells or for new cells (an :class:`Embedding`).
 
         Parameters
@@ -698,9 +642,9 @@ class DGD:
         embedding
             Result of :meth:`infer`; ``None`` for the training (and validation) cells.
         genes
-            Gene names to return (default all).
+            Gene names, positions or a boolean mask to return (default all).
         cells
-            Cell names or integer positions within the cells (default all).
+            Cell names, integer positions or a boolean mask within the cells (default all).
         scale
             ``"fraction"`` (each cell's profile over all genes sums to 1) or ``"counts"``
             (fraction times the cell's library size; see :class:`Embedding` for how the
@@ -713,21 +657,18 @@ class DGD:
             Cut-off of the sparse result.
         batch_size
             Cells decoded together.
+        max_dense_elements
+            Largest default (DataFrame) result, in values.
         """
-        return self._normalized("rna", embedding, genes, **kwargs)
+        return self._normalized(
+            "rna", embedding, genes, cells, scale, return_type, threshold, batch_size, max_dense_elements
+        )
 
-    def get_normalized_accessibility(self, embedding: Embedding | None = None, *, peaks=None, **kwargs):
-        """Decoded ATAC for trained or new cells; the same arguments as
-        :meth:`get_normalized_expression`, with ``peaks`` instead of ``genes``."""
-        return self._normalized("atac", embedding, peaks, **kwargs)
-
-    @torch.no_grad()
-    def _normalized(
+    def get_normalized_accessibility(
         self,
-        modality: str,
-        embedding: Embedding | None,
-        features,
+        embedding: Embedding | None = None,
         *,
+        peaks=None,
         cells=None,
         scale: str = "fraction",
         return_type: str | None = None,
@@ -735,37 +676,29 @@ class DGD:
         batch_size: int = 1024,
         max_dense_elements: int = 50_000_000,
     ):
+        """Decoded ATAC for trained or new cells; the same parameters as
+        :meth:`get_normalized_expression`, with ``peaks`` instead of ``genes``."""
+        return self._normalized(
+            "atac", embedding, peaks, cells, scale, return_type, threshold, batch_size, max_dense_elements
+        )
+
+    def _normalized(self, modality, embedding, features, cells, scale, return_type, threshold, batch_size, max_dense):
         import scipy.sparse as sp
 
-        self._require_trained()
+        self.state  # noqa: B018 - raises when untrained
         if scale not in ("fraction", "counts"):
             raise ValueError(f"scale must be 'fraction' or 'counts', got {scale!r}")
         if return_type not in (None, "dataframe", "array", "sparse"):
             raise ValueError(f"return_type must be 'dataframe', 'array' or 'sparse', got {return_type!r}")
         if return_type == "sparse" and not threshold > 0:
             raise ValueError("return_type='sparse' needs threshold > 0 (values below it become 0)")
-        j = MODALITIES.index(modality)
-        if embedding is None:
-            where, _, _ = self._cell_rows()
-            have = where >= 0
-            names = self.obs_names[have]
-            latent = self.get_latent_representation()[have]
-            cov = self._gather_table("covariate")[have]
-            if scale == "counts":
-                if self._table_library is None:
-                    raise ValueError("this model file holds no library sizes; use scale='fraction'")
-                library = self._gather_library()[have, j]
-        else:
-            if not isinstance(embedding, Embedding):
-                raise TypeError(f"embedding must be an Embedding from infer(), got {type(embedding).__name__}")
-            names, latent, cov = embedding.obs_names, embedding.latent, embedding.covariate
-            library = embedding.library_size[:, j]
+        names, latent, cov, library = self._decoder_inputs(embedding, MODALITIES.index(modality), scale)
         rows = positions(names, cells, "cells")
         all_features = self.var_names[modality]
         cols = positions(all_features, features, "genes" if modality == "rna" else "peaks")
         n_out, f_out = len(rows), len(cols)
         if return_type is None:
-            if n_out * f_out > max_dense_elements:
+            if n_out * f_out > max_dense:
                 raise ValueError(
                     f"{n_out} cells x {f_out} features is a large dense matrix; pass a subset "
                     "(cells=, genes=/peaks=), return_type='sparse' with a threshold, or "
@@ -773,18 +706,16 @@ class DGD:
                 )
             return_type = "dataframe"
         full = f_out == len(all_features) and (cols == np.arange(f_out)).all()
-        module = self.module.to("cpu").eval()
-        col_t = torch.from_numpy(cols)
-        parts = []
-        for i in range(0, n_out, batch_size):
-            sel = rows[i : i + batch_size]
-            logf = module.decode(torch.from_numpy(latent[sel]), torch.from_numpy(cov[sel]), [modality])[modality]
-            values = torch.exp(logf if full else logf[:, col_t]).numpy()
-            if scale == "counts":
-                values = values * library[sel, None]
+        lib_rows = library[rows] if scale == "counts" else None
+
+        def finish(values: np.ndarray, start: int):
+            if lib_rows is not None:
+                values = values * lib_rows[start : start + len(values), None]
             if return_type == "sparse":
                 values = sp.csr_matrix(np.where(values >= threshold, values, 0).astype(np.float32))
-            parts.append(values)
+            return values
+
+        parts = self._decoded(latent[rows], cov[rows], modality, None if full else cols, batch_size, finish)
         if return_type == "sparse":
             return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, f_out), dtype=np.float32)
         out = np.concatenate(parts) if parts else np.zeros((0, f_out), dtype=np.float32)
@@ -792,13 +723,25 @@ class DGD:
             return out
         return pd.DataFrame(out, index=names[rows], columns=all_features[cols])
 
-    def _gather_library(self) -> np.ndarray:
-        return self._per_cell(self._table_library["train"].numpy(), self._table_library["val"].numpy())
+    def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
+        """(names, latent, covariate, library of modality ``j`` or None) of the trained cells
+        (``embedding`` None) or of new cells."""
+        if embedding is not None:
+            if not isinstance(embedding, Embedding):
+                raise TypeError(f"embedding must be an Embedding from infer(), got {type(embedding).__name__}")
+            return embedding.obs_names, embedding.latent, embedding.covariate, embedding.library_size[:, j]
+        have = (self.split != "none").to_numpy()
+        library = None
+        if scale == "counts":
+            if self._table_library is None:
+                raise ValueError("this model file holds no library sizes; use scale='fraction'")
+            library = self.get_library_size()[have, j]
+        return self.obs_names[have], self.get_latent_representation()[have], self.get_covariate_matrix()[have], library
 
     # ------------------------------------------------------------------ files
     def _describe(self) -> dict[str, Any]:
         return {
-            "format_version": _FORMAT_VERSION,
+            "format_version": checkpoint.FORMAT_VERSION,
             "model_config": self.config.to_dict(),
             "n_components": self.n_components,
             "obs_names": [str(x) for x in self.obs_names],
@@ -830,15 +773,13 @@ class DGD:
         #: covariate key -> classes added after training by ``infer(new_classes="learn")``
         self.learned_classes = {k: list(v) for k, v in described.get("learned_classes", {}).items()}
 
-    def _trained_class_counts(self) -> list[int]:
-        return [
+    def _build_module(self, n_features: dict[str, int], seed: int = 0) -> DGDModule:
+        """A network shaped like this model's, learned covariate classes included."""
+        trained = [
             len(cats) - len(self.learned_classes.get(key, []))
             for key, cats in zip(self.covariate_keys, self.covariate_categories, strict=True)
         ]
-
-    def _build_module(self, n_features: dict[str, int], seed: int = 0) -> DGDModule:
-        """A network shaped like this model's, learned covariate classes included."""
-        module = DGDModule(n_features, self._trained_class_counts(), self.n_components, self.config, seed=seed)
+        module = DGDModule(n_features, trained, self.n_components, self.config, seed=seed)
         for v, key in enumerate(self.covariate_keys):
             if self.learned_classes.get(key):
                 module.covariates[v].add_components(len(self.learned_classes[key]))
@@ -846,48 +787,26 @@ class DGD:
 
     def save(self, path: str | Path) -> None:
         """Write the trained model to one file that :meth:`load` reads without any data."""
-        state = self._require_trained()
-        payload = {
-            "kind": _MODEL_KIND,
-            "model": self._describe(),
-            "module": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
-            "tables": {k: t.values.detach().cpu() for k, t in state.tables.items()},
-            "train_index": torch.from_numpy(state.train_index),
-            "val_index": torch.from_numpy(state.val_index),
-            "history": state.history,
-            "best_epoch": state.best_epoch,
-            "epoch": state.epoch,
-            "train_config": self.train_config.to_dict(),
-            "seed": self.seed,
-            "library_size": self._table_library,
-        }
+        payload = checkpoint.model_payload(
+            self.state,
+            description=self._describe(),
+            train_config=self.train_config.to_dict(),
+            seed=self.seed,
+            library_size=self._table_library,
+        )
         checkpoint.write_atomic(payload, path)
 
     @classmethod
     def load(cls, path: str | Path) -> DGD:
         """Read a model written by :meth:`save`. Needs no data."""
-        payload = checkpoint.read(path, kind=_MODEL_KIND)
-        described = payload["model"]
-        if described.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported format version {described.get('format_version')}")
+        payload = checkpoint.read_model(path)
         self = cls.__new__(cls)
-        self.config = ModelConfig.from_dict(described["model_config"])
+        self.config = ModelConfig.from_dict(payload["model"]["model_config"])
         self.data = None
-        self._apply_description(described)
-        n_features = {m: len(v) for m, v in self.var_names.items()}
-        module = self._build_module(n_features)
-        module.load_state_dict(payload["module"])
-        tables = {k: RepresentationTable(v) for k, v in payload["tables"].items()}
+        self._apply_description(payload["model"])
+        module = self._build_module({m: len(v) for m, v in self.var_names.items()})
+        self._state = checkpoint.state_from_model(payload, module)
         self.module = module
-        self._state = TrainingState(
-            module=module,
-            tables=tables,
-            train_index=payload["train_index"].numpy(),
-            val_index=payload["val_index"].numpy(),
-            epoch=int(payload["epoch"]),
-            history=list(payload["history"]),
-            best_epoch=int(payload["best_epoch"]),
-        )
         self.train_config = TrainConfig.from_dict(payload["train_config"])
         self.seed = payload["seed"]
         self._table_library = payload.get("library_size")
@@ -900,19 +819,3 @@ class DGD:
             f"DGD({len(self.obs_names)} cells, {nf['rna']} genes, {nf['atac']} peaks, "
             f"K={self.n_components}, covariates={self.covariate_keys}; {status})"
         )
-
-
-def _fingerprint(d: MultiomeData) -> str:
-    h = hashlib.sha256()
-    for part in (
-        list(d.obs_names),
-        *(list(v) for v in d.var_names.values()),
-        d.covariate_keys,
-        d.covariate_categories,
-        d.cell_type_categories or [],
-    ):
-        h.update("\x1f".join(map(str, part)).encode())
-        h.update(b"\x1e")
-    for m in MODALITIES:
-        h.update(np.ascontiguousarray(d.library_size[:, MODALITIES.index(m)]).tobytes())
-    return h.hexdigest()

@@ -7,16 +7,15 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import distributed
+from . import checkpoint, distributed
 from ._memory import freed_memory_kept
-from .checkpoint import write_atomic
+from .checkpoint import TrainingState
 from .config import TrainConfig
 from .data import MultiomeData, gather_rows
 from .module import DGDModule
@@ -25,24 +24,6 @@ from .representation import RepresentationTable
 __all__ = ["TrainingState", "fit", "per_cell_terms"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainingState:
-    """Everything that changes during training, so that a run can be resumed exactly."""
-
-    module: DGDModule
-    tables: dict[str, RepresentationTable]  # train_basal, train_covariate, val_basal, val_covariate
-    train_index: np.ndarray  # rows of the data used for training, in table order
-    val_index: np.ndarray
-    epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_metric: float = float("inf")
-    best_snapshot: dict[str, Any] | None = None
-    optimizer_states: dict[str, Any] | None = None
-    shuffle_rng_state: torch.Tensor | None = None
-    stopped_early: bool = False
 
 
 def per_cell_terms(
@@ -164,25 +145,17 @@ def fit(
         whole = whole_tables()  # collective: every process takes part
         if not main:
             return
-        payload = {
-            "kind": "multidgd-training-checkpoint",
-            "epoch": state.epoch,
-            "module": module.state_dict(),
-            "tables": {k: t.state_dict() for k, t in whole.items()},
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "shuffle_rng_state": shuffle.get_state(),
-            "history": state.history,
-            "best_epoch": state.best_epoch,
-            "best_metric": state.best_metric,
-            "best_snapshot": state.best_snapshot,
-            "train_index": torch.from_numpy(state.train_index),
-            "val_index": torch.from_numpy(state.val_index),
-            "stopped_early": state.stopped_early,
-            "train_config": config.to_dict(),
-            "seed": seed,
-            **(checkpoint_extra() if checkpoint_extra else {}),
-        }
-        write_atomic(payload, checkpoint_path)
+        payload = checkpoint.training_payload(
+            state,
+            module_state=module.state_dict(),
+            tables=whole,
+            optimizers=optimizers,
+            shuffle_rng_state=shuffle.get_state(),
+            train_config=config.to_dict(),
+            seed=seed,
+            extra=checkpoint_extra() if checkpoint_extra else None,
+        )
+        checkpoint.write_atomic(payload, checkpoint_path)
 
     bar = tqdm(
         range(state.epoch + 1, max_epochs + 1),
