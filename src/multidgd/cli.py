@@ -74,9 +74,9 @@ def train_and_report(
         return {}
     model.save(out / "model.pt")
 
-    from .data import _is_backed
+    from .data import is_backed
 
-    if _is_backed(data) or any(_is_backed(a) for a in getattr(data, "mod", {}).values()):
+    if is_backed(data) or any(is_backed(a) for a in getattr(data, "mod", {}).values()):
         # the counts stay in the input file; the results go into a file of their own
         import anndata as ad
 

@@ -26,6 +26,7 @@ __all__ = [
     "make_validation_split",
     "gather_rows",
     "positions",
+    "is_backed",
     "MODALITIES",
 ]
 
@@ -160,7 +161,7 @@ def read_multiome(
 
     mods, obs, source, columns_of = _split_modalities(data, rna_mod=rna_mod, atac_mod=atac_mod)
     obs_names = _check_obs_names(mods, source)
-    backed = any(_is_backed(a) for a in mods.values())
+    backed = any(is_backed(a) for a in mods.values())
     # align the second modality to the first one's cell order
     order: dict[str, np.ndarray | None] = {m: None for m in MODALITIES}
     for m in MODALITIES:
@@ -283,7 +284,7 @@ def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
                     f"no {m.upper()} features in var['feature_types'] (found {found}); allowed: "
                     "'Gene Expression'/'GEX'/'rna' for genes and 'Peaks'/'ATAC' for peaks"
                 )
-            if _is_backed(data):  # columns are picked from the rows read, not through a view
+            if is_backed(data):  # columns are picked from the rows read, not through a view
                 mods[m], columns_of[m] = data, np.flatnonzero(mask)
             else:
                 mods[m] = data[:, mask]
@@ -339,7 +340,7 @@ def _get_matrix(adata, layer: str | None, mod_name: str):
     return adata.layers[layer]
 
 
-def _is_backed(adata) -> bool:
+def is_backed(adata) -> bool:
     """Whether an AnnData's X stays on disk (opened backed, or a sparse dataset as X)."""
     return bool(getattr(adata, "isbacked", False)) or backed_group(getattr(adata, "X", None)) is not None
 
