@@ -78,10 +78,8 @@ def _cell_metadata_bytes(model) -> int:
     names = sum(sys.getsizeof(s) for s in d.obs_names) + 8 * 4 * d.n_cells  # MuData, modality, data, model
     arrays = [d.library_size, d.covariate_codes, d.kept]
     arrays += [a for a in (d.cell_type_codes, d.split) if a is not None]
-    for x in d.counts.values():
-        if isinstance(x, BackedCSR):
-            arrays += [a for a in (x._indptr, x._rows, x._row_sums) if a is not None]
-    return names + sum(a.nbytes for a in arrays)
+    index = sum(x.index_nbytes for x in d.counts.values() if isinstance(x, BackedCSR))
+    return names + index + sum(a.nbytes for a in arrays)
 
 
 def _child(*args: str) -> dict:
@@ -99,14 +97,14 @@ def main() -> None:
     p.add_argument("--workdir", default="backed_bench")
     p.add_argument("--in-memory", action="store_true", help="also train on the file read into memory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--_write", nargs=5, help=argparse.SUPPRESS)
-    p.add_argument("--_train", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--child-write", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--child-train", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args._write:
-        path, cells, genes, peaks, seed = args._write
+    if args.child_write:
+        path, cells, genes, peaks, seed = args.child_write
         return _write(path, int(cells), int(genes), int(peaks), int(seed))
-    if args._train:
-        path, backed, epochs, threads = args._train
+    if args.child_train:
+        path, backed, epochs, threads = args.child_train
         return _train(path, backed == "1", int(epochs), int(threads))
 
     work = Path(args.workdir)
@@ -116,11 +114,11 @@ def main() -> None:
         path = work / f"synthetic_{cells}x{args.genes}x{args.peaks}.h5mu"
         run = {"cells": cells}
         if not path.exists():
-            run.update(_child("--_write", str(path), str(cells), str(args.genes), str(args.peaks), str(args.seed)))
+            run.update(_child("--child-write", str(path), str(cells), str(args.genes), str(args.peaks), str(args.seed)))
         run["file_mb"] = round(path.stat().st_size / 2**20, 1)
-        run["backed"] = _child("--_train", str(path), "1", str(args.epochs), str(args.threads))
+        run["backed"] = _child("--child-train", str(path), "1", str(args.epochs), str(args.threads))
         if args.in_memory:
-            run["in_memory"] = _child("--_train", str(path), "0", str(args.epochs), str(args.threads))
+            run["in_memory"] = _child("--child-train", str(path), "0", str(args.epochs), str(args.threads))
         result["runs"].append(run)
     print(json.dumps(result))
 

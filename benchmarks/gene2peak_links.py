@@ -29,6 +29,7 @@ from multidgd import DGD, analysis
 
 
 def main() -> None:
+    """Run the comparison from the command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
     p.add_argument("model")

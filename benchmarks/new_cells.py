@@ -29,10 +29,22 @@ from pathlib import Path
 
 import numpy as np
 
-from multidgd.evaluation import _single, stratified_split
+from multidgd.evaluation import single_modality, stratified_split
 
 
 def run_split(args) -> dict:
+    """Test metrics of a model trained on the seeded split, and embedding against training time.
+
+    Parameters
+    ----------
+    args
+        The parsed ``split`` arguments.
+
+    Returns
+    -------
+    dict
+        The metrics printed as JSON.
+    """
     from multidgd import DGD, TrainConfig
     from multidgd.evaluation import heldout_metrics
     from multidgd.io import read
@@ -44,13 +56,13 @@ def run_split(args) -> dict:
     train = mdata[split == "train"].copy()
     res = heldout_metrics(model, test, train, device="cpu")
     out: dict = {"data": Path(args.data).name, "seed": args.seed}
-    out.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items() if not k.startswith("_")})
+    out.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.as_dict().items()})
     t0 = time.perf_counter()
     model.infer(test, device="cpu", progress_bar=False, n_steps=0)
     out["best_start_seconds"] = round(time.perf_counter() - t0, 2)
     # the ATAC library estimated from training neighbours, against the true one
-    emb = res["_embedding"]
-    rna_only = model.infer(_single(test, "rna"), device="cpu", progress_bar=False)
+    emb = res.embedding
+    rna_only = model.infer(single_modality(test, "rna"), device="cpu", progress_bar=False)
     true_atac = np.asarray(test.mod["atac"].X.sum(axis=1)).ravel()
     out["atac_library_estimate_median_abs_log_ratio"] = round(
         float(np.median(np.abs(np.log(rna_only.library_size[:, 1] / true_atac)))), 3
@@ -78,6 +90,18 @@ def run_split(args) -> dict:
 
 
 def run_loo(args) -> dict:
+    """Per-cell NLL ratios of left-out samples' test cells, leave-out model against the full one.
+
+    Parameters
+    ----------
+    args
+        The parsed ``loo`` arguments.
+
+    Returns
+    -------
+    dict
+        The ratios per sample and their medians, printed as JSON.
+    """
     from multidgd import DGD
     from multidgd.io import read
     from multidgd.plotting import plot_model_covariates
@@ -131,6 +155,18 @@ def run_loo(args) -> dict:
 
 
 def main(argv=None) -> dict:
+    """Run ``split`` or ``loo`` (see the module docstring) and print the result as JSON.
+
+    Parameters
+    ----------
+    argv
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    dict
+        The result printed.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
     for name in ("split", "loo"):

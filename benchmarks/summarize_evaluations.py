@@ -3,7 +3,8 @@
     python benchmarks/summarize_evaluations.py RUN_DIR [RUN_DIR ...] [--json OUT.json]
 
 Each RUN_DIR holds the metrics.json of one seed (run with --compare multivi for the
-MultiVI column). Prints the markdown table on stdout.
+MultiVI column). Prints the markdown table on stdout. The rows, labels and keys are the
+library's (``multidgd.evaluation.REPORT_ROWS``, those shown in summaries), as in report.md.
 """
 
 from __future__ import annotations
@@ -14,22 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-# (row label, multidgd key, MultiVI key, baseline key, better)
-ROWS = [
-    ("RNA RMSE, test (counts)", "rna_rmse", "rna_rmse", "baseline_rna_rmse", "lower"),
-    ("RNA MAE, test (counts)", "rna_mae", "rna_mae", "baseline_rna_mae", "lower"),
-    ("ATAC AUPRC, test", "atac_auprc", "atac_auprc", "baseline_atac_auprc", "higher"),
-    ("RNA RMSE from ATAC only", "rna_from_atac_rmse", "rna_from_atac_rmse", "baseline_rna_rmse", "lower"),
-    ("ATAC AUPRC from RNA only", "atac_from_rna_auprc", "atac_from_rna_auprc", "baseline_atac_auprc", "higher"),
-    ("ARI, Leiden with matched cluster count", "ari_leiden", "ari", None, "higher"),
-    ("ARI, mixture clusters (multidgd's own)", "ari", None, None, "higher"),
-    ("1 - ASW by batch", "batch_1_minus_asw", "batch_1_minus_asw", None, "higher"),
-    ("test NLL per cell, RNA", "nll_rna", None, None, "lower"),
-    ("test NLL per cell, ATAC", "nll_atac", None, None, "lower"),
-    ("epochs", "epochs", "epochs", None, ""),
-    ("seconds per epoch", "seconds_per_epoch", "seconds_per_epoch", None, ""),
-    ("training seconds", "train_seconds", "train_seconds", None, ""),
-]
+from multidgd.evaluation import report_rows
 
 
 def _stat(values: list) -> tuple[float, float] | None:
@@ -48,6 +34,20 @@ def _fmt(stat, n: int) -> str:
 
 
 def summarize(runs: list[dict]) -> tuple[str, dict]:
+    """Mean and sd over runs of every summary row (``multidgd.evaluation.report_rows``).
+
+    Parameters
+    ----------
+    runs
+        The ``metrics.json`` of each run.
+
+    Returns
+    -------
+    text : str
+        The markdown table.
+    table : dict
+        Per row label: ``(mean, sd)`` or None for ``multidgd``, ``multivi`` and ``baseline``.
+    """
     n = len(runs)
     table = {}
     lines = [
@@ -55,16 +55,23 @@ def summarize(runs: list[dict]) -> tuple[str, dict]:
         "average-profile baseline | better |",
         "|---|---|---|---|---|",
     ]
-    for label, ours, theirs, base, better in ROWS:
-        s_ours = _stat([r.get(ours) for r in runs]) if ours else None
-        s_mv = _stat([r.get("multivi", {}).get(theirs) for r in runs]) if theirs else None
-        s_base = _stat([r.get(base) for r in runs]) if base else None
-        table[label] = {"multidgd": s_ours, "multivi": s_mv, "baseline": s_base}
-        lines.append(f"| {label} | {_fmt(s_ours, n)} | {_fmt(s_mv, n)} | {_fmt(s_base, n)} | {better} |")
+    for row in report_rows("summary"):
+        s_ours = _stat([r.get(row.key) for r in runs])
+        s_mv = _stat([r.get("multivi", {}).get(row.multivi) for r in runs]) if row.multivi else None
+        s_base = _stat([r.get(row.baseline) for r in runs]) if row.baseline else None
+        table[row.label] = {"multidgd": s_ours, "multivi": s_mv, "baseline": s_base}
+        lines.append(f"| {row.label} | {_fmt(s_ours, n)} | {_fmt(s_mv, n)} | {_fmt(s_base, n)} | {row.better} |")
     return "\n".join(lines), table
 
 
 def main(argv=None) -> None:
+    """Print the table of the run directories given on the command line (see the module docstring).
+
+    Parameters
+    ----------
+    argv
+        Arguments (default: ``sys.argv[1:]``).
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--json", type=Path, default=None)
@@ -80,21 +87,34 @@ def main(argv=None) -> None:
 
 
 def plot(table: dict, path: Path, n_seeds: int) -> None:
+    """Bar chart of the main metrics, mean and sd over seeds, with the baseline as a line.
+
+    Parameters
+    ----------
+    table
+        The table of :func:`summarize`.
+    path
+        Output PNG.
+    n_seeds
+        Number of runs, for the title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    label = {row.key: row.label for row in report_rows("summary")}
     panels = [
-        ("RNA RMSE, test (counts)", "RNA RMSE (lower is better)"),
-        ("ATAC AUPRC, test", "ATAC AUPRC (higher is better)"),
-        ("RNA RMSE from ATAC only", "RNA RMSE from ATAC (lower)"),
-        ("ATAC AUPRC from RNA only", "ATAC AUPRC from RNA (higher)"),
-        ("ARI, Leiden with matched cluster count", "ARI, Leiden, matched count"),
-        ("1 - ASW by batch", "1 - ASW by batch (higher)"),
+        ("rna_rmse", "RNA RMSE (lower is better)"),
+        ("atac_auprc", "ATAC AUPRC (higher is better)"),
+        ("rna_from_atac_rmse", "RNA RMSE from ATAC (lower)"),
+        ("atac_from_rna_auprc", "ATAC AUPRC from RNA (higher)"),
+        ("ari_leiden", "ARI, Leiden, matched count"),
+        ("batch_1_minus_asw", "1 - ASW by batch (higher)"),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(10, 6))
-    for ax, (row, title) in zip(axes.ravel(), panels, strict=True):
+    for ax, (key, title) in zip(axes.ravel(), panels, strict=True):
+        row = label[key]
         entries = [(tool, table[row][key]) for tool, key in (("multidgd", "multidgd"), ("MultiVI", "multivi"))]
         entries = [(t, s) for t, s in entries if s is not None]
         ax.bar(

@@ -25,7 +25,7 @@ import torch
 from multidgd.evaluation import stratified_split
 
 
-def main(argv=None) -> dict:
+def _parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data")
     p.add_argument("--cell-type-key", required=True)
@@ -41,14 +41,11 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--exclude-batch", default=None, help="leave every cell of this batch out (the split stays the same)"
     )
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return p.parse_args(argv)
 
-    from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-    from multidgd import DGD, TrainConfig
-    from multidgd.data import MODALITIES, gather_rows
+def _read_split(args):
+    """Read the data with the seeded split in obs["_split"], less the excluded batch; and its obs."""
     from multidgd.io import read
 
     mdata = read(args.data)
@@ -61,6 +58,66 @@ def main(argv=None) -> dict:
             raise SystemExit(f"no cell has {args.batch_key} == {args.exclude_batch!r}")
         mdata = mdata[keep].copy()
         obs = mdata.obs.copy()
+    return mdata, obs
+
+
+def baseline_val_nll(model) -> dict[str, float]:
+    """Mean validation NLL per modality of the average-profile baseline.
+
+    Each validation cell is predicted as the pooled training profile times its own library
+    size, with the model's NB dispersions.
+
+    Parameters
+    ----------
+    model
+        A trained ``DGD`` with validation cells.
+
+    Returns
+    -------
+    dict
+        Modality -> mean per-cell NLL.
+    """
+    from multidgd.data import MODALITIES, gather_rows
+
+    data = model.data
+    state = model.state
+    module = model.module.to("cpu")
+    base = {}
+    with torch.no_grad():
+        for m in MODALITIES:
+            x = data.counts[m]
+            profile = np.asarray(x[state.train_index].sum(axis=0)).ravel() + 1e-12
+            log_profile = torch.from_numpy(np.log(profile / profile.sum())).float()
+            vrows = state.val_index
+            lib = torch.from_numpy(data.library_size[vrows])
+            logf = {m: log_profile.expand(len(vrows), -1)}
+            counts = {m: gather_rows(x, vrows)}
+            base[m] = float(module.reconstruction_nll(logf, counts, lib)[m].mean())
+    return base
+
+
+def main(argv=None) -> dict:
+    """Train on the seeded split and print clustering and fit quality as one JSON line.
+
+    Parameters
+    ----------
+    argv
+        Arguments (see the module docstring).
+
+    Returns
+    -------
+    dict
+        The result printed.
+    """
+    args = _parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+    from multidgd import DGD, TrainConfig
+
+    mdata, obs = _read_split(args)
     t0 = time.perf_counter()
     model = DGD(mdata, cell_type_key=args.cell_type_key, covariate_keys=[args.batch_key], split_key="_split")
     config = TrainConfig(**json.loads(args.config))
@@ -84,22 +141,7 @@ def main(argv=None) -> dict:
     clusters = model.cluster().labels
     nll = model.reconstruction_nll()
     val = (nll["split"] == "validation").to_numpy()
-
-    # average-profile baseline on the validation cells
-    data = model.data
-    state = model.state
-    module = model.module.to("cpu")
-    base = {}
-    with torch.no_grad():
-        for _j, m in enumerate(MODALITIES):
-            x = data.counts[m]
-            profile = np.asarray(x[state.train_index].sum(axis=0)).ravel() + 1e-12
-            log_profile = torch.from_numpy(np.log(profile / profile.sum())).float()
-            vrows = state.val_index
-            lib = torch.from_numpy(data.library_size[vrows])
-            logf = {m: log_profile.expand(len(vrows), -1)}
-            counts = {m: gather_rows(x, vrows)}
-            base[m] = float(module.reconstruction_nll(logf, counts, lib)[m].mean())
+    base = baseline_val_nll(model)
 
     h = model.history
     if args.history:

@@ -22,7 +22,7 @@ def _train(data, epochs: int = 4) -> DGD:
 
 
 def _single_anndata(seed: int) -> ad.AnnData:
-    """The paired test data as one AnnData whose var["feature_types"] marks the modalities."""
+    """Build the paired test data as one AnnData whose var["feature_types"] marks the modalities."""
     m = make_mudata(n_cells=160, seed=seed)
     rna, atac = m.mod["rna"], m.mod["atac"]
     var = pd.DataFrame(

@@ -288,7 +288,7 @@ def test_evaluate_compare_without_scvi_says_how_to_install(tmp_path, capsys):
 
 def _human_data(seed: int = 0) -> md.MuData:
     """Tiny paired data with real human gene names and peaks around their TSSs."""
-    from multidgd.genome import gene_tss
+    from multidgd.analysis.genome import gene_tss
 
     genes = ["GAPDH", "ACTB", "CD19", "PTPRC", "SPI1", "CD3E", "MS4A1", "LYZ", "NKG7", "HBB"]
     tss = gene_tss(genes)
@@ -343,3 +343,31 @@ def test_gene2peak_command(tmp_path, capsys):
         assert (tmp_path / "g2p" / name).exists()
     assert main(["gene2peak", str(tmp_path / "m" / "model.pt"), str(path), "--genes", "NOPE", "--out", str(out)]) == 2
     assert "not genes of the model" in capsys.readouterr().err
+
+
+def test_interrupted_training_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import multidgd.workflows
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multidgd.workflows, "train_and_report", interrupted)
+    path = shared_file("bmmc_neurips2021_starter", "bmmc_multiome_starter_500cells.h5mu")
+    assert _run(["train", str(path), "--out", str(tmp_path / "x")]) == 130
+    assert f"continue from {tmp_path / 'x' / 'checkpoint.pt'}" in capsys.readouterr().err
+
+
+def test_every_command_takes_device_and_quiet():
+    from multidgd.cli import build_parser
+
+    parser = build_parser()
+    for argv in (
+        ["demo"],
+        ["train", "d.h5mu"],
+        ["evaluate", "d.h5mu", "--out", "o", "--cell-type-key", "c"],
+        ["embed", "m.pt", "d.h5mu", "--out", "o.h5mu"],
+        ["predict", "m.pt", "d.h5mu", "--out", "o.h5mu"],
+        ["gene2peak", "m.pt", "d.h5mu", "--genes", "G", "--out", "t.csv"],
+    ):
+        args = parser.parse_args([*argv, "--device", "cpu", "--quiet"])
+        assert args.device == "cpu" and args.quiet

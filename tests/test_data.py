@@ -1,3 +1,5 @@
+"""Reading training data: containers, layers, feature types, counts checks, labels and splits."""
+
 import logging
 import warnings
 
@@ -169,6 +171,47 @@ def test_validation_split_is_seeded_and_stratified():
     c = make_validation_split(160, 0.1, strata=strata, seed=4)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert [int(a[strata == g].sum()) for g in range(3)] == [10, 5, 1]
+
+
+def _validation_split_before(n_cells, fraction, strata, seed):
+    """make_validation_split as it was before the shared sampler (stratified_parts)."""
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(n_cells, dtype=bool)
+    if fraction <= 0:
+        return is_val
+    groups = np.zeros(n_cells, dtype=np.int64) if strata is None else np.asarray(strata)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        n_val = int(round(fraction * len(members)))
+        if n_val:
+            is_val[rng.choice(members, size=n_val, replace=False)] = True
+    return is_val
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 2024])
+def test_validation_split_draws_as_before(seed):
+    rng = np.random.default_rng(100 + seed)
+    strata = rng.integers(0, 6, 700)  # strata of 1-2 cells round to no validation cell: no draw
+    strata[:3] = 9
+    for fraction in (0.1, 0.25, 0.0):
+        for s in (strata, None):
+            new = make_validation_split(700, fraction, strata=s, seed=seed)
+            np.testing.assert_array_equal(new, _validation_split_before(700, fraction, s, seed))
+
+
+def test_stratified_parts():
+    from multidgd.data import stratified_parts
+
+    strata = np.array(["b", "a", "b", "a", "a", "b", "c"])
+    parts = stratified_parts(strata, lambda n: (1, 1), seed=0)
+    for g in "abc":
+        got = sorted(parts[strata == g])
+        assert got == sorted([0, 1, 2][: (strata == g).sum()])
+    among = strata != "a"
+    parts = stratified_parts(strata, lambda n: (1,), seed=0, among=among)
+    assert (parts[~among] == -1).all() and sorted(parts[strata == "b"]) == [0, 1, 1]
+    with pytest.raises(ValueError, match="draw"):
+        stratified_parts(strata, lambda n: (1,), seed=0, draw="shuffle")
 
 
 def test_user_split(mdata):

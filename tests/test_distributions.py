@@ -1,3 +1,5 @@
+"""Log-densities: negative binomial (dense, sparse, fused from logits) and the priors."""
+
 import math
 
 import numpy as np

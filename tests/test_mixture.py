@@ -1,3 +1,5 @@
+"""Gaussian mixture priors: densities, responsibilities, hyper-priors and initial values."""
+
 import math
 
 import numpy as np

@@ -248,3 +248,31 @@ def test_training_state_is_dropped_after_training_and_results_unchanged(mdata):
         torch.testing.assert_close(value, model.module.state_dict()[name], rtol=0, atol=0)
         torch.testing.assert_close(value, state.best_snapshot["module"][name].to(value.device), rtol=0, atol=0)
     assert state.best_epoch == model.state.best_epoch
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_covariate_width_other_than_two(mdata, tmp_path, width):
+    """A covariate space of 1 or 3 dimensions trains, saves, loads and places new cells."""
+    model = DGD(
+        mdata,
+        cell_type_key="cell_type",
+        covariate_keys=["batch"],
+        config=ModelConfig(hidden_dim=16, covariate_dim=width),
+    ).train(max_epochs=3, seed=0, device="cpu", config=FAST, progress_bar=False)
+    cov = model.get_covariate_representation("batch")
+    assert cov.shape == (160, width) and np.isfinite(cov).all()
+    # training cells start at their class's mean: every coordinate differs between classes
+    start = initial_state(model.data, model.config, FAST, model.n_components, 0)
+    first = start.tables["train_covariate"].values.numpy()
+    codes = model.data.covariate_codes[start.train_index, 0]
+    means = start.module.covariates[0].mean.detach().numpy()
+    np.testing.assert_array_equal(first, means[codes])
+    model.save(tmp_path / "m.pt")
+    loaded = DGD.load(tmp_path / "m.pt")
+    np.testing.assert_array_equal(loaded.get_covariate_representation("batch"), cov)
+    emb = loaded.infer(mdata[:20].copy(), n_steps=3, device="cpu", progress_bar=False)
+    assert emb.covariate.shape == (20, width) and np.isfinite(emb.latent).all()
+    assert emb.covariate_representation("batch").shape == (20, width)
+    split = model.split
+    assert split.index.equals(model.obs_names)
+    assert (split == "validation").sum() == 16 and (split == "train").sum() == 144

@@ -1,8 +1,10 @@
+"""The synthetic data generator: Poisson counts, shape, sparsity, library sizes and structure."""
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from multidgd.datasets import _sample_counts, synthetic
+from multidgd.datasets import sample_counts, synthetic
 
 
 def test_sample_counts_are_poisson_with_each_cells_library():
@@ -11,7 +13,7 @@ def test_sample_counts_are_poisson_with_each_cells_library():
     library = np.r_[np.full(n // 2, 5.0), np.full(n // 2, 50.0)]
     p = np.full((2, 100), 0.01)
     group = np.r_[np.zeros(n // 4, int), np.ones(n // 4, int), np.zeros(n // 4, int), np.ones(n // 4, int)]
-    x = _sample_counts(p, group, library, rng, block_cells=700)
+    x = sample_counts(p, group, library, rng, block_cells=700)
     assert sp.isspmatrix_csr(x) and x.has_canonical_format and x.shape == (n, 100)
     for rows, lam in ((slice(0, n // 2), 0.05), (slice(n // 2, n), 0.5)):
         block = x[rows].toarray()

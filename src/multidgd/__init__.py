@@ -2,7 +2,8 @@
 
 from . import analysis
 from .config import ModelConfig, TrainConfig
-from .model import DGD, Clustering
+from .model import DGD
+from .results import Clustering
 
 __all__ = ["analysis", "DGD", "Clustering", "ModelConfig", "TrainConfig", "__version__"]
 

@@ -7,6 +7,8 @@ rows are read per minibatch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -14,7 +16,18 @@ __all__ = ["BackedCSR", "backed_group"]
 
 
 def backed_group(x):
-    """The HDF5/zarr group of a backed sparse dataset (anndata), or None for in-memory data."""
+    """Return the HDF5/zarr group of a backed sparse dataset (anndata), or None for in-memory data.
+
+    Parameters
+    ----------
+    x
+        A matrix: an anndata sparse dataset, or anything else.
+
+    Returns
+    -------
+    group or None
+        The group holding ``data``, ``indices`` and ``indptr``, or None.
+    """
     group = getattr(x, "group", None)
     if group is None or not all(k in group for k in ("data", "indices", "indptr")):
         return None
@@ -37,7 +50,6 @@ class BackedCSR:
     """
 
     def __init__(self, group, n_cols: int, *, rows: np.ndarray | None = None, cols: np.ndarray | None = None):
-        self._group = group
         self._indptr = np.asarray(group["indptr"][...], dtype=np.int64)
         self._data = group["data"]
         self._indices = group["indices"]
@@ -49,10 +61,27 @@ class BackedCSR:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, columns) presented."""
         return len(self._rows), self._n_cols if self._cols is None else len(self._cols)
 
+    @property
+    def index_nbytes(self) -> int:
+        """Bytes of the row index held in memory (row pointers, row selection, cached sums)."""
+        return sum(a.nbytes for a in (self._indptr, self._rows, self._row_sums) if a is not None)
+
     def subset(self, rows: np.ndarray | None = None) -> BackedCSR:
-        """The same matrix restricted to ``rows`` (positions or a boolean mask of this one)."""
+        """Restrict the matrix to some of its rows.
+
+        Parameters
+        ----------
+        rows
+            Positions or a boolean mask of this matrix's rows.
+
+        Returns
+        -------
+        BackedCSR
+            The same stored matrix, presenting only ``rows`` (in that order).
+        """
         rows = np.asarray(rows)
         pos = np.flatnonzero(rows) if rows.dtype == bool else rows
         out = BackedCSR.__new__(BackedCSR)
@@ -62,7 +91,7 @@ class BackedCSR:
         return out
 
     def _read_sorted_unique(self, stored: np.ndarray) -> sp.csr_matrix:
-        """Stored rows (sorted, unique) as CSR: one read per run of consecutive rows."""
+        """Read stored rows (sorted, unique) as CSR: one read per run of consecutive rows."""
         starts, ends = self._indptr[stored], self._indptr[stored + 1]
         breaks = np.flatnonzero(np.diff(stored) != 1) + 1
         run_first = np.r_[0, breaks]
@@ -84,7 +113,7 @@ class BackedCSR:
         )
 
     def __getitem__(self, rows) -> sp.csr_matrix:
-        """Rows (positions, a slice or a boolean mask) as an in-memory float32 CSR, in the order asked."""
+        """Read rows (positions, a slice or a boolean mask) as an in-memory float32 CSR, in the order asked."""
         if isinstance(rows, slice):
             rows = np.arange(len(self._rows))[rows]
         rows = np.asarray(rows)
@@ -101,21 +130,67 @@ class BackedCSR:
         return out
 
     def chunks(self, size: int = 8192):
-        """(start, CSR block) over all rows, in order."""
+        """Iterate over all rows in blocks, in order.
+
+        Parameters
+        ----------
+        size
+            Rows per block.
+
+        Yields
+        ------
+        tuple of (int, scipy.sparse.csr_matrix)
+            The first row of the block and the block.
+        """
         for start in range(0, self.shape[0], size):
             yield start, self[np.arange(start, min(start + size, self.shape[0]))]
 
+    def read_row_sums(self, check: Callable[[sp.csr_matrix], object] | None = None) -> np.ndarray:
+        """Read every row once to total it, and cache the totals.
+
+        Parameters
+        ----------
+        check
+            Called with each block of rows read (e.g. to validate the values); it may raise.
+
+        Returns
+        -------
+        numpy.ndarray
+            (n,) float64 row totals.
+        """
+        out = np.empty(self.shape[0], dtype=np.float64)
+        for start, block in self.chunks():
+            if check is not None:
+                check(block)
+            out[start : start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
+        self._row_sums = out
+        return out
+
     def row_sums(self) -> np.ndarray:
-        """(n,) row totals, read once and cached."""
+        """Return the (n,) row totals, read once and cached.
+
+        Returns
+        -------
+        numpy.ndarray
+            (n,) float64 row totals.
+        """
         if self._row_sums is None:
-            out = np.empty(self.shape[0], dtype=np.float64)
-            for start, block in self.chunks():
-                out[start : start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
-            self._row_sums = out
+            return self.read_row_sums()
         return self._row_sums
 
     def sum(self, axis=None):
-        """Row totals as an (n, 1) array for ``axis=1`` (what the initialisation uses)."""
+        """Return row totals as an (n, 1) array for ``axis=1`` (what the initialisation uses).
+
+        Parameters
+        ----------
+        axis
+            Must be 1.
+
+        Returns
+        -------
+        numpy.ndarray
+            (n, 1) row totals.
+        """
         if axis != 1:
             raise NotImplementedError("a backed matrix sums over rows only (axis=1)")
         return self.row_sums()[:, None]

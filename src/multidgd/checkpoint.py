@@ -34,6 +34,7 @@ __all__ = [
     "model_payload",
     "read",
     "read_model",
+    "read_training",
     "state_from_model",
     "state_from_training",
     "training_payload",
@@ -61,6 +62,36 @@ class TrainingState:
     optimizer_states: dict[str, Any] | None = None
     shuffle_rng_state: torch.Tensor | None = None
     stopped_early: bool = False
+
+    def cell_rows(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where every input cell lives in the tables.
+
+        Parameters
+        ----------
+        kept
+            (n_input,) bool: which input cells became data rows (the others were dropped).
+
+        Returns
+        -------
+        (n_input,) table code (0 training, 1 validation, -1 none) and (n_input,) row in it.
+        """
+        kept_pos = np.flatnonzero(kept)  # data row -> input row
+        where = np.full(len(kept), -1, dtype=np.int64)
+        row = np.full(len(kept), -1, dtype=np.int64)
+        for code, index in ((0, self.train_index), (1, self.val_index)):
+            where[kept_pos[index]] = code
+            row[kept_pos[index]] = np.arange(len(index))
+        return where, row
+
+    def per_cell(self, kept: np.ndarray, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+        """Rows of a training and a validation array placed at their input cells: (n_input,
+        dim) float32, NaN for cells in neither."""
+        where, row = self.cell_rows(kept)
+        out = np.full((len(kept), train.shape[1]), np.nan, dtype=np.float32)
+        for code, values in ((0, train), (1, val)):
+            mask = where == code
+            out[mask] = values[row[mask]]
+        return out
 
 
 def write_atomic(payload: dict[str, Any], path: str | Path) -> None:
@@ -127,6 +158,21 @@ def training_payload(
         "seed": seed,
         **(extra or {}),
     }
+
+
+def read_training(path: str | Path, *, fingerprint: str, model_config: dict[str, Any]) -> dict[str, Any]:
+    """A training checkpoint's payload, refused when written for other data or another
+    :class:`~multidgd.config.ModelConfig`."""
+    payload = read(path, kind=CHECKPOINT_KIND)
+    described = payload.get("model", {})
+    if described.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"checkpoint {path} was written for other data (cells, features or labels differ); "
+            "remove it or point checkpoint_path elsewhere"
+        )
+    if described.get("model_config") != model_config:
+        raise ValueError(f"checkpoint {path} was written with another ModelConfig")
+    return payload
 
 
 def state_from_training(payload: dict[str, Any], module: DGDModule) -> TrainingState:

@@ -2,13 +2,19 @@
 
 The whole count matrices are kept in CSR form; a minibatch is turned into coordinate
 lists of its non-zeros (:func:`gather_rows`) and never into a dense cells x features block.
+
+The container reader is shared by the training data (:func:`read_multiome`) and new cells
+(:func:`multidgd.query.read_query`): :func:`container_kind` and
+:func:`mudata_modalities` / :func:`feature_modalities` find the RNA and ATAC parts,
+:func:`read_counts` checks and converts a count matrix taken from ``X`` or a layer, and
+:func:`find_obs_column` looks up ``obs`` columns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +30,21 @@ __all__ = [
     "read_multiome",
     "obs_column",
     "make_validation_split",
+    "stratified_parts",
     "gather_rows",
     "positions",
     "is_backed",
     "MODALITIES",
+    "FEATURE_TYPE_ALIASES",
+    "container_kind",
+    "mudata_modalities",
+    "feature_modalities",
+    "layer_matrix",
+    "to_count_csr",
+    "read_counts",
+    "unique_feature_names",
+    "find_obs_column",
+    "obs_column_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,7 +52,8 @@ logger = logging.getLogger(__name__)
 #: Internal modality names, in decoder order.
 MODALITIES = ("rna", "atac")
 
-_FEATURE_TYPE_ALIASES = {
+#: ``var["feature_types"]`` values (stripped, lower case) -> modality.
+FEATURE_TYPE_ALIASES = {
     "gene expression": "rna",
     "gex": "rna",
     "rna": "rna",
@@ -92,15 +110,24 @@ class MultiomeData:
 
     @property
     def n_cells(self) -> int:
+        """Number of cells used."""
         return len(self.obs_names)
 
     @property
     def n_features(self) -> dict[str, int]:
+        """Modality -> number of features."""
         return {m: x.shape[1] for m, x in self.counts.items()}
 
     def fingerprint(self) -> str:
-        """SHA-256 of the cells, features, labels and library sizes: a checkpoint written
-        for other data is refused on resume."""
+        """Hash the cells, features, labels and library sizes (SHA-256).
+
+        A checkpoint written for other data is refused on resume.
+
+        Returns
+        -------
+        str
+            Hexadecimal digest.
+        """
         h = hashlib.sha256()
         for part in (
             list(self.obs_names),
@@ -116,6 +143,260 @@ class MultiomeData:
         return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------- the shared container reader
+def container_kind(data: Any) -> str:
+    """Tell a MuData from an AnnData.
+
+    Parameters
+    ----------
+    data
+        The input.
+
+    Returns
+    -------
+    str
+        ``"mudata"`` or ``"anndata"``; anything else raises a TypeError.
+    """
+    import anndata as ad
+
+    try:
+        import mudata as md
+
+        if isinstance(data, md.MuData):
+            return "mudata"
+    except ImportError:  # pragma: no cover - mudata is a dependency
+        pass
+    if isinstance(data, ad.AnnData):
+        return "anndata"
+    raise TypeError(f"expected a MuData or an AnnData, got {type(data).__name__}")
+
+
+def mudata_modalities(data: Any, names: dict[str, str]) -> dict[str, Any]:
+    """Find the modalities of a MuData by name.
+
+    Parameters
+    ----------
+    data
+        A MuData.
+    names
+        Modality (``"rna"``, ``"atac"``) -> its name in ``data.mod``.
+
+    Returns
+    -------
+    dict
+        Modality -> AnnData, in ``MODALITIES`` order, for the names ``data.mod`` holds.
+    """
+    return {m: data.mod[names[m]] for m in MODALITIES if names[m] in data.mod}
+
+
+def feature_modalities(var: pd.DataFrame) -> pd.Series:
+    """Map ``var["feature_types"]`` to modalities, through :data:`FEATURE_TYPE_ALIASES`.
+
+    Parameters
+    ----------
+    var
+        Feature table with a ``feature_types`` column.
+
+    Returns
+    -------
+    pandas.Series
+        ``"rna"``, ``"atac"`` or NaN (other types) per feature.
+    """
+    return var["feature_types"].astype(str).str.strip().str.lower().map(FEATURE_TYPE_ALIASES)
+
+
+def layer_matrix(adata: Any, layer: str | None, mod_name: str):
+    """Return ``adata.X`` or a layer, with clear errors when it is not there.
+
+    Parameters
+    ----------
+    adata
+        AnnData of one modality.
+    layer
+        Layer name; ``None`` for ``X``.
+    mod_name
+        The modality's name, for messages.
+
+    Returns
+    -------
+    array or sparse matrix
+        The matrix as stored.
+    """
+    if layer is None:
+        if adata.X is None:
+            raise ValueError(f"modality {mod_name!r} has no X; pass layer= with one of {list(adata.layers)}")
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(f"layer {layer!r} not in the layers of modality {mod_name!r}; available: {list(adata.layers)}")
+    return adata.layers[layer]
+
+
+def to_count_csr(x, mod_name: str, layer: str | None) -> sp.csr_matrix:
+    """Check that a matrix holds raw counts and convert it to CSR float32.
+
+    Parameters
+    ----------
+    x
+        Dense array or sparse matrix.
+    mod_name
+        The modality's name, for messages.
+    layer
+        The layer ``x`` comes from (``None``: ``X``), for messages.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32 counts without explicit zeros, indices sorted.
+    """
+    where = f"modality {mod_name!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
+        values = x.data
+    else:
+        x = np.asarray(x)
+        values = x.ravel()
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise ValueError(f"{where} holds {values.dtype} values; raw counts are needed")
+    hint = "multiDGD needs raw integer counts, not normalised, log-transformed, TF-IDF or LSI values"
+    if np.issubdtype(values.dtype, np.floating):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(f"{where} has {int(bad.sum())} NaN or infinite values; {hint}")
+    if (values < 0).any():
+        raise ValueError(f"{where} has {int((values < 0).sum())} negative values; {hint}")
+    if np.issubdtype(values.dtype, np.floating):
+        frac = values != np.round(values)
+        if frac.any():
+            example = values[frac][:3].tolist()
+            raise ValueError(f"{where} has {int(frac.sum())} non-integer values (e.g. {example}); {hint}")
+    out = sp.csr_matrix(x, dtype=np.float32)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def read_counts(adata: Any, layer: str | None, mod_name: str) -> sp.csr_matrix:
+    """Read a modality's raw counts from ``X`` or a layer, checked, as CSR float32.
+
+    Parameters
+    ----------
+    adata
+        AnnData of one modality (in memory).
+    layer
+        Layer name; ``None`` for ``X``.
+    mod_name
+        The modality's name, for messages.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        See :func:`to_count_csr`.
+    """
+    return to_count_csr(layer_matrix(adata, layer, mod_name), mod_name, layer)
+
+
+def unique_feature_names(names: pd.Index, mod_name: str) -> pd.Index:
+    """Return feature names as strings, refusing repeats.
+
+    Parameters
+    ----------
+    names
+        A modality's ``var_names``.
+    mod_name
+        The modality's name, for messages.
+
+    Returns
+    -------
+    pandas.Index
+        The names as strings.
+    """
+    out = pd.Index(names.astype(str))
+    if not out.is_unique:
+        dup = out[out.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"feature names repeat in modality {mod_name!r}, e.g. {dup}")
+    return out
+
+
+def find_obs_column(frames: list[pd.DataFrame | None], key: str, obs_names: pd.Index) -> pd.Series | None:
+    """Find column ``key`` in the first frame that has it, aligned to ``obs_names``.
+
+    Parameters
+    ----------
+    frames
+        ``obs`` tables to look in, in order (``None`` entries are skipped).
+    key
+        Column name.
+    obs_names
+        Cell names to align to.
+
+    Returns
+    -------
+    pandas.Series or None
+        The column, or None when no frame has it.
+    """
+    for frame in frames:
+        if frame is not None and key in frame.columns:
+            return frame[key] if frame.index.equals(obs_names) else frame[key].reindex(obs_names)
+    return None
+
+
+def obs_column_names(frames: list[pd.DataFrame | None]) -> list[str]:
+    """List the columns of all frames, sorted, for messages about a missing column.
+
+    Parameters
+    ----------
+    frames
+        ``obs`` tables (``None`` entries are skipped).
+
+    Returns
+    -------
+    list of str
+        Sorted column names.
+    """
+    return sorted(set().union(*[set(f.columns) for f in frames if f is not None]))
+
+
+def obs_column(data: Any, key: str, obs_names: pd.Index) -> pd.Series:
+    """Return column ``key`` of ``data.obs`` (for a MuData, else of a modality's obs).
+
+    Parameters
+    ----------
+    data
+        MuData or AnnData.
+    key
+        Column name; a KeyError when no obs table has it.
+    obs_names
+        Cell names to align to.
+
+    Returns
+    -------
+    pandas.Series
+        The column, aligned to ``obs_names``.
+    """
+    frames = [data.obs, *(m.obs for m in getattr(data, "mod", {}).values())]
+    col = find_obs_column(frames, key, obs_names)
+    if col is None:
+        raise KeyError(key)
+    return col
+
+
+def is_backed(adata) -> bool:
+    """Tell whether an AnnData's X stays on disk (opened backed, or a sparse dataset as X).
+
+    Parameters
+    ----------
+    adata
+        AnnData (or anything: False).
+
+    Returns
+    -------
+    bool
+        True for counts left on disk.
+    """
+    return bool(getattr(adata, "isbacked", False)) or backed_group(getattr(adata, "X", None)) is not None
+
+
+# ----------------------------------------------------------------------------- training data
 def read_multiome(
     data: Any,
     *,
@@ -151,50 +432,17 @@ def read_multiome(
 
     Returns
     -------
-    The validated :class:`MultiomeData`. The input is not modified.
+    MultiomeData
+        The validated data. The input is not modified.
     """
-    if isinstance(covariate_keys, str):
-        covariate_keys = [covariate_keys]
-    covariate_keys = list(covariate_keys)
-    if len(set(covariate_keys)) != len(covariate_keys):
-        raise ValueError(f"covariate_keys contains duplicates: {covariate_keys}")
-
+    covariate_keys = _covariate_key_list(covariate_keys)
     mods, obs, source, columns_of = _split_modalities(data, rna_mod=rna_mod, atac_mod=atac_mod)
     obs_names = _check_obs_names(mods, source)
     backed = any(is_backed(a) for a in mods.values())
-    # align the second modality to the first one's cell order
-    order: dict[str, np.ndarray | None] = {m: None for m in MODALITIES}
-    for m in MODALITIES:
-        if not mods[m].obs_names.equals(obs_names):
-            if backed:
-                order[m] = _str_index(mods[m].obs_names).get_indexer(obs_names)
-            else:
-                mods[m] = mods[m][obs_names]
-
-    counts: dict[str, Any] = {}
-    var_names: dict[str, pd.Index] = {}
-    for m in MODALITIES:
-        adata = mods[m]
-        cols = columns_of.get(m)
-        names = adata.var_names if cols is None else adata.var_names[cols]
-        if len(names) == 0:
-            raise ValueError(f"modality {source[m]!r} has no features")
-        if backed:
-            counts[m] = _backed_counts(adata, layer, source[m], rows=order[m], cols=cols)
-        else:
-            counts[m] = _to_count_csr(_get_matrix(adata, layer, source[m]), source[m], layer)
-        var_names[m] = pd.Index(names.astype(str))
-        if not var_names[m].is_unique:
-            dup = var_names[m][var_names[m].duplicated()].unique()[:5].tolist()
-            raise ValueError(f"feature names repeat in modality {source[m]!r}, e.g. {dup}")
-
-    columns = _collect_obs(
-        obs,
-        mods,
-        [*([cell_type_key] if cell_type_key else []), *covariate_keys, *([split_key] if split_key else [])],
-        obs_names,
-    )
-
+    order = _align_cells(mods, obs_names, backed)
+    counts, var_names = _read_modalities(mods, source, layer, columns_of, order, backed)
+    keys = [*([cell_type_key] if cell_type_key else []), *covariate_keys, *([split_key] if split_key else [])]
+    columns = _collect_obs(obs, mods, keys, obs_names)
     library = np.stack(
         [
             counts[m].row_sums() if isinstance(counts[m], BackedCSR) else np.asarray(counts[m].sum(axis=1)).ravel()
@@ -202,21 +450,8 @@ def read_multiome(
         ],
         axis=1,
     )
-    empty = library == 0
-    kept = ~empty.any(axis=1)
+    kept = _non_empty_cells(library, source, drop_empty_cells)
     if not kept.all():
-        detail = ", ".join(f"{int(empty[:, j].sum())} with no {source[m]} counts" for j, m in enumerate(MODALITIES))
-        if not drop_empty_cells:
-            raise ValueError(
-                f"{int((~kept).sum())} cells have zero counts in a modality ({detail}); remove them "
-                "(e.g. sc.pp.filter_cells(adata, min_counts=1) per modality) or pass drop_empty_cells=True"
-            )
-        logger.warning(
-            "dropping %d of %d cells with zero counts in a modality (%s); their outputs are NaN",
-            int((~kept).sum()),
-            len(kept),
-            detail,
-        )
         counts = {m: x.subset(kept) if isinstance(x, BackedCSR) else x[kept] for m, x in counts.items()}
         library = library[kept]
         columns = {k: v[kept] for k, v in columns.items()}
@@ -230,83 +465,86 @@ def read_multiome(
         library_size=library.astype(np.float32),
         source_modality=source,
     )
-    codes = []
-    for key in covariate_keys:
-        c, cats = _encode(columns[key], key)
-        codes.append(c)
-        out.covariate_categories.append(cats)
-    out.covariate_keys = covariate_keys
-    out.covariate_codes = np.stack(codes, axis=1) if codes else np.zeros((out.n_cells, 0), dtype=np.int64)
-    if cell_type_key:
-        out.cell_type_key = cell_type_key
-        out.cell_type_codes, out.cell_type_categories = _encode(columns[cell_type_key], cell_type_key)
-    if split_key:
-        out.split = _parse_split(columns[split_key], split_key)
+    _add_labels(out, columns, covariate_keys, cell_type_key, split_key)
     return out
 
 
+def _covariate_key_list(covariate_keys: Sequence[str]) -> list[str]:
+    """Turn the covariate keys into a list (one string is one key), refusing repeats."""
+    if isinstance(covariate_keys, str):
+        covariate_keys = [covariate_keys]
+    covariate_keys = list(covariate_keys)
+    if len(set(covariate_keys)) != len(covariate_keys):
+        raise ValueError(f"covariate_keys contains duplicates: {covariate_keys}")
+    return covariate_keys
+
+
 def _split_modalities(data: Any, *, rna_mod: str, atac_mod: str):
-    """Return ({'rna': AnnData, 'atac': AnnData}, global obs or None, source names, and for a
-    backed single AnnData the columns of each modality)."""
-    import anndata as ad
+    """Find the RNA and ATAC parts of the training input.
 
-    try:
-        import mudata as md
+    Returns ({'rna': AnnData, 'atac': AnnData}, global obs, source names, and for a backed
+    single AnnData the columns of each modality).
+    """
+    if container_kind(data) == "mudata":
+        return _split_mudata(data, rna_mod=rna_mod, atac_mod=atac_mod)
+    return _split_anndata(data)
 
-        is_mudata = isinstance(data, md.MuData)
-    except ImportError:  # pragma: no cover - mudata is a dependency
-        is_mudata = False
-    if is_mudata:
-        available = list(data.mod.keys())
-        for name, role in ((rna_mod, "RNA"), (atac_mod, "ATAC")):
-            if name not in data.mod:
-                raise ValueError(
-                    f"{role} modality {name!r} not in the MuData; available modalities: {available}. "
-                    f"Pass rna_mod=/atac_mod= (CLI: --rna-mod/--atac-mod)."
-                )
-        if rna_mod == atac_mod:
-            raise ValueError(f"rna_mod and atac_mod are both {rna_mod!r}; they must differ")
-        mods = {"rna": data.mod[rna_mod], "atac": data.mod[atac_mod]}
-        return mods, data.obs, {"rna": rna_mod, "atac": atac_mod}, {}
-    if isinstance(data, ad.AnnData):
-        if "feature_types" not in data.var:
+
+def _split_mudata(data: Any, *, rna_mod: str, atac_mod: str):
+    """Take both modalities of a MuData by name; see :func:`_split_modalities`."""
+    names = {"rna": rna_mod, "atac": atac_mod}
+    mods = mudata_modalities(data, names)
+    for m, role in (("rna", "RNA"), ("atac", "ATAC")):
+        if m not in mods:
             raise ValueError(
-                "an AnnData input needs var['feature_types'] marking genes ('Gene Expression') and "
-                f"peaks ('Peaks'); var columns are {list(data.var.columns)}. Or pass a MuData."
+                f"{role} modality {names[m]!r} not in the MuData; available modalities: {list(data.mod.keys())}. "
+                f"Pass rna_mod=/atac_mod= (CLI: --rna-mod/--atac-mod)."
             )
-        types = data.var["feature_types"].astype(str).str.strip().str.lower().map(_FEATURE_TYPE_ALIASES)
-        found = sorted(data.var["feature_types"].astype(str).unique().tolist())
-        mods, columns_of = {}, {}
-        for m in MODALITIES:
-            mask = (types == m).to_numpy()
-            if not mask.any():
-                raise ValueError(
-                    f"no {m.upper()} features in var['feature_types'] (found {found}); allowed: "
-                    "'Gene Expression'/'GEX'/'rna' for genes and 'Peaks'/'ATAC' for peaks"
-                )
-            if is_backed(data):  # columns are picked from the rows read, not through a view
-                mods[m], columns_of[m] = data, np.flatnonzero(mask)
-            else:
-                mods[m] = data[:, mask]
-        other = types.isna().to_numpy()
-        if other.any():
-            logger.warning(
-                "ignoring %d features of other types %s",
-                int(other.sum()),
-                sorted(data.var["feature_types"][other].astype(str).unique().tolist()),
+    if rna_mod == atac_mod:
+        raise ValueError(f"rna_mod and atac_mod are both {rna_mod!r}; they must differ")
+    return mods, data.obs, names, {}
+
+
+def _split_anndata(data: Any):
+    """Split one AnnData's features by ``var["feature_types"]``; see :func:`_split_modalities`."""
+    if "feature_types" not in data.var:
+        raise ValueError(
+            "an AnnData input needs var['feature_types'] marking genes ('Gene Expression') and "
+            f"peaks ('Peaks'); var columns are {list(data.var.columns)}. Or pass a MuData."
+        )
+    types = feature_modalities(data.var)
+    found = sorted(data.var["feature_types"].astype(str).unique().tolist())
+    mods, columns_of = {}, {}
+    for m in MODALITIES:
+        mask = (types == m).to_numpy()
+        if not mask.any():
+            raise ValueError(
+                f"no {m.upper()} features in var['feature_types'] (found {found}); allowed: "
+                "'Gene Expression'/'GEX'/'rna' for genes and 'Peaks'/'ATAC' for peaks"
             )
-        return mods, data.obs, {"rna": "Gene Expression", "atac": "Peaks"}, columns_of
-    raise TypeError(f"expected a MuData or an AnnData, got {type(data).__name__}")
+        if is_backed(data):  # columns are picked from the rows read, not through a view
+            mods[m], columns_of[m] = data, np.flatnonzero(mask)
+        else:
+            mods[m] = data[:, mask]
+    other = types.isna().to_numpy()
+    if other.any():
+        logger.warning(
+            "ignoring %d features of other types %s",
+            int(other.sum()),
+            sorted(data.var["feature_types"][other].astype(str).unique().tolist()),
+        )
+    return mods, data.obs, {"rna": "Gene Expression", "atac": "Peaks"}, columns_of
 
 
 def _str_index(index: pd.Index) -> pd.Index:
-    """``index`` as strings; the same object when it already holds only strings (no per-cell copy)."""
+    """Return ``index`` as strings; the same object when it already holds only strings (no per-cell copy)."""
     if index.dtype == object and pd.api.types.infer_dtype(index, skipna=False) == "string":
         return index
     return pd.Index(index.astype(str))
 
 
 def _check_obs_names(mods, source) -> pd.Index:
+    """Check that both modalities hold the same, unique cells; return the RNA cell names."""
     names = {m: _str_index(mods[m].obs_names) for m in MODALITIES}
     for m in MODALITIES:
         if not names[m].is_unique:
@@ -330,23 +568,42 @@ def _check_obs_names(mods, source) -> pd.Index:
     return rna
 
 
-def _get_matrix(adata, layer: str | None, mod_name: str):
-    if layer is None:
-        if adata.X is None:
-            raise ValueError(f"modality {mod_name!r} has no X; pass layer= with one of {list(adata.layers)}")
-        return adata.X
-    if layer not in adata.layers:
-        raise ValueError(f"layer {layer!r} not in the layers of modality {mod_name!r}; available: {list(adata.layers)}")
-    return adata.layers[layer]
+def _align_cells(mods: dict[str, Any], obs_names: pd.Index, backed: bool) -> dict[str, np.ndarray | None]:
+    """Bring every modality to the cell order ``obs_names``.
+
+    In memory the modality is replaced by a view in that order (in ``mods``); a backed one
+    is left as it is and the stored row of each cell is returned instead (None: in order).
+    """
+    order: dict[str, np.ndarray | None] = {m: None for m in MODALITIES}
+    for m in MODALITIES:
+        if not mods[m].obs_names.equals(obs_names):
+            if backed:
+                order[m] = _str_index(mods[m].obs_names).get_indexer(obs_names)
+            else:
+                mods[m] = mods[m][obs_names]
+    return order
 
 
-def is_backed(adata) -> bool:
-    """Whether an AnnData's X stays on disk (opened backed, or a sparse dataset as X)."""
-    return bool(getattr(adata, "isbacked", False)) or backed_group(getattr(adata, "X", None)) is not None
+def _read_modalities(mods, source, layer, columns_of, order, backed) -> tuple[dict[str, Any], dict[str, pd.Index]]:
+    """Read and check each modality's counts and feature names."""
+    counts: dict[str, Any] = {}
+    var_names: dict[str, pd.Index] = {}
+    for m in MODALITIES:
+        adata = mods[m]
+        cols = columns_of.get(m)
+        names = adata.var_names if cols is None else adata.var_names[cols]
+        if len(names) == 0:
+            raise ValueError(f"modality {source[m]!r} has no features")
+        if backed:
+            counts[m] = _backed_counts(adata, layer, source[m], rows=order[m], cols=cols)
+        else:
+            counts[m] = read_counts(adata, layer, source[m])
+        var_names[m] = unique_feature_names(names, source[m])
+    return counts, var_names
 
 
 def _backed_counts(adata, layer: str | None, mod_name: str, *, rows=None, cols=None) -> BackedCSR:
-    """A backed modality's counts as a :class:`BackedCSR`, checked a block of rows at a time."""
+    """Open a backed modality's counts as a :class:`BackedCSR`, checked a block of rows at a time."""
     if layer is not None:
         raise ValueError(f"a file opened backed is read from X only; got layer={layer!r}. Drop backed or the layer")
     group = backed_group(adata.X)
@@ -357,67 +614,39 @@ def _backed_counts(adata, layer: str | None, mod_name: str, *, rows=None, cols=N
             "write it as CSR (adata.X = scipy.sparse.csr_matrix(adata.X)) or read the file into memory"
         )
     x = BackedCSR(group, adata.n_vars, rows=rows, cols=cols)
-    sums = np.empty(x.shape[0], dtype=np.float64)
-    for start, block in x.chunks():
-        _to_count_csr(block, mod_name, None)  # the same checks as in memory, one block at a time
-        sums[start : start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
-    x._row_sums = sums
+    # the same checks as in memory, one block at a time
+    x.read_row_sums(check=lambda block: to_count_csr(block, mod_name, None))
     return x
 
 
-def _to_count_csr(x, mod_name: str, layer: str | None) -> sp.csr_matrix:
-    where = f"modality {mod_name!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
-        values = x.data
-    else:
-        x = np.asarray(x)
-        values = x.ravel()
-    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
-        raise ValueError(f"{where} holds {values.dtype} values; raw counts are needed")
-    hint = "multiDGD needs raw integer counts, not normalised, log-transformed, TF-IDF or LSI values"
-    if np.issubdtype(values.dtype, np.floating):
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ValueError(f"{where} has {int(bad.sum())} NaN or infinite values; {hint}")
-    if (values < 0).any():
-        raise ValueError(f"{where} has {int((values < 0).sum())} negative values; {hint}")
-    if np.issubdtype(values.dtype, np.floating):
-        frac = values != np.round(values)
-        if frac.any():
-            example = values[frac][:3].tolist()
-            raise ValueError(f"{where} has {int(frac.sum())} non-integer values (e.g. {example}); {hint}")
-    out = sp.csr_matrix(x, dtype=np.float32)
-    out.eliminate_zeros()
-    out.sort_indices()
-    return out
-
-
-def _find_obs_column(frames: list[pd.DataFrame | None], key: str, obs_names: pd.Index) -> pd.Series | None:
-    """The first frame's column ``key``, aligned to ``obs_names``; None when no frame has it."""
-    for frame in frames:
-        if frame is not None and key in frame.columns:
-            return frame[key] if frame.index.equals(obs_names) else frame[key].reindex(obs_names)
-    return None
-
-
-def obs_column(data: Any, key: str, obs_names: pd.Index) -> pd.Series:
-    """Column ``key`` of ``data.obs`` (for a MuData, else of a modality's obs), aligned to ``obs_names``."""
-    frames = [data.obs, *(m.obs for m in getattr(data, "mod", {}).values())]
-    col = _find_obs_column(frames, key, obs_names)
-    if col is None:
-        raise KeyError(key)
-    return col
+def _non_empty_cells(library: np.ndarray, source: dict[str, str], drop_empty_cells: bool) -> np.ndarray:
+    """Return which cells have counts in every modality; warn about (or refuse) the others."""
+    empty = library == 0
+    kept = ~empty.any(axis=1)
+    if not kept.all():
+        detail = ", ".join(f"{int(empty[:, j].sum())} with no {source[m]} counts" for j, m in enumerate(MODALITIES))
+        if not drop_empty_cells:
+            raise ValueError(
+                f"{int((~kept).sum())} cells have zero counts in a modality ({detail}); remove them "
+                "(e.g. sc.pp.filter_cells(adata, min_counts=1) per modality) or pass drop_empty_cells=True"
+            )
+        logger.warning(
+            "dropping %d of %d cells with zero counts in a modality (%s); their outputs are NaN",
+            int((~kept).sum()),
+            len(kept),
+            detail,
+        )
+    return kept
 
 
 def _collect_obs(obs: pd.DataFrame | None, mods, keys: list[str], obs_names: pd.Index) -> dict[str, np.ndarray]:
+    """Read the label columns ``keys``, refusing absent columns and missing values."""
     columns = {}
     frames = [obs] + [mods[m].obs for m in MODALITIES]
     for key in keys:
-        col = _find_obs_column(frames, key, obs_names)
+        col = find_obs_column(frames, key, obs_names)
         if col is None:
-            avail = sorted(set().union(*[set(f.columns) for f in frames if f is not None]))
-            raise ValueError(f"obs key {key!r} not found; available obs columns: {avail}")
+            raise ValueError(f"obs key {key!r} not found; available obs columns: {obs_column_names(frames)}")
         missing = col.isna().to_numpy()
         if missing.any():
             raise ValueError(
@@ -428,13 +657,37 @@ def _collect_obs(obs: pd.DataFrame | None, mods, keys: list[str], obs_names: pd.
     return columns
 
 
-def _encode(values: np.ndarray, key: str) -> tuple[np.ndarray, list[str]]:
+def _add_labels(
+    out: MultiomeData,
+    columns: dict[str, np.ndarray],
+    covariate_keys: list[str],
+    cell_type_key: str | None,
+    split_key: str | None,
+) -> None:
+    """Encode the covariates, cell types and split into ``out``."""
+    codes = []
+    for key in covariate_keys:
+        c, cats = _encode(columns[key])
+        codes.append(c)
+        out.covariate_categories.append(cats)
+    out.covariate_keys = covariate_keys
+    out.covariate_codes = np.stack(codes, axis=1) if codes else np.zeros((out.n_cells, 0), dtype=np.int64)
+    if cell_type_key:
+        out.cell_type_key = cell_type_key
+        out.cell_type_codes, out.cell_type_categories = _encode(columns[cell_type_key])
+    if split_key:
+        out.split = _parse_split(columns[split_key], split_key)
+
+
+def _encode(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Return int64 class codes and the class names (unused classes removed)."""
     cat = pd.Categorical(values)
     cat = cat.remove_unused_categories()
     return np.asarray(cat.codes, dtype=np.int64), [str(c) for c in cat.categories]
 
 
 def _parse_split(values: np.ndarray, key: str) -> np.ndarray:
+    """Map split labels to train / validation / test, refusing other values."""
     mapped = pd.Series(values).astype(str).str.lower().map(_SPLIT_VALUES)
     if mapped.isna().any():
         bad = sorted(pd.Series(values)[mapped.isna()].astype(str).unique().tolist())[:5]
@@ -445,24 +698,93 @@ def _parse_split(values: np.ndarray, key: str) -> np.ndarray:
     return out
 
 
+def stratified_parts(
+    strata: np.ndarray,
+    sizes: Callable[[int], Sequence[int]],
+    *,
+    seed: int,
+    among: np.ndarray | None = None,
+    draw: str = "permutation",
+) -> np.ndarray:
+    """Seeded assignment of cells to parts, stratum by stratum.
+
+    The one stratified sampler of the package (validation split, train / validation / test
+    split, training-data fractions). The strata are visited in ``np.unique`` order with one
+    generator, ``np.random.default_rng(seed)``. A stratum's members (its cells, only those
+    in ``among`` when given) are put in a seeded order; with ``sizes(n) = (n_0, n_1, ...)``
+    the first ``n_0`` of them form part 0, the next ``n_1`` part 1, and so on; the rest form
+    part ``len(sizes(n))``.
+
+    Parameters
+    ----------
+    strata
+        (n_cells,) labels, one stratum per distinct value.
+    sizes
+        Part sizes from a stratum's number of members.
+    seed
+        Seed of the generator.
+    among
+        (n_cells,) bool: only these cells are assigned, the others get -1. Every stratum is
+        still visited, also one without a member among them.
+    draw
+        How the order is drawn, which decides the numbers: ``"permutation"``:
+        ``rng.permutation(members)`` for every stratum; ``"choice"``:
+        ``rng.choice(members, sum(sizes), replace=False)`` (the parts), only for strata
+        whose parts are not empty, the rest of the members left in data order.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells,) int64, the part of every cell.
+    """
+    if draw not in ("permutation", "choice"):
+        raise ValueError(f"draw must be 'permutation' or 'choice', got {draw!r}")
+    rng = np.random.default_rng(seed)
+    strata = np.asarray(strata)
+    parts = np.full(len(strata), -1, dtype=np.int64)
+    for g in np.unique(strata):
+        in_stratum = strata == g
+        members = np.flatnonzero(in_stratum if among is None else in_stratum & among)
+        counts = [int(c) for c in sizes(len(members))]
+        parts[members] = len(counts)
+        if draw == "permutation":
+            ordered = rng.permutation(members)
+        else:
+            ordered = rng.choice(members, size=sum(counts), replace=False) if sum(counts) else members[:0]
+        start = 0
+        for part, count in enumerate(counts):
+            parts[ordered[start : start + count]] = part
+            start += count
+    return parts
+
+
 def make_validation_split(
     n_cells: int, fraction: float, *, strata: np.ndarray | None = None, seed: int = 0
 ) -> np.ndarray:
     """Seeded random validation split, stratified by ``strata`` when given.
 
-    Each stratum contributes ``round(fraction * size)`` cells. Returns (n_cells,) bool,
-    True for validation cells.
+    Parameters
+    ----------
+    n_cells
+        Number of cells.
+    fraction
+        Each stratum contributes ``round(fraction * size)`` cells (none for ``fraction <= 0``).
+    strata
+        (n_cells,) labels (default: one stratum).
+    seed
+        Seed of the draw (:func:`stratified_parts` with ``draw="choice"``).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells,) bool, True for validation cells.
     """
-    rng = np.random.default_rng(seed)
     is_val = np.zeros(n_cells, dtype=bool)
     if fraction <= 0:
         return is_val
     groups = np.zeros(n_cells, dtype=np.int64) if strata is None else np.asarray(strata)
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        n_val = int(round(fraction * len(members)))
-        if n_val:
-            is_val[rng.choice(members, size=n_val, replace=False)] = True
+    parts = stratified_parts(groups, lambda n: (int(round(fraction * n)),), seed=seed, draw="choice")
+    is_val[np.flatnonzero(parts == 0)] = True
     return is_val
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["demo", "demo_path", "synthetic"]
+__all__ = ["demo", "demo_path", "synthetic", "sample_counts"]
 
 _DEMO_FILE = "mop_snareseq_demo_09A_09B.h5mu"
 
@@ -20,19 +20,30 @@ def demo_path() -> Path:
     09B, 1,723 cells x 1,677 genes x 25,734 peaks of raw counts, as preprocessed by scMoMaT
     (Zhang, Sun et al. 2023; MIT licence). ``obs`` holds ``cell_type`` (15 classes),
     ``subtype`` and ``sample``. See the README for sources and licences.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the ``.h5mu`` file inside the installed package.
     """
     return Path(str(resources.files("multidgd").joinpath("bundled", _DEMO_FILE)))
 
 
 def demo():
-    """The bundled demo data as a MuData with modalities ``rna`` and ``atac``."""
+    """Read the bundled demo data (see :func:`demo_path`).
+
+    Returns
+    -------
+    mudata.MuData
+        Modalities ``rna`` and ``atac`` of raw counts.
+    """
     from .io import read
 
     return read(demo_path())
 
 
 def _profiles(n_groups_k, n_batches, n_features, rng, *, marker_fraction, marker_sd, batch_sd, base_sd):
-    """(n_clusters, n_batches, F) feature fractions: base x cluster markers x batch shifts."""
+    """Draw (n_clusters, n_batches, F) feature fractions: base x cluster markers x batch shifts."""
     base = rng.normal(0.0, base_sd, n_features)
     cluster = np.zeros((n_groups_k, n_features))
     n_markers = max(1, int(round(marker_fraction * n_features)))
@@ -46,7 +57,7 @@ def _profiles(n_groups_k, n_batches, n_features, rng, *, marker_fraction, marker
 
 
 def _median_library(p: np.ndarray, density: float, library_sd: float, rng: np.random.Generator) -> float:
-    """Median library size for which the expected fraction of non-zeros is ``density``."""
+    """Find the median library size for which the expected fraction of non-zeros is ``density``."""
     from scipy.special import ndtri
 
     if not 0 < density < 1:
@@ -67,14 +78,34 @@ def _median_library(p: np.ndarray, density: float, library_sd: float, rng: np.ra
     return float(np.exp((lo + hi) / 2))
 
 
-def _sample_counts(p, group, library, rng, block_cells: int = 4096) -> sp.csr_matrix:
-    """Poisson counts ``x_ij ~ Poisson(library_i * p[group_i, j])``, drawn sparse.
+def sample_counts(
+    p: np.ndarray, group: np.ndarray, library: np.ndarray, rng: np.random.Generator, block_cells: int = 4096
+) -> sp.csr_matrix:
+    """Draw Poisson counts ``x_ij ~ Poisson(library_i * p[group_i, j])``, sparse.
 
     Cells are taken in blocks of ``block_cells``, in order. Within a block, for the cells of
     one group, feature j's total count is Poisson(sum_i library_i * p_j), and each of its
     events falls on cell i with probability library_i / sum(library) (a multinomial split of
     a Poisson total gives independent Poisson counts). Work and memory are proportional to
     the counts.
+
+    Parameters
+    ----------
+    p
+        (n_groups, F) feature fractions of each group (rows sum to 1).
+    group
+        (n_cells,) int group of each cell.
+    library
+        (n_cells,) expected library size of each cell.
+    rng
+        Random generator.
+    block_cells
+        Cells drawn together.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (n_cells, F) float32 counts in canonical form.
     """
     n_cells, n_features = len(group), p.shape[-1]
     all_cols = np.arange(n_features, dtype=np.int32)
@@ -129,7 +160,27 @@ def synthetic(
     Nothing dense of shape cells x features is ever built; the 69,249 x 13,431 x 116,490
     shape of the bone-marrow data set takes well under a minute.
 
-    Returns a MuData with modalities ``rna`` and ``atac`` (CSR float32 counts).
+    Parameters
+    ----------
+    n_cells, n_genes, n_peaks
+        Shape of the data.
+    n_clusters, n_batches
+        Number of cell types and of batches.
+    rna_density, atac_density
+        Expected fraction of non-zero entries per modality, in (0, 1).
+    library_sd
+        Standard deviation of the log library sizes.
+    marker_fraction, marker_sd
+        Fraction of features with cluster effects and their log-scale standard deviation.
+    batch_sd
+        Log-scale standard deviation of the per-batch feature shifts.
+    seed
+        Seed of the random generator.
+
+    Returns
+    -------
+    mudata.MuData
+        Modalities ``rna`` and ``atac`` (CSR float32 counts).
     """
     import anndata as ad
     import mudata as md
@@ -160,7 +211,7 @@ def synthetic(
             base_sd=base_sd,
         )
         library = _median_library(p, density, library_sd, rng) * np.exp(log_library)
-        x = _sample_counts(p.reshape(-1, n_feat), group, library, rng)
+        x = sample_counts(p.reshape(-1, n_feat), group, library, rng)
         if name == "rna":
             var = pd.DataFrame({"feature_types": "Gene Expression"}, index=[f"gene{j}" for j in range(n_feat)])
         else:

@@ -22,7 +22,16 @@ import torch.distributed as dist
 
 from .representation import RepresentationTable
 
-__all__ = ["DistContext", "current", "init_from_env", "is_main"]
+__all__ = [
+    "DistContext",
+    "current",
+    "init_from_env",
+    "is_main",
+    "all_reduce_grads",
+    "all_reduce_sums",
+    "gather_table",
+    "shard_table",
+]
 
 logger = logging.getLogger(__name__)
 

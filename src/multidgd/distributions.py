@@ -13,6 +13,7 @@ import math
 import torch
 
 __all__ = [
+    "log_ball_volume",
     "nb_log_prob",
     "nb_log_prob_sparse",
     "softball_log_prob",
@@ -37,7 +38,8 @@ def nb_log_prob(x: torch.Tensor, log_mu: torch.Tensor, r: torch.Tensor) -> torch
 
     Returns
     -------
-    (n, F) log-probabilities.
+    torch.Tensor
+        (n, F) log-probabilities.
     """
     log_r = torch.log(r)
     log_mu_plus_r = torch.logaddexp(log_mu, log_r)
@@ -76,7 +78,8 @@ def nb_log_prob_sparse(
 
     Returns
     -------
-    (n,) log-likelihood of each row.
+    torch.Tensor
+        (n,) log-likelihood of each row.
     """
     log_r = torch.log(r)
     # r log(r/(mu+r)) = -r softplus(log mu - log r): one fused op per entry and its backward
@@ -106,10 +109,15 @@ def softball_log_prob(x: torch.Tensor, radius: float, sharpness: float) -> torch
     ----------
     x
         (..., d) points.
+    radius
+        Radius R of the ball.
+    sharpness
+        Steepness a of the fall-off at the boundary.
 
     Returns
     -------
-    (...,) log-densities.
+    torch.Tensor
+        (...,) log-densities.
     """
     dim = x.shape[-1]
     norm = torch.linalg.vector_norm(x, dim=-1)
@@ -294,6 +302,7 @@ def nb_nll_from_logits(
 
     Returns
     -------
-    (n,) negative log-likelihood of each row.
+    torch.Tensor
+        (n,) negative log-likelihood of each row.
     """
     return _NBNLLFromLogits.apply(logits, log_library.float(), rho, rows, cols, values)

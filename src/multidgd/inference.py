@@ -20,10 +20,11 @@ renormalised over the features present, so that the observed library size scales
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,99 +39,19 @@ from .module import DGDModule
 from .query import QueryData
 from .representation import RepresentationTable
 
-__all__ = ["Embedding", "embed_cells", "candidate_scores", "complete_library", "estimate_library"]
+__all__ = [
+    "Placed",
+    "embed_cells",
+    "candidate_scores",
+    "class_codes",
+    "complete_library",
+    "estimate_library",
+    "grow_covariates",
+    "ZeroCountTable",
+    "zero_count_table",
+]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Embedding:
-    """New cells placed into a trained model (returned by :meth:`multidgd.DGD.infer`).
-
-    Attributes
-    ----------
-    obs_names
-        Cell names, in the data's order.
-    latent
-        (n, L) basal representations.
-    covariate
-        (n, d * V) covariate representations, ``d`` columns per covariate key.
-    covariate_keys
-        The model's covariate keys.
-    cluster
-        (n,) argmax basal-mixture component.
-    cluster_probabilities
-        (n, K) responsibilities p(k | z).
-    nll
-        DataFrame indexed by cell with ``nll_rna`` and ``nll_atac``: the per-cell NB
-        negative log-likelihood over the features present (NaN where the cell lacks the
-        modality).
-    observed
-        (n, 2) bool, which modalities each cell has (columns ``rna``, ``atac``).
-    library_size
-        (n, 2) library size over all of the model's features, used to turn fractions into
-        counts: for an observed modality the observed total divided by the decoded fraction
-        of the features present; for a missing one the value of the obs column given, else
-        an estimate: the cell's library size in the modality it has times the median
-        ratio of the two library sizes over the 15 training cells nearest in the basal space.
-    library_size_source
-        (n, 2) str: ``observed``, ``given`` or ``estimated``.
-    n_absent_features
-        Modality -> number of model features missing from the data.
-    start_candidate
-        (n, 2) int: the basal component and the covariate-class combination each cell
-        started from.
-    learned_classes
-        Covariate key -> classes added to the model by this call.
-    """
-
-    obs_names: pd.Index
-    latent: np.ndarray
-    covariate: np.ndarray
-    covariate_keys: list[str]
-    cluster: np.ndarray
-    cluster_probabilities: np.ndarray
-    nll: pd.DataFrame
-    observed: np.ndarray
-    library_size: np.ndarray
-    library_size_source: np.ndarray
-    n_absent_features: dict[str, int]
-    start_candidate: np.ndarray
-    learned_classes: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def n_cells(self) -> int:
-        return len(self.obs_names)
-
-    def covariate_representation(self, key: str | None = None) -> np.ndarray:
-        """(n, d) representation of one covariate (default: the only one)."""
-        v = covariate_index(self.covariate_keys, key)
-        d = self.covariate.shape[1] // len(self.covariate_keys)
-        return self.covariate[:, v * d : (v + 1) * d]
-
-    def add_to(self, data: Any, prefix: str = "multidgd") -> None:
-        """Write the results into ``data`` (MuData or AnnData with these cells), in place.
-
-        Sets ``obsm["X_<prefix>"]``, ``obsm["X_<prefix>_<covariate>"]``,
-        ``obs["<prefix>_cluster"]``, ``obs["<prefix>_cluster_probability"]``,
-        ``obs["<prefix>_nll_rna"]`` and ``obs["<prefix>_nll_atac"]``.
-        """
-        index = pd.Index(data.obs_names.astype(str))
-        pos = self.obs_names.get_indexer(index)
-        if (pos < 0).any():
-            raise ValueError(
-                f"{int((pos < 0).sum())} cells of the data were not embedded, e.g. {index[pos < 0][:3].tolist()}"
-            )
-        data.obsm[f"X_{prefix}"] = self.latent[pos]
-        for key in self.covariate_keys:
-            data.obsm[f"X_{prefix}_{key}"] = self.covariate_representation(key)[pos]
-        k = self.cluster_probabilities.shape[1]
-        data.obs[f"{prefix}_cluster"] = pd.Categorical(
-            self.cluster[pos].astype(str), categories=[str(i) for i in range(k)]
-        )
-        data.obs[f"{prefix}_cluster_probability"] = self.cluster_probabilities[pos].max(axis=1)
-        for m in MODALITIES:
-            data.obs[f"{prefix}_nll_{m}"] = self.nll[f"nll_{m}"].to_numpy()[pos]
 
 
 # ----------------------------------------------------------------------------- library sizes
@@ -200,19 +121,6 @@ def complete_library(
 
 
 # ----------------------------------------------------------------------------- helpers
-def covariate_index(keys: list[str], key: str | None) -> int:
-    """Position of covariate ``key`` in ``keys`` (``None``: the only one), with clear errors."""
-    if not keys:
-        raise ValueError("the model has no covariates")
-    if key is None:
-        if len(keys) > 1:
-            raise ValueError(f"several covariates; pass key= one of {keys}")
-        return 0
-    if key not in keys:
-        raise ValueError(f"covariate {key!r} unknown; the model has {keys}")
-    return keys.index(key)
-
-
 def _observed_log_fraction(log_fraction: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
     """Decoded log-fractions restricted to the features present, renormalised over them."""
     if observed is None:
@@ -477,6 +385,45 @@ def _reconstruction_nll(
 
 
 # ----------------------------------------------------------------------------- main entry
+@dataclass
+class Placed:
+    """New cells placed by :func:`embed_cells`.
+
+    Attributes
+    ----------
+    latent
+        (n, L) basal representations.
+    covariate
+        (n, d * V) covariate representations.
+    nll
+        (n, 2) per-cell NB negative log-likelihood of each modality (NaN where absent).
+    library_total
+        (n, 2) library size over all model features (NaN where absent).
+    start
+        (n, 2) the basal component and covariate-class combination each cell started from.
+    """
+
+    latent: np.ndarray
+    covariate: np.ndarray
+    nll: np.ndarray
+    library_total: np.ndarray
+    start: np.ndarray
+
+
+@dataclass
+class _Job:
+    """What the steps of :func:`embed_cells` share."""
+
+    module: DGDModule
+    query: QueryData
+    device: torch.device
+    observed: dict[str, torch.Tensor | None]  # modality -> features present (None: all)
+    dispersion: dict[str, torch.Tensor]  # over the features present
+    class_codes: np.ndarray
+    new_components: list[np.ndarray] | None
+    learning: bool
+
+
 def embed_cells(
     module: DGDModule,
     query: QueryData,
@@ -493,7 +440,7 @@ def embed_cells(
     memory_budget_mb: float = 512,
     device: torch.device | str = "cpu",
     progress_bar: bool = True,
-) -> dict[str, np.ndarray]:
+) -> Placed:
     """Best start and representation optimisation for the cells of ``query``.
 
     Parameters
@@ -527,16 +474,9 @@ def embed_cells(
 
     Returns
     -------
-    Dict with ``latent`` (n, L), ``covariate`` (n, dV), ``nll`` (n, 2) (NaN where absent),
-    ``library_total`` (n, 2) (NaN where absent) and ``start`` (n, 2).
+    :class:`Placed`: representations, losses, library totals and start candidates.
     """
-    from tqdm.auto import tqdm
-
-    cfg = module.config
     device = torch.device(device)
-    n = query.n_cells
-    L, d = cfg.latent_dim, cfg.covariate_dim
-    V = len(module.covariates)
     observed = {}
     for m, obs in query.observed.items():
         full = obs.size == module.dispersion_rho[m].numel()
@@ -545,16 +485,40 @@ def embed_cells(
         m: module.dispersion(m).detach() if observed[m] is None else module.dispersion(m).detach()[observed[m]]
         for m in query.counts
     }
-    budget = max(1, int(memory_budget_mb * 2**20 / 4 / 3))  # float32, ~3 live temporaries
     learning = new_components is not None and any(len(c) for c in new_components)
+    job = _Job(module, query, device, observed, dispersion, class_codes, new_components, learning)
+    start, basal0, cov0, chunks = _best_start(job, covariate_start, batch_size, memory_budget_mb)
+    mixture_opt = _start_new_classes(job, cov0, mixture_lr, betas) if learning else None
+    basal_t, cov_t = _optimise(job, chunks, basal0, cov0, supervised, n_steps, lr, betas, mixture_opt, progress_bar)
+    nll_out, total_lib = _final_losses(job, chunks, basal_t, cov_t)
+    return Placed(
+        latent=basal_t.values.cpu().numpy(),
+        covariate=cov_t.values.cpu().numpy(),
+        nll=nll_out,
+        library_total=total_lib,
+        start=start,
+    )
 
-    # ---- 1. best start
+
+def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_mb: float):
+    """Step 1: each cell's best (basal component, covariate combination) pair.
+
+    Returns the (n, 2) choices, the (n, L) and (n, d * V) starting representations and the
+    blocks of cells of the later steps.
+    """
+    module, query, device, observed = job.module, job.query, job.device, job.observed
+    class_codes, new_components = job.class_codes, job.new_components
+    cfg = module.config
+    n = query.n_cells
+    L, d = cfg.latent_dim, cfg.covariate_dim
+    V = len(module.covariates)
+    budget = max(1, int(memory_budget_mb * 2**20 / 4 / 3))  # float32, ~3 live temporaries
     cov_vectors, combos = _covariate_candidates(module, d)
     cov_vectors = cov_vectors.to(device)
     K = module.basal.n_components
     n_combo = combos.shape[0]
     known = class_codes >= 0
-    if learning:
+    if job.learning:
         # a cell of a class being learned has no mean to start from yet: search the known ones
         known = known & ~np.stack([np.isin(class_codes[:, v], new_components[v]) for v in range(V)], 1)
         combo_known = np.ones(n_combo, dtype=bool)
@@ -579,7 +543,7 @@ def embed_cells(
     for j, m in enumerate(MODALITIES):
         if m in cand_logp and query.present[:, j].any():
             lib = torch.from_numpy(query.library_size[query.present[:, j], j]).to(device)
-            zero_terms[m] = zero_count_table(cand_logp[m], dispersion[m], torch.log(lib), budget_elements=budget)
+            zero_terms[m] = zero_count_table(cand_logp[m], job.dispersion[m], torch.log(lib), budget_elements=budget)
     start = np.zeros((n, 2), dtype=np.int64)
     basal0 = torch.zeros(n, L)
     cov0 = torch.zeros(n, d * V)
@@ -589,7 +553,7 @@ def embed_cells(
         for m in chunk.modalities:
             score = score + candidate_scores(
                 cand_logp[m],
-                dispersion[m],
+                job.dispersion[m],
                 batch["log_library"][m],
                 *batch["counts"][m],
                 budget_elements=budget,
@@ -609,27 +573,38 @@ def embed_cells(
         start[chunk.cells, 1] = c_best.numpy()
         basal0[chunk.cells] = basal_means[k_best.to(device)].cpu()
         cov0[chunk.cells] = cov_vectors[c_best.to(device)].cpu()
+    return start, basal0, cov0, chunks
 
-    mixture_opt = None
-    if learning:
-        with torch.no_grad():
-            for v, comps in enumerate(new_components):
-                mix = module.covariates[v]
-                for c in comps:
-                    members = class_codes[:, v] == c
-                    mix.mean[c] = cov0[members, v * d : (v + 1) * d].mean(0).to(device)
-                    cov0[members, v * d : (v + 1) * d] = mix.mean[c].cpu()
-        params = [
-            p
-            for v, mix in enumerate(module.covariates)
-            if len(new_components[v])
-            for p in (mix.mean, mix.log_precision)
-        ]
-        for p in params:
-            p.requires_grad_(True)
-        mixture_opt = torch.optim.Adam(params, lr=mixture_lr, betas=betas)
 
-    # ---- 2. optimisation
+def _start_new_classes(job: _Job, cov0: torch.Tensor, mixture_lr: float, betas) -> torch.optim.Optimizer:
+    """Components being learned start at the mean start of their cells (which move there
+    too); returns the optimiser of their means and precisions."""
+    module, class_codes, new_components, device = job.module, job.class_codes, job.new_components, job.device
+    d = module.config.covariate_dim
+    with torch.no_grad():
+        for v, comps in enumerate(new_components):
+            mix = module.covariates[v]
+            for c in comps:
+                members = class_codes[:, v] == c
+                mix.mean[c] = cov0[members, v * d : (v + 1) * d].mean(0).to(device)
+                cov0[members, v * d : (v + 1) * d] = mix.mean[c].cpu()
+    params = [
+        p for v, mix in enumerate(module.covariates) if len(new_components[v]) for p in (mix.mean, mix.log_precision)
+    ]
+    for p in params:
+        p.requires_grad_(True)
+    mixture_opt = torch.optim.Adam(params, lr=mixture_lr, betas=betas)
+    return mixture_opt
+
+
+def _optimise(job: _Job, chunks, basal0, cov0, supervised, n_steps, lr, betas, mixture_opt, progress_bar):
+    """Step 2: ``n_steps`` Adam steps of the representations (and of the components being
+    learned); returns the basal and covariate tables."""
+    from tqdm.auto import tqdm
+
+    module, query, device, observed = job.module, job.query, job.device, job.observed
+    class_codes, new_components, learning = job.class_codes, job.new_components, job.learning
+    V = len(module.covariates)
     basal_t = RepresentationTable(basal0).to(device)
     cov_t = RepresentationTable(cov0).to(device)
     labels_t = torch.from_numpy(np.where(class_codes >= 0, class_codes, 0)).to(device)
@@ -685,8 +660,13 @@ def embed_cells(
                 mixture_opt.step()
                 mixture_opt.zero_grad(set_to_none=True)
     bar.close()
+    return basal_t, cov_t
 
-    # ---- 3. final losses and library totals
+
+def _final_losses(job: _Job, chunks, basal_t: RepresentationTable, cov_t: RepresentationTable):
+    """Step 3: each cell's per-modality loss and library total over all model features."""
+    module, query, device, observed = job.module, job.query, job.device, job.observed
+    n = query.n_cells
     nll_out = np.full((n, 2), np.nan)
     total_lib = np.full((n, 2), np.nan)
     with torch.no_grad():
@@ -701,10 +681,47 @@ def embed_cells(
                 obs = observed[m]
                 covered = torch.zeros(len(idx), device=device) if obs is None else torch.logsumexp(logf[m][:, obs], 1)
                 total_lib[chunk.cells, j] = (batch["log_library"][m] - covered).exp().double().cpu().numpy()
-    return {
-        "latent": basal_t.values.cpu().numpy(),
-        "covariate": cov_t.values.cpu().numpy(),
-        "nll": nll_out,
-        "library_total": total_lib,
-        "start": start,
-    }
+    return nll_out, total_lib
+
+
+# ----------------------------------------------------------------------------- covariate classes
+def class_codes(
+    covariate_keys: list[str], categories: list[list[str]], labels: list[np.ndarray]
+) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Codes of new cells' covariate labels under the model's classes.
+
+    Returns
+    -------
+    (n, V) int64 codes (-1: a class the model does not know) and, per covariate key with
+    unknown labels, those labels sorted.
+    """
+    n = len(labels[0]) if labels else 0
+    codes = np.full((n, len(covariate_keys)), -1, dtype=np.int64)
+    unseen: dict[str, list[str]] = {}
+    for v, key in enumerate(covariate_keys):
+        codes[:, v] = pd.Index(categories[v]).get_indexer(labels[v])
+        new = sorted(set(labels[v][codes[:, v] < 0].tolist()))
+        if new:
+            unseen[key] = new
+            logger.info("%s: %d cells of classes unknown to the model %s", key, int((codes[:, v] < 0).sum()), new)
+    return codes, unseen
+
+
+def grow_covariates(
+    module: DGDModule,
+    covariate_keys: list[str],
+    labels: list[np.ndarray],
+    codes: np.ndarray,
+    unseen: dict[str, list[str]],
+) -> tuple[DGDModule, list[np.ndarray]]:
+    """A copy of ``module`` with one new covariate component per unseen class (a failure
+    later leaves the original as it was); ``codes`` of those cells are set to the new
+    components in place. Returns the copy and, per covariate, the new components."""
+    module = copy.deepcopy(module)
+    new_components = []
+    for v, key in enumerate(covariate_keys):
+        added = module.covariates[v].add_components(len(unseen.get(key, [])))
+        new_components.append(np.asarray(added, dtype=np.int64))
+        for name, c in zip(unseen.get(key, []), added, strict=True):
+            codes[labels[v] == name, v] = c
+    return module, new_components

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+
+from .results import write_results
 
 __all__ = ["read", "write", "add_results"]
 
@@ -18,6 +19,18 @@ def read(path: str | Path, *, backed: bool = False):
     reads count rows per minibatch (X must be stored as CSR), so memory does not grow with
     the number of cells beyond per-cell labels, library sizes and representations. A
     ``.zarr`` store (AnnData or MuData) is read the same way.
+
+    Parameters
+    ----------
+    path
+        File (``.h5mu``, ``.h5ad``) or zarr store (``.zarr``).
+    backed
+        Leave the count matrices on disk.
+
+    Returns
+    -------
+    MuData or AnnData
+        The data read.
     """
     path = Path(path)
     if not path.exists():
@@ -55,7 +68,7 @@ def _share_obs_names(data) -> None:
 
 
 def _read_zarr(path: Path, *, backed: bool):
-    """An AnnData or MuData zarr store; with ``backed`` every X stays on disk (a sparse dataset)."""
+    """Read an AnnData or MuData zarr store; with ``backed`` every X stays on disk (a sparse dataset)."""
     import anndata as ad
     import mudata as md
     import zarr
@@ -87,7 +100,20 @@ def _read_zarr(path: Path, *, backed: bool):
 
 
 def write(data: Any, path: str | Path) -> Path:
-    """Write a MuData to ``.h5mu`` or an AnnData to ``.h5ad`` (the suffix is set to match)."""
+    """Write a MuData to ``.h5mu`` or an AnnData to ``.h5ad`` (the suffix is set to match).
+
+    Parameters
+    ----------
+    data
+        MuData or AnnData.
+    path
+        Output path; its suffix is replaced by the one that matches ``data``.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
     import anndata as ad
 
     path = Path(path)
@@ -103,23 +129,25 @@ def add_results(data: Any, model, *, prefix: str = "multidgd") -> None:
     Writes ``obsm["X_<prefix>"]`` (basal latent), ``obsm["X_<prefix>_<covariate>"]`` for
     each covariate, ``obs["<prefix>_cluster"]`` (categorical, NaN for cells not trained)
     and ``obs["<prefix>_cluster_probability"]``.
+
+    Parameters
+    ----------
+    data
+        MuData or AnnData holding only cells the model knows (in any order).
+    model
+        A trained :class:`multidgd.DGD`.
+    prefix
+        Prefix of the keys written.
     """
     index = pd.Index(data.obs_names.astype(str))
     missing = index.difference(model.obs_names)
     if len(missing):
         raise ValueError(f"{len(missing)} cells of the data are unknown to the model, e.g. {missing[:3].tolist()}")
-    pos = model.obs_names.get_indexer(index)
-    data.obsm[f"X_{prefix}"] = model.get_latent_representation()[pos]
-    for key in model.covariate_keys:
-        data.obsm[f"X_{prefix}_{key}"] = model.get_covariate_representation(key)[pos]
-    clustering = model.cluster()
-    labels = clustering.labels[pos]
-    data.obs[f"{prefix}_cluster"] = pd.Categorical(
-        np.where(labels >= 0, labels.astype(str), None),
-        categories=[str(k) for k in range(model.n_components)],
+    write_results(
+        data,
+        model.obs_names.get_indexer(index),
+        latent=model.get_latent_representation(),
+        covariates={key: model.get_covariate_representation(key) for key in model.covariate_keys},
+        clustering=model.cluster(),
+        prefix=prefix,
     )
-    probs = clustering.probabilities[pos]
-    best = np.full(len(pos), np.nan, dtype=np.float32)
-    ok = ~np.isnan(probs).any(axis=1)
-    best[ok] = probs[ok].max(axis=1)
-    data.obs[f"{prefix}_cluster_probability"] = best

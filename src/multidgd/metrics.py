@@ -26,18 +26,51 @@ def _per_cell_error(observed, predicted, power: int, chunk: int = 1024) -> np.nd
 def rmse(observed, predicted) -> float:
     """Root of the squared error averaged over features per cell, then over cells.
 
-    ``observed`` are counts and ``predicted`` the predicted counts (fraction x library).
+    Parameters
+    ----------
+    observed
+        (n, F) counts.
+    predicted
+        (n, F) predicted counts (fraction x library).
+
+    Returns
+    -------
+    float
     """
     return float(np.sqrt(_per_cell_error(observed, predicted, 2).mean()))
 
 
 def mae(observed, predicted) -> float:
-    """Absolute error averaged over features per cell, then over cells."""
+    """Absolute error averaged over features per cell, then over cells.
+
+    Parameters
+    ----------
+    observed
+        (n, F) counts.
+    predicted
+        (n, F) predicted counts.
+
+    Returns
+    -------
+    float
+    """
     return float(_per_cell_error(observed, predicted, 1).mean())
 
 
 def auprc(observed, predicted) -> float:
-    """Average precision of ``predicted`` against ``observed >= 1``, over the flattened matrix."""
+    """Average precision of ``predicted`` against ``observed >= 1``, over the flattened matrix.
+
+    Parameters
+    ----------
+    observed
+        (n, F) counts; entries >= 1 are the positives.
+    predicted
+        (n, F) scores.
+
+    Returns
+    -------
+    float
+    """
     from sklearn.metrics import average_precision_score
 
     if observed.shape != predicted.shape:
@@ -53,8 +86,19 @@ def auprc(observed, predicted) -> float:
 def nb_nll(observed, mu, r) -> np.ndarray:
     """Per-cell negative-binomial negative log-likelihood summed over features.
 
-    ``observed`` (n, F) counts, ``mu`` (n, F) means, ``r`` (F,) dispersions (variance
-    ``mu + mu^2 / r``). Returns (n,).
+    Parameters
+    ----------
+    observed
+        (n, F) counts.
+    mu
+        (n, F) means.
+    r
+        (F,) dispersions (variance ``mu + mu^2 / r``).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) NLL per cell.
     """
     from scipy.special import gammaln
 
@@ -75,7 +119,17 @@ def nb_nll(observed, mu, r) -> np.ndarray:
 
 
 def ari(labels_true, labels_pred) -> float:
-    """Adjusted Rand index between two labellings."""
+    """Compute the adjusted Rand index between two labellings.
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        (n,) labels (compared as strings).
+
+    Returns
+    -------
+    float
+    """
     from sklearn.metrics import adjusted_rand_score
 
     return float(adjusted_rand_score(np.asarray(labels_true).astype(str), np.asarray(labels_pred).astype(str)))
@@ -85,6 +139,17 @@ def batch_1_minus_asw(latent, batches) -> float:
     """1 - silhouette width (sklearn, raw, Euclidean) of ``latent`` by batch label.
 
     0 when batches are perfectly separated ... up to 2; about 1 when they are mixed.
+
+    Parameters
+    ----------
+    latent
+        (n, d) coordinates.
+    batches
+        (n,) batch labels, at least two distinct.
+
+    Returns
+    -------
+    float
     """
     from sklearn.metrics import silhouette_score
 
@@ -95,7 +160,17 @@ def batch_1_minus_asw(latent, batches) -> float:
 
 
 def loss_ratio(nll, reference_nll) -> float:
-    """Median over cells of the per-cell NLL ratio ``nll / reference_nll``."""
+    """Median over cells of the per-cell NLL ratio ``nll / reference_nll``.
+
+    Parameters
+    ----------
+    nll, reference_nll
+        (n,) per-cell NLL of the same cells.
+
+    Returns
+    -------
+    float
+    """
     a, b = np.asarray(nll, dtype=float), np.asarray(reference_nll, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")

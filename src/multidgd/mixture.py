@@ -18,7 +18,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 class GaussianMixture(nn.Module):
     """Mixture of Gaussians with diagonal or isotropic covariance, in log space.
 
-    Parameters: ``mean`` (K, d), ``log_precision`` (K, d) or (K, 1) holding
+    Learned: ``mean`` (K, d), ``log_precision`` (K, d) or (K, 1) holding
     ``-log sigma^2``, and ``logits`` (K,) with weights ``softmax(logits)``.
 
     Hyper-priors: a softball on each mean, N(-2 log sd_init, logprecision_prior_sd²) on each
@@ -77,17 +77,33 @@ class GaussianMixture(nn.Module):
         """(K,) log mixture weights."""
         return torch.log_softmax(self.logits, dim=0)
 
-    def component_log_density(self, z: torch.Tensor) -> torch.Tensor:
-        """log N(z | mean_k, sigma_k²) for every component, without weights. Returns (n, K)."""
-        # z: (n, d) -> (n, 1, d); mean: (K, d)
-        sq = (z.unsqueeze(1) - self.mean).square()
-        lp = self.log_precision  # (K, d) or (K, 1)
-        quad = (sq * torch.exp(lp)).sum(-1)  # (n, K)
-        log_det = lp.sum(-1) * (self.dim / lp.shape[-1])  # (K,)
+    def _gaussian_log_density(self, diff: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+        """Compute log N(diff | 0, exp(-lp)) over the last axis.
+
+        ``lp`` holds ``d`` or 1 log-precisions per row and broadcasts against ``diff``.
+        """
+        quad = (diff.square() * torch.exp(lp)).sum(-1)
+        log_det = lp.sum(-1) * (self.dim / lp.shape[-1])
         return 0.5 * (log_det - quad) - 0.5 * self.dim * _LOG_2PI
 
+    def component_log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """Compute log N(z | mean_k, sigma_k²) for every component, without weights.
+
+        Parameters
+        ----------
+        z
+            (n, d) points.
+
+        Returns
+        -------
+        torch.Tensor
+            (n, K) log-densities.
+        """
+        # z: (n, d) -> (n, 1, d); mean: (K, d); log-precisions (K, d) or (K, 1) -> (n, K)
+        return self._gaussian_log_density(z.unsqueeze(1) - self.mean, self.log_precision)
+
     def joint_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log pi_k + log N(z | k) for every component. Returns (n, K)."""
+        """Compute log pi_k + log N(z | k) for every component. Returns (n, K)."""
         return self.component_log_density(z) + self.log_weights
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -95,7 +111,7 @@ class GaussianMixture(nn.Module):
         return torch.logsumexp(self.joint_log_prob(z), dim=1)
 
     def log_responsibilities(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(k | z), computed in log space. Returns (n, K)."""
+        """Compute log p(k | z) in log space. Returns (n, K)."""
         return torch.log_softmax(self.joint_log_prob(z), dim=1)
 
     def class_log_prob(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -110,16 +126,13 @@ class GaussianMixture(nn.Module):
 
         Returns
         -------
-        (n,) log-densities.
+        torch.Tensor
+            (n,) log-densities.
         """
-        diff = z - self.mean[labels]
-        lp = self.log_precision[labels]
-        quad = (diff.square() * torch.exp(lp)).sum(-1)
-        log_det = lp.sum(-1) * (self.dim / lp.shape[-1])
-        return 0.5 * (log_det - quad) - 0.5 * self.dim * _LOG_2PI
+        return self._gaussian_log_density(z - self.mean[labels], self.log_precision[labels])
 
     def hyperprior_log_prob(self) -> torch.Tensor:
-        """log p(phi): softball on means + Gaussian on log-precisions + Dirichlet on weights."""
+        """Compute log p(phi): softball on means + Gaussian on log-precisions + Dirichlet on weights."""
         return (
             softball_log_prob(self.mean, self.radius, self.sharpness).sum()
             + normal_log_prob(self.log_precision, self.logprecision_prior_mean, self.logprecision_prior_sd).sum()
@@ -128,8 +141,21 @@ class GaussianMixture(nn.Module):
 
     @torch.no_grad()
     def add_components(self, n: int) -> list[int]:
-        """Append ``n`` components (mean at the origin, precision at its prior mean, weight
-        logit at the mean of the others). Existing values are kept. Returns the new indices."""
+        """Append ``n`` components; existing values are kept.
+
+        A new component has its mean at the origin, its precision at its prior mean and its
+        weight logit at the mean of the others.
+
+        Parameters
+        ----------
+        n
+            Number of components to add.
+
+        Returns
+        -------
+        list of int
+            Indices of the new components.
+        """
         k = self.n_components
         dev = self.mean.device
         self.mean = nn.Parameter(torch.cat([self.mean, torch.zeros(n, self.dim, device=dev)]))

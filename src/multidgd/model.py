@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,31 +14,25 @@ import torch
 from . import checkpoint, distributed
 from .checkpoint import TrainingState
 from .config import ModelConfig, TrainConfig
-from .data import MODALITIES, MultiomeData, gather_rows, positions, read_multiome
-from .inference import Embedding, complete_library, covariate_index, embed_cells, estimate_library
+from .data import MODALITIES, MultiomeData, read_multiome
+from .inference import (
+    Placed,
+    class_codes,
+    complete_library,
+    embed_cells,
+    estimate_library,
+    grow_covariates,
+)
 from .initialization import initial_state
 from .module import DGDModule, frozen
+from .profiles import decoded_fractions, normalized_profiles
 from .query import QueryData, read_query
-from .train import fit
+from .results import Clustering, Embedding, covariate_index
+from .train import fit, per_cell_nll
 
-__all__ = ["DGD", "Clustering", "resolve_device"]
+__all__ = ["DGD", "resolve_device"]
 
 logger = logging.getLogger(__name__)
-
-
-class Clustering(NamedTuple):
-    """Mixture-component assignments of cells.
-
-    Attributes
-    ----------
-    labels
-        (n_cells,) int64 argmax component; -1 for cells without a representation.
-    probabilities
-        (n_cells, K) float32 responsibilities p(k | z); NaN rows for cells without one.
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -191,8 +184,8 @@ class DGD:
         config = self._check_train_args(max_epochs, config, checkpoint_path, resume)
         dev = distributed.init_from_env(resolve_device(device))
         if resume and Path(checkpoint_path).is_file():
-            payload = checkpoint.read(checkpoint_path, kind=checkpoint.CHECKPOINT_KIND)
-            self._check_checkpoint_matches(payload, checkpoint_path)
+            fp, mc = self._fingerprint, self.config.to_dict()
+            payload = checkpoint.read_training(checkpoint_path, fingerprint=fp, model_config=mc)
             seed = int(payload["seed"])
             config = TrainConfig.from_dict(payload["train_config"])
             state = checkpoint.state_from_training(payload, self._build_module(self.data.n_features))
@@ -238,16 +231,6 @@ class DGD:
             )
         return config
 
-    def _check_checkpoint_matches(self, payload: dict[str, Any], path) -> None:
-        described = payload.get("model", {})
-        if described.get("fingerprint") != self._fingerprint:
-            raise ValueError(
-                f"checkpoint {path} was written for other data (cells, features or labels differ); "
-                "remove it or point checkpoint_path elsewhere"
-            )
-        if described.get("model_config") != self.config.to_dict():
-            raise ValueError(f"checkpoint {path} was written with another ModelConfig")
-
     # ------------------------------------------------------------------ results
     @property
     def is_trained(self) -> bool:
@@ -280,34 +263,14 @@ class DGD:
     def split(self) -> pd.Series:
         """The role of every input cell in training, indexed by ``obs_names``: ``"train"``,
         ``"validation"`` or ``"none"`` (cells left out: empty, or marked test)."""
-        where, _ = self._table_rows()
+        where, _ = self.state.cell_rows(self._kept)
         values = np.array(["none", "train", "validation"], dtype=object)[where + 1]
         return pd.Series(pd.Categorical(values, categories=["train", "validation", "none"]), index=self.obs_names)
 
-    def _table_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """For every input cell: which table holds it (0 train, 1 validation, -1 none) and its row."""
-        state = self.state
-        kept_pos = np.flatnonzero(self._kept)  # data row -> input row
-        where = np.full(len(self.obs_names), -1, dtype=np.int64)
-        row = np.full(len(self.obs_names), -1, dtype=np.int64)
-        for code, index in ((0, state.train_index), (1, state.val_index)):
-            where[kept_pos[index]] = code
-            row[kept_pos[index]] = np.arange(len(index))
-        return where, row
-
-    def _per_cell(self, train: np.ndarray, val: np.ndarray) -> np.ndarray:
-        """Rows of the training and validation tables placed at their cells in ``obs_names``
-        (NaN for cells in neither)."""
-        where, row = self._table_rows()
-        out = np.full((len(self.obs_names), train.shape[1]), np.nan, dtype=np.float32)
-        for code, values in ((0, train), (1, val)):
-            mask = where == code
-            out[mask] = values[row[mask]]
-        return out
-
     def _gather_table(self, kind: str) -> np.ndarray:
         tables = self.state.tables
-        return self._per_cell(*(tables[f"{p}_{kind}"].values.detach().cpu().numpy() for p in ("train", "val")))
+        train, val = (tables[f"{p}_{kind}"].values.detach().cpu().numpy() for p in ("train", "val"))
+        return self.state.per_cell(self._kept, train, val)
 
     def get_latent_representation(self) -> np.ndarray:
         """Basal representations, (n_cells, L) float32, aligned to the input ``obs_names``.
@@ -332,8 +295,7 @@ class DGD:
         ``rna``, ``atac``), NaN rows for cells left out of training."""
         if self._table_library is None:
             raise ValueError("this model file holds no library sizes")
-        self.state  # noqa: B018 - raises when untrained
-        return self._per_cell(self._table_library["train"].numpy(), self._table_library["val"].numpy())
+        return self.state.per_cell(self._kept, self._table_library["train"].numpy(), self._table_library["val"].numpy())
 
     @torch.no_grad()
     def cluster(self) -> Clustering:
@@ -347,21 +309,6 @@ class DGD:
         probs[ok] = np.exp(logp)
         labels[ok] = logp.argmax(axis=1)
         return Clustering(labels=labels, probabilities=probs)
-
-    @torch.no_grad()
-    def _decoded(self, latent, covariate, modality: str, cols=None, batch_size: int = 1024, each=None) -> list:
-        """Decoded fractions of ``modality`` (all features, or the positions ``cols``) for
-        consecutive blocks of ``batch_size`` rows of (latent, covariate): a list of (b, F)
-        float32 arrays, each passed through ``each`` when given. The one decoding path."""
-        module = self.module.to("cpu").eval()
-        col_t = None if cols is None else torch.from_numpy(cols)
-        parts = []
-        for i in range(0, len(latent), batch_size):
-            z, c = torch.from_numpy(latent[i : i + batch_size]), torch.from_numpy(covariate[i : i + batch_size])
-            logf = module.decode(z, c, [modality])[modality]
-            values = torch.exp(logf if col_t is None else logf[:, col_t]).numpy()
-            parts.append(values if each is None else each(values, i))
-        return parts
 
     def decode(self, modality: str = "rna", *, cells: np.ndarray | None = None) -> np.ndarray:
         """Decoded fractions of one modality for trained cells.
@@ -384,7 +331,7 @@ class DGD:
         z, c = z[cells], c[cells]
         ok = ~np.isnan(z).any(axis=1)
         out = np.full((len(cells), len(self.var_names[modality])), np.nan, dtype=np.float32)
-        parts = self._decoded(z[ok], c[ok], modality)
+        parts = decoded_fractions(self.module, z[ok], c[ok], modality)
         if parts:
             out[ok] = np.concatenate(parts)
         return out
@@ -399,23 +346,13 @@ class DGD:
         self.state  # noqa: B018 - raises when untrained
         if self.data is None:
             raise RuntimeError("needs the training data; this model was loaded without it")
-        where, _ = self._table_rows()
-        kept_pos = np.flatnonzero(self._kept)
-        z, c = self.get_latent_representation(), self.get_covariate_matrix()
-        module = self.module.to("cpu").eval()
-        out = np.full((len(z), len(MODALITIES)), np.nan)
-        data_row = np.full(len(z), -1)
-        data_row[kept_pos] = np.arange(len(kept_pos))
+        where, _ = self.state.cell_rows(self._kept)
         todo = np.flatnonzero(where >= 0)
-        lib = torch.from_numpy(self.data.library_size)
-        for start in range(0, len(todo), 512):
-            sel = todo[start : start + 512]
-            rows = data_row[sel]
-            counts = {m: gather_rows(x, rows) for m, x in self.data.counts.items()}
-            logf = module.decode(torch.from_numpy(z[sel]), torch.from_numpy(c[sel]))
-            nll = module.reconstruction_nll(logf, counts, lib[rows])
-            for j, m in enumerate(MODALITIES):
-                out[sel, j] = nll[m].numpy()
+        data_row = np.full(len(where), -1)
+        data_row[np.flatnonzero(self._kept)] = np.arange(int(self._kept.sum()))
+        z, c = self.get_latent_representation()[todo], self.get_covariate_matrix()[todo]
+        out = np.full((len(where), len(MODALITIES)), np.nan)
+        out[todo] = per_cell_nll(self.module, self.data, data_row[todo], z, c)
         split = np.array(["none", "train", "validation"])[where + 1]
         return pd.DataFrame({"nll_rna": out[:, 0], "nll_atac": out[:, 1], "split": split}, index=self.obs_names)
 
@@ -488,11 +425,13 @@ class DGD:
 
         Returns
         -------
-        :class:`~multidgd.inference.Embedding` with representations, clusters, per-cell NLL
+        :class:`~multidgd.results.Embedding` with representations, clusters, per-cell NLL
         and library sizes. ``Embedding.add_to(data)`` writes them into ``data``.
         """
+        self.state  # noqa: B018 - raises when untrained
         self._check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb)
         dev = resolve_device(device)
+        steps = {"n_steps": int(n_steps), "lr": lr, "batch_size": int(batch_size), "memory_budget_mb": memory_budget_mb}
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
         query = read_query(
             data,
@@ -503,36 +442,39 @@ class DGD:
             library_size_keys=library_keys,
             min_feature_fraction=min_feature_fraction,
         )
-        codes, unseen = self._class_codes(query)
+        codes, unseen = class_codes(self.covariate_keys, self.covariate_categories, query.covariate_labels)
         module, new_components = self.module, None
         if new_classes == "learn" and unseen:
-            module, new_components = self._grown_module(query, codes, unseen)
+            module, new_components = grow_covariates(module, self.covariate_keys, query.covariate_labels, codes, unseen)
             covariate_start = "label"
+        result = self._place(module, query, codes, new_components, covariate_start, dev, progress_bar, **steps)
         original_device = next(self.module.parameters()).device
-        module.to(dev).eval()
+        learned = {} if new_components is None else self._adopt_classes(module.to(original_device), unseen)
+        return self._embedding(query, result, learned)
+
+    def _place(self, module, query, codes, new_components, covariate_start, device, progress_bar, **steps) -> Placed:
+        """Run :func:`~multidgd.inference.embed_cells` with ``module`` frozen on ``device``;
+        the model's own network is back on its device afterwards."""
+        original_device = next(self.module.parameters()).device
+        module.to(device).eval()
         train_config = self.train_config or TrainConfig()
         try:
             with frozen(module):
-                result = embed_cells(
+                return embed_cells(
                     module,
                     query,
                     class_codes=codes,
                     supervised=new_components is not None,
                     covariate_start=covariate_start,
-                    n_steps=int(n_steps),
-                    lr=lr,
                     betas=train_config.betas,
                     new_components=new_components,
                     mixture_lr=train_config.lr_covariate_mixture,
-                    batch_size=int(batch_size),
-                    memory_budget_mb=memory_budget_mb,
-                    device=dev,
+                    device=device,
                     progress_bar=progress_bar,
+                    **steps,
                 )
         finally:
             self.module.to(original_device)
-        learned = {} if new_components is None else self._adopt_classes(module.to(original_device), unseen)
-        return self._embedding(query, result, learned)
 
     @staticmethod
     def _check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb) -> None:
@@ -545,31 +487,6 @@ class DGD:
         for name, value in (("lr", lr), ("batch_size", batch_size), ("memory_budget_mb", memory_budget_mb)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
-
-    def _class_codes(self, query: QueryData) -> tuple[np.ndarray, dict[str, list[str]]]:
-        """(n, V) codes of the query's covariate labels (-1: unknown) and the unknown labels per key."""
-        self.state  # noqa: B018 - raises when untrained
-        codes = np.full((query.n_cells, len(self.covariate_keys)), -1, dtype=np.int64)
-        unseen: dict[str, list[str]] = {}
-        for v, key in enumerate(self.covariate_keys):
-            codes[:, v] = pd.Index(self.covariate_categories[v]).get_indexer(query.covariate_labels[v])
-            new = sorted(set(query.covariate_labels[v][codes[:, v] < 0].tolist()))
-            if new:
-                unseen[key] = new
-                logger.info("%s: %d cells of classes unknown to the model %s", key, int((codes[:, v] < 0).sum()), new)
-        return codes, unseen
-
-    def _grown_module(self, query: QueryData, codes: np.ndarray, unseen: dict[str, list[str]]):
-        """A copy of the network with a new covariate component per unseen class (so a
-        failure leaves the model as it was); ``codes`` are set to the new components."""
-        module = copy.deepcopy(self.module)
-        new_components = []
-        for v, key in enumerate(self.covariate_keys):
-            added = module.covariates[v].add_components(len(unseen.get(key, [])))
-            new_components.append(np.asarray(added, dtype=np.int64))
-            for name, c in zip(unseen.get(key, []), added, strict=True):
-                codes[query.covariate_labels[v] == name, v] = c
-        return module, new_components
 
     def _adopt_classes(self, module: DGDModule, unseen: dict[str, list[str]]) -> dict[str, list[str]]:
         """Keep the grown network and its new classes; returns the classes learned."""
@@ -584,25 +501,25 @@ class DGD:
         logger.info("learned new covariate classes %s; save() keeps them", learned)
         return learned
 
-    def _embedding(self, query: QueryData, result: dict[str, Any], learned: dict[str, list[str]]) -> Embedding:
+    def _embedding(self, query: QueryData, result: Placed, learned: dict[str, list[str]]) -> Embedding:
         library, source = complete_library(
-            result["library_total"], query.given_library_size, lambda lib: self._estimate_library(result["latent"], lib)
+            result.library_total, query.given_library_size, lambda lib: self._estimate_library(result.latent, lib)
         )
         with torch.no_grad():
-            logp = self.module.basal.to("cpu").log_responsibilities(torch.from_numpy(result["latent"])).numpy()
+            logp = self.module.basal.to("cpu").log_responsibilities(torch.from_numpy(result.latent)).numpy()
         return Embedding(
             obs_names=query.obs_names,
-            latent=result["latent"],
-            covariate=result["covariate"],
+            latent=result.latent,
+            covariate=result.covariate,
             covariate_keys=list(self.covariate_keys),
             cluster=logp.argmax(axis=1),
             cluster_probabilities=np.exp(logp).astype(np.float32),
-            nll=pd.DataFrame(result["nll"], index=query.obs_names, columns=[f"nll_{m}" for m in MODALITIES]),
+            nll=pd.DataFrame(result.nll, index=query.obs_names, columns=[f"nll_{m}" for m in MODALITIES]),
             observed=query.present,
             library_size=library.astype(np.float32),
             library_size_source=source,
             n_absent_features={m: query.n_absent_features.get(m, len(self.var_names[m])) for m in MODALITIES},
-            start_candidate=result["start"],
+            start_candidate=result.start,
             learned_classes=learned,
         )
 
@@ -683,45 +600,25 @@ class DGD:
         )
 
     def _normalized(self, modality, embedding, features, cells, scale, return_type, threshold, batch_size, max_dense):
-        import scipy.sparse as sp
-
         self.state  # noqa: B018 - raises when untrained
         if scale not in ("fraction", "counts"):
             raise ValueError(f"scale must be 'fraction' or 'counts', got {scale!r}")
-        if return_type not in (None, "dataframe", "array", "sparse"):
-            raise ValueError(f"return_type must be 'dataframe', 'array' or 'sparse', got {return_type!r}")
-        if return_type == "sparse" and not threshold > 0:
-            raise ValueError("return_type='sparse' needs threshold > 0 (values below it become 0)")
         names, latent, cov, library = self._decoder_inputs(embedding, MODALITIES.index(modality), scale)
-        rows = positions(names, cells, "cells")
-        all_features = self.var_names[modality]
-        cols = positions(all_features, features, "genes" if modality == "rna" else "peaks")
-        n_out, f_out = len(rows), len(cols)
-        if return_type is None:
-            if n_out * f_out > max_dense:
-                raise ValueError(
-                    f"{n_out} cells x {f_out} features is a large dense matrix; pass a subset "
-                    "(cells=, genes=/peaks=), return_type='sparse' with a threshold, or "
-                    "return_type='array' to ask for it anyway"
-                )
-            return_type = "dataframe"
-        full = f_out == len(all_features) and (cols == np.arange(f_out)).all()
-        lib_rows = library[rows] if scale == "counts" else None
-
-        def finish(values: np.ndarray, start: int):
-            if lib_rows is not None:
-                values = values * lib_rows[start : start + len(values), None]
-            if return_type == "sparse":
-                values = sp.csr_matrix(np.where(values >= threshold, values, 0).astype(np.float32))
-            return values
-
-        parts = self._decoded(latent[rows], cov[rows], modality, None if full else cols, batch_size, finish)
-        if return_type == "sparse":
-            return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, f_out), dtype=np.float32)
-        out = np.concatenate(parts) if parts else np.zeros((0, f_out), dtype=np.float32)
-        if return_type == "array":
-            return out
-        return pd.DataFrame(out, index=names[rows], columns=all_features[cols])
+        return normalized_profiles(
+            self.module,
+            modality,
+            names,
+            latent,
+            cov,
+            library if scale == "counts" else None,
+            self.var_names[modality],
+            features=features,
+            cells=cells,
+            return_type=return_type,
+            threshold=threshold,
+            batch_size=batch_size,
+            max_dense_elements=max_dense,
+        )
 
     def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
         """(names, latent, covariate, library of modality ``j`` or None) of the trained cells

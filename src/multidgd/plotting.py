@@ -1,6 +1,7 @@
 """Figures: training curves, UMAP of the basal latent, covariate spaces.
 
-matplotlib (Agg backend) and scanpy are imported only when a figure is made.
+matplotlib (Agg backend) and scanpy are imported only when a figure is made. :func:`pyplot`
+and :func:`save_figure` are the two steps every figure of the package goes through.
 """
 
 from __future__ import annotations
@@ -11,16 +12,26 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "pyplot",
+    "save_figure",
     "plot_history",
     "plot_umap",
     "plot_covariate_space",
     "plot_model_covariates",
     "plot_confusion",
+    "plot_loss_ratios",
     "umap_coordinates",
 ]
 
 
-def _pyplot():
+def pyplot():
+    """Import matplotlib's pyplot, on the Agg backend unless one was chosen before.
+
+    Returns
+    -------
+    module
+        ``matplotlib.pyplot``.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -30,8 +41,24 @@ def _pyplot():
 
 
 def plot_history(history: pd.DataFrame, path: str | Path, *, best_epoch: int | None = None) -> Path:
-    """Training and validation loss terms (per-cell means) against epoch; writes a PNG."""
-    plt = _pyplot()
+    """Training and validation loss terms (per-cell means) against epoch; writes a PNG.
+
+    Parameters
+    ----------
+    history
+        One row per epoch; columns with ``_nll_`` in their name and ending in ``_prior`` are
+        drawn (``val_`` columns dashed).
+    path
+        PNG file to write.
+    best_epoch
+        Epoch to mark with a vertical line.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
     groups = [
         ("reconstruction NLL", [c for c in history.columns if "_nll_" in c]),
         ("prior terms", [c for c in history.columns if c.endswith("_prior")]),
@@ -47,11 +74,26 @@ def plot_history(history: pd.DataFrame, path: str | Path, *, best_epoch: int | N
         ax.set_title(title)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def umap_coordinates(latent: np.ndarray, *, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
-    """2-D UMAP of a latent via scanpy (kNN graph on the latent itself). Returns (n, 2)."""
+    """2-D UMAP of a latent via scanpy (kNN graph on the latent itself).
+
+    Parameters
+    ----------
+    latent
+        (n, dim) representations.
+    seed
+        Random state of the kNN graph and the UMAP.
+    n_neighbors
+        Neighbours of the kNN graph.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, 2) coordinates.
+    """
     import anndata as ad
     import scanpy as sc
 
@@ -62,8 +104,25 @@ def umap_coordinates(latent: np.ndarray, *, seed: int = 0, n_neighbors: int = 15
 
 
 def plot_umap(coords: np.ndarray, colorings: dict[str, np.ndarray], path: str | Path, *, title: str = "") -> Path:
-    """Scatter of UMAP coordinates, one panel per coloring (categorical labels); writes a PNG."""
-    plt = _pyplot()
+    """Scatter of UMAP coordinates, one panel per coloring (categorical labels); writes a PNG.
+
+    Parameters
+    ----------
+    coords
+        (n, 2) coordinates.
+    colorings
+        Panel name -> (n,) labels.
+    path
+        PNG file to write.
+    title
+        Prefix of the panel titles.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
     n = len(colorings)
     fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 5.5), squeeze=False)
     for ax, (name, labels) in zip(axes[0], colorings.items(), strict=False):
@@ -74,7 +133,7 @@ def plot_umap(coords: np.ndarray, colorings: dict[str, np.ndarray], path: str | 
         ax.set_xlabel("UMAP1")
         ax.set_ylabel("UMAP2")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_covariate_space(
@@ -87,9 +146,30 @@ def plot_covariate_space(
     *,
     title: str = "",
 ) -> Path:
-    """2-D covariate representations coloured by class, with each component's mean and
-    1 and 2 standard-deviation circles; writes a PNG."""
-    plt = _pyplot()
+    """2-D covariate representations coloured by class, with each component's spread; writes a PNG.
+
+    Parameters
+    ----------
+    rep
+        (n, 2) covariate representations.
+    labels
+        (n,) class of each.
+    means, sds
+        (K, 2) component means and (K,) standard deviations, drawn as a cross with 1 and
+        2 standard-deviation circles.
+    class_names
+        The K classes, in component order.
+    path
+        PNG file to write.
+    title
+        Figure title.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
     from matplotlib.patches import Circle
 
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -106,7 +186,7 @@ def plot_covariate_space(
     ax.set_xlabel("dim 1")
     ax.set_ylabel("dim 2")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_model_covariates(
@@ -115,8 +195,28 @@ def plot_model_covariates(
     """Covariate space of a trained model with its components; writes a PNG.
 
     ``labels`` are the classes of the model's cells (aligned to ``model.obs_names``; cells
-    without a representation are skipped). New cells of an :class:`~multidgd.inference.Embedding`
+    without a representation are skipped). New cells of an :class:`~multidgd.results.Embedding`
     are added with ``embedding_labels``.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~multidgd.DGD`.
+    key
+        The covariate.
+    labels
+        Class of each of the model's cells.
+    path
+        PNG file to write.
+    embedding, embedding_labels
+        New cells to add and their classes.
+    title
+        Figure title (default names the covariate).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
     """
     v = model.covariate_keys.index(key)
     rep = model.get_covariate_representation(key)
@@ -138,8 +238,25 @@ def plot_model_covariates(
 
 
 def plot_confusion(truth: np.ndarray, clusters: np.ndarray, path: str | Path, *, title: str = "") -> Path:
-    """Row-normalised contingency of cell types (rows) against clusters (columns); writes a PNG."""
-    plt = _pyplot()
+    """Row-normalised contingency of cell types (rows) against clusters (columns); writes a PNG.
+
+    Parameters
+    ----------
+    truth
+        (n,) cell types.
+    clusters
+        (n,) cluster of each cell.
+    path
+        PNG file to write.
+    title
+        Figure title.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
     table = pd.crosstab(pd.Series(np.asarray(truth).astype(str), name="cell type"), pd.Series(clusters, name="cluster"))
     table = table[sorted(table.columns, key=lambda c: _natural_key(str(c)))]
     frac = table.div(table.sum(axis=1), axis=0)
@@ -152,7 +269,7 @@ def plot_confusion(truth: np.ndarray, clusters: np.ndarray, path: str | Path, *,
     fig.colorbar(im, ax=ax, label="fraction of the cell type")
     ax.set_title(title or "cell types across mixture components")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_ratios(
@@ -162,8 +279,26 @@ def plot_loss_ratios(
 
     ``ratios`` maps a line label to its values; several seeds may be given as rows of a
     2-D array (the mean is drawn, with the range as a band).
+
+    Parameters
+    ----------
+    x
+        Positions on the x axis.
+    ratios
+        Line label -> ratios (one row per seed).
+    path
+        PNG file to write.
+    xlabel, title
+        Axis label and figure title.
+    log_x
+        Logarithmic x axis.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     x = np.asarray(x, dtype=float)
     for label, values in ratios.items():
@@ -180,11 +315,11 @@ def plot_loss_ratios(
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _categorical_scatter(ax, coords, labels, order=None) -> dict[str, tuple]:
-    plt = _pyplot()
+    plt = pyplot()
     ok = ~np.isnan(coords).any(axis=1)
     cats = list(order) if order is not None else sorted(pd.unique(labels[ok]), key=_natural_key)
     cmap = plt.get_cmap("tab20" if len(cats) > 10 else "tab10")
@@ -201,8 +336,22 @@ def _natural_key(s: str):
     return (0, int(s)) if s.lstrip("-").isdigit() else (1, s)
 
 
-def _save(fig, path) -> Path:
-    plt = _pyplot()
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as a PNG (110 dpi, tight bounding box) and close it.
+
+    Parameters
+    ----------
+    fig
+        A matplotlib figure.
+    path
+        File to write; its folder is created when missing.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -16,7 +16,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import _FEATURE_TYPE_ALIASES, MODALITIES, _find_obs_column, _get_matrix, _to_count_csr
+from .data import (
+    MODALITIES,
+    container_kind,
+    feature_modalities,
+    find_obs_column,
+    mudata_modalities,
+    obs_column_names,
+    read_counts,
+    unique_feature_names,
+)
 
 __all__ = ["QueryData", "read_query"]
 
@@ -63,63 +72,8 @@ class QueryData:
 
     @property
     def n_cells(self) -> int:
+        """Number of cells."""
         return len(self.obs_names)
-
-
-def _modalities_of(data: Any, model_vars: dict[str, pd.Index], names: dict[str, str]) -> tuple[dict, list]:
-    """({modality: AnnData} for the modalities present, [obs frames to look up columns in])."""
-    import anndata as ad
-
-    try:
-        import mudata as md
-
-        is_mudata = isinstance(data, md.MuData)
-    except ImportError:  # pragma: no cover - mudata is a dependency
-        is_mudata = False
-    if is_mudata:
-        mods = {m: data.mod[names[m]] for m in MODALITIES if names[m] in data.mod}
-        if not mods:
-            raise ValueError(
-                f"none of the model's modalities ({names['rna']!r} for RNA, {names['atac']!r} for ATAC) "
-                f"is in the MuData; its modalities are {list(data.mod)}. Pass rna_mod=/atac_mod= "
-                "(CLI: --rna-mod/--atac-mod) to name them."
-            )
-        unused = [k for k in data.mod if k not in (names["rna"], names["atac"])]
-        lacking = [f"{names[m]!r} ({_ROLE[m]})" for m in MODALITIES if m not in mods]
-        if lacking:
-            logger.warning(
-                "the MuData has no modality %s, so it is treated as missing%s",
-                " or ".join(lacking),
-                f"; modalities {unused} are not used (pass rna_mod=/atac_mod= to name them)" if unused else "",
-            )
-        return mods, [data.obs, *(a.obs for a in mods.values())]
-    if isinstance(data, ad.AnnData):
-        if "feature_types" in data.var:
-            types = data.var["feature_types"].astype(str).str.strip().str.lower().map(_FEATURE_TYPE_ALIASES)
-        else:
-            # no feature types: a feature belongs to the modality whose model features hold its name
-            names_ = pd.Index(data.var_names.astype(str))
-            types = pd.Series(np.where(names_.isin(model_vars["rna"]), "rna", None), index=data.var_names)
-            types[names_.isin(model_vars["atac"])] = "atac"
-        mods = {}
-        for m in MODALITIES:
-            mask = (types == m).to_numpy()
-            if mask.any():
-                mods[m] = data[:, mask]
-        if not mods:
-            found = (
-                sorted(data.var["feature_types"].astype(str).unique().tolist()) if "feature_types" in data.var else []
-            )
-            raise ValueError(
-                "no feature of the AnnData belongs to the model: "
-                + (
-                    f"var['feature_types'] has {found}; allowed: 'Gene Expression'/'GEX'/'rna' and 'Peaks'/'ATAC'"
-                    if found
-                    else f"none of its var_names (e.g. {data.var_names[:3].tolist()}) is a gene or peak of the model"
-                )
-            )
-        return mods, [data.obs]
-    raise TypeError(f"expected a MuData or an AnnData, got {type(data).__name__}")
 
 
 def read_query(
@@ -154,18 +108,13 @@ def read_query(
 
     Returns
     -------
-    :class:`QueryData`. The input is not modified.
+    QueryData
+        The validated cells. The input is not modified.
     """
     if not 0 <= min_feature_fraction <= 1:
         raise ValueError(f"min_feature_fraction must be in [0, 1], got {min_feature_fraction}")
     mods, frames = _modalities_of(data, var_names, modality_names)
-    obs_names = pd.Index(data.obs_names.astype(str))
-    if not obs_names.is_unique:
-        dup = obs_names[obs_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"obs names repeat, e.g. {dup}; make them unique (obs_names_make_unique())")
-    if len(obs_names) == 0:
-        raise ValueError("the data has no cells")
-
+    obs_names = _query_obs_names(data)
     n = len(obs_names)
     counts, observed, absent = {}, {}, {}
     present = np.zeros((n, len(MODALITIES)), dtype=bool)
@@ -173,95 +122,15 @@ def read_query(
     for j, m in enumerate(MODALITIES):
         if m not in mods:
             continue
-        adata = mods[m]
-        where = modality_names[m]
-        names = pd.Index(adata.var_names.astype(str))
-        if not names.is_unique:
-            dup = names[names.duplicated()].unique()[:5].tolist()
-            raise ValueError(f"feature names repeat in modality {where!r}, e.g. {dup}")
-        model_pos = var_names[m].get_indexer(names)  # data column -> model feature, -1 if unknown
-        matched = model_pos >= 0
-        n_model = len(var_names[m])
-        if matched.sum() == 0 or matched.sum() < min_feature_fraction * n_model:
-            raise ValueError(
-                f"only {int(matched.sum())} of the model's {n_model} {_ROLE[m]} features are in the data "
-                f"(by var_names; e.g. data has {names[:3].tolist()}, model has {var_names[m][:3].tolist()}); "
-                f"at least {min_feature_fraction:.0%} must match (min_feature_fraction)"
-            )
-        x = _to_count_csr(_get_matrix(adata, layer, where), where, layer)
-        order = np.argsort(model_pos[matched], kind="stable")
-        cols = np.flatnonzero(matched)[order]
-        x = x[:, cols]
-        observed[m] = model_pos[cols].astype(np.int64)
-        absent[m] = n_model - len(cols)
-        if absent[m] or (~matched).any():
-            logger.warning(
-                "%s: %d of the model's %d features found; %d absent (left out of the loss)%s",
-                _ROLE[m],
-                len(cols),
-                n_model,
-                absent[m],
-                f"; {int((~matched).sum())} features unknown to the model ignored" if (~matched).any() else "",
-            )
-        # rows in the data's cell order; cells the modality lacks get empty rows
-        mod_cells = pd.Index(adata.obs_names.astype(str))
-        pos = obs_names.get_indexer(mod_cells)
-        if (pos < 0).any():
-            raise ValueError(
-                f"modality {where!r} holds cells not in the data's obs_names, e.g. {mod_cells[pos < 0][:3].tolist()}"
-            )
-        if len(mod_cells) != n or not (pos == np.arange(n)).all():
-            x = (
-                sp.csr_matrix((np.ones(len(pos), dtype=np.float32), (pos, np.arange(len(pos)))), shape=(n, len(pos)))
-                @ x
-            )
-            x = sp.csr_matrix(x)
-            x.sort_indices()
-        counts[m] = x
-        library[:, j] = np.asarray(x.sum(axis=1)).ravel()
-        present[:, j] = library[:, j] > 0
-
-    empty = ~present.any(axis=1)
-    if empty.any():
-        raise ValueError(
-            f"{int(empty.sum())} of {n} cells have no counts over the model's features in any modality "
-            f"(e.g. {obs_names[empty][:3].tolist()}); remove them before embedding"
+        x, observed[m], absent[m] = _matched_counts(
+            mods[m], m, var_names[m], modality_names[m], layer, min_feature_fraction
         )
-    for j, m in enumerate(MODALITIES):
-        if m in counts:
-            lacking = int((~present[:, j]).sum())
-            if lacking:
-                logger.info("%d cells have no %s counts; that modality is predicted for them", lacking, _ROLE[m])
-
-    labels = []
-    for key in covariate_keys:
-        col = _find_obs_column(frames, key, obs_names)
-        if col is None:
-            avail = sorted(set().union(*[set(f.columns) for f in frames if f is not None]))
-            raise ValueError(
-                f"the model has covariate {key!r}, but the data has no obs column {key!r} "
-                f"(available: {avail}). Add it; for cells of a batch the model never saw, any new "
-                "label (e.g. 'unknown') works: they are placed without it."
-            )
-        if col.isna().any():
-            raise ValueError(
-                f"obs column {key!r} has {int(col.isna().sum())} missing values "
-                f"(e.g. {obs_names[col.isna().to_numpy()][:3].tolist()}); fill them (a new label is fine)"
-            )
-        labels.append(col.astype(str).to_numpy())
-
-    given = np.full((n, len(MODALITIES)), np.nan, dtype=np.float32)
-    for m, key in (library_size_keys or {}).items():
-        if m not in MODALITIES:
-            raise ValueError(f"library_size_keys: modality must be one of {list(MODALITIES)}, got {m!r}")
-        col = _find_obs_column(frames, key, obs_names)
-        if col is None:
-            raise ValueError(f"library-size column {key!r} not in obs")
-        values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-        if not np.isfinite(values).all() or (values <= 0).any():
-            raise ValueError(f"library-size column {key!r} must hold positive finite numbers")
-        given[:, MODALITIES.index(m)] = values
-
+        counts[m] = _in_data_rows(x, mods[m], obs_names, modality_names[m])
+        library[:, j] = np.asarray(counts[m].sum(axis=1)).ravel()
+        present[:, j] = library[:, j] > 0
+    _check_presence(present, counts, obs_names)
+    labels = _covariate_labels(frames, covariate_keys, obs_names)
+    given = _given_library_sizes(frames, library_size_keys, obs_names)
     return QueryData(
         obs_names=obs_names,
         counts=counts,
@@ -272,3 +141,164 @@ def read_query(
         covariate_labels=labels,
         n_absent_features=absent,
     )
+
+
+def _modalities_of(data: Any, model_vars: dict[str, pd.Index], names: dict[str, str]) -> tuple[dict, list]:
+    """Find the modalities present: ({modality: AnnData}, [obs frames to look up columns in])."""
+    if container_kind(data) == "mudata":
+        mods = mudata_modalities(data, names)
+        if not mods:
+            raise ValueError(
+                f"none of the model's modalities ({names['rna']!r} for RNA, {names['atac']!r} for ATAC) "
+                f"is in the MuData; its modalities are {list(data.mod)}. Pass rna_mod=/atac_mod= "
+                "(CLI: --rna-mod/--atac-mod) to name them."
+            )
+        unused = [k for k in data.mod if k not in (names["rna"], names["atac"])]
+        lacking = [f"{names[m]!r} ({_ROLE[m]})" for m in MODALITIES if m not in mods]
+        if lacking:
+            logger.warning(
+                "the MuData has no modality %s, so it is treated as missing%s",
+                " or ".join(lacking),
+                f"; modalities {unused} are not used (pass rna_mod=/atac_mod= to name them)" if unused else "",
+            )
+        return mods, [data.obs, *(a.obs for a in mods.values())]
+    return _anndata_modalities(data, model_vars), [data.obs]
+
+
+def _anndata_modalities(data: Any, model_vars: dict[str, pd.Index]) -> dict[str, Any]:
+    """Split one AnnData's features by ``var["feature_types"]``, else by the model's feature names."""
+    if "feature_types" in data.var:
+        types = feature_modalities(data.var)
+    else:
+        # no feature types: a feature belongs to the modality whose model features hold its name
+        names_ = pd.Index(data.var_names.astype(str))
+        types = pd.Series(np.where(names_.isin(model_vars["rna"]), "rna", None), index=data.var_names)
+        types[names_.isin(model_vars["atac"])] = "atac"
+    mods = {}
+    for m in MODALITIES:
+        mask = (types == m).to_numpy()
+        if mask.any():
+            mods[m] = data[:, mask]
+    if not mods:
+        found = sorted(data.var["feature_types"].astype(str).unique().tolist()) if "feature_types" in data.var else []
+        raise ValueError(
+            "no feature of the AnnData belongs to the model: "
+            + (
+                f"var['feature_types'] has {found}; allowed: 'Gene Expression'/'GEX'/'rna' and 'Peaks'/'ATAC'"
+                if found
+                else f"none of its var_names (e.g. {data.var_names[:3].tolist()}) is a gene or peak of the model"
+            )
+        )
+    return mods
+
+
+def _query_obs_names(data: Any) -> pd.Index:
+    """Return the data's cell names as strings, refusing repeats and empty data."""
+    obs_names = pd.Index(data.obs_names.astype(str))
+    if not obs_names.is_unique:
+        dup = obs_names[obs_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"obs names repeat, e.g. {dup}; make them unique (obs_names_make_unique())")
+    if len(obs_names) == 0:
+        raise ValueError("the data has no cells")
+    return obs_names
+
+
+def _matched_counts(
+    adata: Any, m: str, model_names: pd.Index, where: str, layer: str | None, min_feature_fraction: float
+) -> tuple[sp.csr_matrix, np.ndarray, int]:
+    """Read one modality's counts restricted to the model's features, in the model's order.
+
+    Returns (counts in the modality's cell order, model positions of the columns, number of
+    model features absent).
+    """
+    names = unique_feature_names(adata.var_names, where)
+    model_pos = model_names.get_indexer(names)  # data column -> model feature, -1 if unknown
+    matched = model_pos >= 0
+    n_model = len(model_names)
+    if matched.sum() == 0 or matched.sum() < min_feature_fraction * n_model:
+        raise ValueError(
+            f"only {int(matched.sum())} of the model's {n_model} {_ROLE[m]} features are in the data "
+            f"(by var_names; e.g. data has {names[:3].tolist()}, model has {model_names[:3].tolist()}); "
+            f"at least {min_feature_fraction:.0%} must match (min_feature_fraction)"
+        )
+    x = read_counts(adata, layer, where)
+    order = np.argsort(model_pos[matched], kind="stable")
+    cols = np.flatnonzero(matched)[order]
+    absent = n_model - len(cols)
+    if absent or (~matched).any():
+        logger.warning(
+            "%s: %d of the model's %d features found; %d absent (left out of the loss)%s",
+            _ROLE[m],
+            len(cols),
+            n_model,
+            absent,
+            f"; {int((~matched).sum())} features unknown to the model ignored" if (~matched).any() else "",
+        )
+    return x[:, cols], model_pos[cols].astype(np.int64), absent
+
+
+def _in_data_rows(x: sp.csr_matrix, adata: Any, obs_names: pd.Index, where: str) -> sp.csr_matrix:
+    """Put a modality's rows in the data's cell order; cells the modality lacks get empty rows."""
+    n = len(obs_names)
+    mod_cells = pd.Index(adata.obs_names.astype(str))
+    pos = obs_names.get_indexer(mod_cells)
+    if (pos < 0).any():
+        raise ValueError(
+            f"modality {where!r} holds cells not in the data's obs_names, e.g. {mod_cells[pos < 0][:3].tolist()}"
+        )
+    if len(mod_cells) != n or not (pos == np.arange(n)).all():
+        x = sp.csr_matrix((np.ones(len(pos), dtype=np.float32), (pos, np.arange(len(pos)))), shape=(n, len(pos))) @ x
+        x = sp.csr_matrix(x)
+        x.sort_indices()
+    return x
+
+
+def _check_presence(present: np.ndarray, counts: dict[str, sp.csr_matrix], obs_names: pd.Index) -> None:
+    """Refuse cells without counts in any modality; report cells lacking one."""
+    empty = ~present.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"{int(empty.sum())} of {len(obs_names)} cells have no counts over the model's features in any modality "
+            f"(e.g. {obs_names[empty][:3].tolist()}); remove them before embedding"
+        )
+    for j, m in enumerate(MODALITIES):
+        if m in counts:
+            lacking = int((~present[:, j]).sum())
+            if lacking:
+                logger.info("%d cells have no %s counts; that modality is predicted for them", lacking, _ROLE[m])
+
+
+def _covariate_labels(frames: list, covariate_keys: list[str], obs_names: pd.Index) -> list[np.ndarray]:
+    """Read the model's covariate columns as (n,) str labels."""
+    labels = []
+    for key in covariate_keys:
+        col = find_obs_column(frames, key, obs_names)
+        if col is None:
+            raise ValueError(
+                f"the model has covariate {key!r}, but the data has no obs column {key!r} "
+                f"(available: {obs_column_names(frames)}). Add it; for cells of a batch the model never saw, any "
+                "new label (e.g. 'unknown') works: they are placed without it."
+            )
+        if col.isna().any():
+            raise ValueError(
+                f"obs column {key!r} has {int(col.isna().sum())} missing values "
+                f"(e.g. {obs_names[col.isna().to_numpy()][:3].tolist()}); fill them (a new label is fine)"
+            )
+        labels.append(col.astype(str).to_numpy())
+    return labels
+
+
+def _given_library_sizes(frames: list, library_size_keys: dict[str, str] | None, obs_names: pd.Index) -> np.ndarray:
+    """Read library sizes from the obs columns named: (n, 2) float32, NaN elsewhere."""
+    given = np.full((len(obs_names), len(MODALITIES)), np.nan, dtype=np.float32)
+    for m, key in (library_size_keys or {}).items():
+        if m not in MODALITIES:
+            raise ValueError(f"library_size_keys: modality must be one of {list(MODALITIES)}, got {m!r}")
+        col = find_obs_column(frames, key, obs_names)
+        if col is None:
+            raise ValueError(f"library-size column {key!r} not in obs")
+        values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all() or (values <= 0).any():
+            raise ValueError(f"library-size column {key!r} must hold positive finite numbers")
+        given[:, MODALITIES.index(m)] = values
+    return given

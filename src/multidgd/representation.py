@@ -9,10 +9,66 @@ minibatch is left exactly as it was.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-__all__ = ["RepresentationTable"]
+__all__ = ["RepresentationTable", "adam_rows"]
+
+
+def adam_rows(
+    values: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: int | torch.Tensor,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+    correct_before_sqrt: bool = False,
+) -> torch.Tensor:
+    """One Adam step on rows of representations.
+
+    Parameters
+    ----------
+    values
+        (n, dim) rows before the step; not modified.
+    grad
+        (n, dim) their gradient.
+    exp_avg, exp_avg_sq
+        (n, dim) Adam's first and second moment estimates of the rows, updated in place.
+    step
+        Number of this step, counting from 1: an int shared by all rows, or a (n, 1) float
+        tensor of each row's own count.
+    lr, betas, weight_decay, eps
+        As in :class:`torch.optim.Adam` (coupled weight decay: ``grad + weight_decay * values``).
+    correct_before_sqrt
+        Denominator ``sqrt(exp_avg_sq / (1 - beta2**step)) + eps``, as in Algorithm 1 of
+        Kingma & Ba, instead of :class:`torch.optim.Adam`'s
+        ``sqrt(exp_avg_sq) / sqrt(1 - beta2**step) + eps``. The two agree up to rounding in
+        the last bit; each caller keeps the form it has always used.
+
+    Returns
+    -------
+    torch.Tensor
+        (n, dim) rows after the step.
+    """
+    beta1, beta2 = betas
+    if weight_decay:
+        grad = grad + weight_decay * values
+    exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    bias1 = 1.0 - beta1**step
+    bias2 = 1.0 - beta2**step
+    if correct_before_sqrt:
+        denom = (exp_avg_sq / bias2).sqrt() + eps
+    else:
+        bias2_sqrt = bias2.sqrt() if isinstance(bias2, torch.Tensor) else math.sqrt(bias2)
+        denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(eps)
+    return values - lr * (exp_avg / bias1) / denom
 
 
 class RepresentationTable(nn.Module):
@@ -70,24 +126,13 @@ class RepresentationTable(nn.Module):
             self._step_rows(touched[start : start + block], lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
 
     def _step_rows(self, idx: torch.Tensor, *, lr: float, betas: tuple[float, float], weight_decay: float, eps: float):
-        beta1, beta2 = betas
-        g = self.grad[idx]
         x = self.values[idx]
-        if weight_decay:
-            g = g + weight_decay * x
-        m = self.exp_avg[idx].mul_(beta1).add_(g, alpha=1.0 - beta1)
-        v = self.exp_avg_sq[idx].mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        m = self.exp_avg[idx]
+        v = self.exp_avg_sq[idx]
         t = (self.steps[idx] + 1).to(x.dtype).unsqueeze(1)
-        bias1 = 1.0 - beta1**t
-        bias2 = 1.0 - beta2**t
-        denom = (v.sqrt() / bias2.sqrt()).add_(eps)
-        self.values[idx] = x - lr * (m / bias1) / denom
+        self.values[idx] = adam_rows(x, self.grad[idx], m, v, t, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
         self.exp_avg[idx] = m
         self.exp_avg_sq[idx] = v
         self.steps[idx] += 1
         self.grad[idx] = 0.0
         self._touched[idx] = False
-
-    def zero_grad(self) -> None:
-        self.grad.zero_()
-        self._touched.zero_()

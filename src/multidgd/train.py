@@ -21,7 +21,7 @@ from .data import MultiomeData, gather_rows
 from .module import DGDModule
 from .representation import RepresentationTable
 
-__all__ = ["TrainingState", "fit", "per_cell_terms"]
+__all__ = ["TrainingState", "fit", "per_cell_nll", "per_cell_terms"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,25 @@ def per_cell_terms(
     terms["basal_prior"] = -module.basal.log_prob(basal)
     terms["covariate_prior"] = module.covariate_nll(covariate, labels)
     return terms
+
+
+@torch.no_grad()
+def per_cell_nll(
+    module: DGDModule, data: MultiomeData, rows: np.ndarray, basal: np.ndarray, covariate: np.ndarray
+) -> np.ndarray:
+    """NB negative log-likelihood of each modality for data ``rows`` under their
+    representations, (n, 2) float64 (on the CPU, 512 cells at a time)."""
+    module = module.to("cpu").eval()
+    out = np.full((len(rows), len(module.modalities)), np.nan)
+    lib = torch.from_numpy(data.library_size)
+    for start in range(0, len(rows), 512):
+        sel = slice(start, start + 512)
+        counts = {m: gather_rows(x, rows[sel]) for m, x in data.counts.items()}
+        logf = module.decode(torch.from_numpy(basal[sel]), torch.from_numpy(covariate[sel]))
+        nll = module.reconstruction_nll(logf, counts, lib[rows[sel]])
+        for j, m in enumerate(module.modalities):
+            out[sel, j] = nll[m].numpy()
+    return out
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
@@ -70,6 +89,156 @@ def _snapshot(module: DGDModule, tables: dict[str, RepresentationTable]) -> dict
         "module": copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()}),
         "tables": {k: t.values.detach().cpu().clone() for k, t in tables.items()},
     }
+
+
+class _Run:
+    """One call of :func:`fit`: the module, tables and optimisers on the device, and the
+    steps of an epoch (minibatches, the representation steps, best-state tracking,
+    checkpoints)."""
+
+    def __init__(self, state: TrainingState, data: MultiomeData, config: TrainConfig, device, seed: int) -> None:
+        self.state, self.data, self.config, self.device, self.seed = state, data, config, device, seed
+        self.ctx = distributed.current()
+        self.main = self.ctx is None or self.ctx.rank == 0
+        self.module = state.module.to(device)
+        self.sizes = {k: t.n for k, t in state.tables.items()}
+        tables = {k: t.to(device) for k, t in state.tables.items()}
+        if self.ctx is None:
+            state.tables = tables  # the state follows training (e.g. after an interruption)
+        else:
+            tables = {k: distributed.shard_table(t, self.ctx) for k, t in tables.items()}
+        self.tables = tables
+        self.params = list(self.module.parameters())
+        self.optimizers = _make_optimizers(self.module, config)
+        if state.optimizer_states is not None:
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(state.optimizer_states[name])
+        self.shuffle = torch.Generator().manual_seed(seed)
+        if state.shuffle_rng_state is not None:
+            self.shuffle.set_state(state.shuffle_rng_state)
+        self.library = torch.from_numpy(data.library_size).to(device)
+        self.codes = torch.from_numpy(data.covariate_codes).to(device)
+        self.has_val = len(state.val_index) > 0
+        self.rep_kw = {"lr": config.lr_representation, "betas": config.betas, "weight_decay": config.weight_decay}
+
+    def whole_tables(self) -> dict[str, RepresentationTable]:
+        """The whole tables (gathered from every process in a distributed run)."""
+        if self.ctx is None:
+            return self.tables
+        return {k: distributed.gather_table(t, self.sizes[k], self.ctx) for k, t in self.tables.items()}
+
+    def batch_inputs(self, rows: np.ndarray):
+        """Counts, library sizes and covariate codes of data ``rows`` on the device."""
+        counts = {m: gather_rows(x, rows, self.device) for m, x in self.data.counts.items()}
+        g = torch.from_numpy(rows).to(self.device)
+        return counts, self.library[g], self.codes[g]
+
+    def save_checkpoint(self, path, extra: Callable[[], dict[str, Any]] | None) -> None:
+        """Write the training checkpoint (rank 0; every process takes part in gathering)."""
+        if path is None:
+            return
+        whole = self.whole_tables()  # collective: every process takes part
+        if not self.main:
+            return
+        payload = checkpoint.training_payload(
+            self.state,
+            module_state=self.module.state_dict(),
+            tables=whole,
+            optimizers=self.optimizers,
+            shuffle_rng_state=self.shuffle.get_state(),
+            train_config=self.config.to_dict(),
+            seed=self.seed,
+            extra=extra() if extra else None,
+        )
+        checkpoint.write_atomic(payload, path)
+
+    def _minibatch(self, local: np.ndarray, n_train: int, sums: dict[str, float]) -> float:
+        """One optimiser step of the decoder and mixtures on a minibatch; returns its loss."""
+        config, tables, device = self.config, self.tables, self.device
+        hyper_scale = len(local) if config.hyperprior_per_cell else len(local) / n_train
+        # the rows of this process (all of them without distribution) and their table rows
+        mine, own = (local, local) if self.ctx is None else self.ctx.mine(local)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss = hyper_scale * self.module.hyperprior_nll() if self.main else None  # counted once
+        if len(mine):
+            counts, lib, labels = self.batch_inputs(self.state.train_index[mine])
+            idx = torch.from_numpy(own).to(device)
+            zb = tables["train_basal"].rows(idx)
+            zc = tables["train_covariate"].rows(idx)
+            terms = per_cell_terms(self.module, zb, zc, counts, lib, labels, config.precision)
+            per_cell = sum(terms.values()).sum()
+            loss = per_cell if loss is None else loss + per_cell
+        if loss is not None:
+            loss.backward()
+        if self.ctx is not None:
+            distributed.all_reduce_grads(self.params)
+        if config.l1_decoder:
+            # the L1 term's gradient, added directly: cheaper than differentiating |W|
+            self.module.decoder.add_l1_grad(config.l1_decoder)
+        for opt in self.optimizers.values():
+            opt.step()
+        if len(mine):
+            tables["train_basal"].accumulate(idx, zb.grad)
+            tables["train_covariate"].accumulate(idx, zc.grad)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
+        if config.representation_update == "batch":
+            tables["train_basal"].step(**self.rep_kw)
+            tables["train_covariate"].step(**self.rep_kw)
+        return float(loss.detach()) if loss is not None else 0.0
+
+    def train_epoch(self) -> dict[str, float]:
+        """Every minibatch once, then the training representations' step; per-cell means."""
+        config = self.config
+        self.module.train()
+        sums: dict[str, float] = {}
+        total = 0.0
+        n_train = len(self.state.train_index)
+        batches = _batches(n_train, config.batch_size, self.shuffle)
+        for local in batches:
+            total += self._minibatch(local, n_train, sums)
+        if config.representation_update == "epoch":
+            self.tables["train_basal"].step(**self.rep_kw)
+            self.tables["train_covariate"].step(**self.rep_kw)
+        if self.ctx is not None:
+            sums = distributed.all_reduce_sums({**sums, "\0total": total}, self.device)
+            total = sums.pop("\0total")
+        if config.l1_decoder:
+            with torch.no_grad():
+                total += len(batches) * config.l1_decoder * float(self.module.decoder.weight_l1())
+        row: dict[str, float] = {"train_loss": total / n_train}
+        row.update({f"train_{k}": v / n_train for k, v in sums.items()})
+        return row
+
+    def track_best(self, epoch: int, metric: float) -> None:
+        """Keep a snapshot of the best validation epoch; flag early stopping."""
+        state, config = self.state, self.config
+        if self.has_val and metric < state.best_metric:
+            state.best_metric, state.best_epoch = metric, epoch
+            state.best_snapshot = _snapshot(self.module, self.whole_tables())
+        if (
+            self.has_val
+            and config.early_stopping
+            and epoch >= config.min_epochs
+            and epoch - state.best_epoch >= config.patience
+        ):
+            state.stopped_early = True
+
+    def finish(self, keep_training_state: bool) -> None:
+        """Restore the best epoch, hand the whole tables to the state, drop what is not kept."""
+        state = self.state
+        tables = self.whole_tables()
+        if self.has_val and self.config.early_stopping and state.best_snapshot is not None:
+            self.module.load_state_dict(state.best_snapshot["module"])
+            for k, values in state.best_snapshot["tables"].items():
+                tables[k].values.copy_(values.to(self.device))
+        state.tables = tables
+        opts = self.optimizers
+        state.optimizer_states = {k: o.state_dict() for k, o in opts.items()} if keep_training_state else None
+        if not keep_training_state:
+            state.best_snapshot = None
+        state.shuffle_rng_state = self.shuffle.get_state()
 
 
 @freed_memory_kept()
@@ -104,158 +273,41 @@ def fit(
     from tqdm.auto import tqdm
 
     _check_precision(config.precision, device)
-    ctx = distributed.current()
-    main = ctx is None or ctx.rank == 0
-    module = state.module.to(device)
-    sizes = {k: t.n for k, t in state.tables.items()}
-    tables = {k: t.to(device) for k, t in state.tables.items()}
-    if ctx is None:
-        state.tables = tables  # the state follows training (e.g. after an interruption)
-    else:
-        tables = {k: distributed.shard_table(t, ctx) for k, t in tables.items()}
-    params = list(module.parameters())
-
-    def whole_tables() -> dict[str, RepresentationTable]:
-        if ctx is None:
-            return tables
-        return {k: distributed.gather_table(t, sizes[k], ctx) for k, t in tables.items()}
-
-    optimizers = _make_optimizers(module, config)
-    if state.optimizer_states is not None:
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state.optimizer_states[name])
-    shuffle = torch.Generator().manual_seed(seed)
-    if state.shuffle_rng_state is not None:
-        shuffle.set_state(state.shuffle_rng_state)
-
-    library = torch.from_numpy(data.library_size).to(device)
-    codes = torch.from_numpy(data.covariate_codes).to(device)
-    has_val = len(state.val_index) > 0
-    n_train = len(state.train_index)
-    rep_kw = {"lr": config.lr_representation, "betas": config.betas, "weight_decay": config.weight_decay}
-
-    def batch_inputs(rows: np.ndarray):
-        counts = {m: gather_rows(x, rows, device) for m, x in data.counts.items()}
-        g = torch.from_numpy(rows).to(device)
-        return counts, library[g], codes[g]
-
-    def save_checkpoint() -> None:
-        if checkpoint_path is None:
-            return
-        whole = whole_tables()  # collective: every process takes part
-        if not main:
-            return
-        payload = checkpoint.training_payload(
-            state,
-            module_state=module.state_dict(),
-            tables=whole,
-            optimizers=optimizers,
-            shuffle_rng_state=shuffle.get_state(),
-            train_config=config.to_dict(),
-            seed=seed,
-            extra=checkpoint_extra() if checkpoint_extra else None,
-        )
-        checkpoint.write_atomic(payload, checkpoint_path)
-
+    run = _Run(state, data, config, device, seed)
     bar = tqdm(
         range(state.epoch + 1, max_epochs + 1),
         initial=state.epoch,
         total=max_epochs,
         desc="Training",
         unit="epoch",
-        disable=None if progress_bar and main else True,
+        disable=None if progress_bar and run.main else True,
     )
     for epoch in bar:
         if state.stopped_early:
             break
         t0 = time.perf_counter()
-        module.train()
-        sums: dict[str, float] = {}
-        total = 0.0
-        batches = _batches(n_train, config.batch_size, shuffle)
-        n_batches = len(batches)
-        for local in batches:
-            hyper_scale = len(local) if config.hyperprior_per_cell else len(local) / n_train
-            # the rows of this process (all of them without distribution) and their table rows
-            mine, own = (local, local) if ctx is None else ctx.mine(local)
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            loss = hyper_scale * module.hyperprior_nll() if main else None  # counted once
-            if len(mine):
-                counts, lib, labels = batch_inputs(state.train_index[mine])
-                idx = torch.from_numpy(own).to(device)
-                zb = tables["train_basal"].rows(idx)
-                zc = tables["train_covariate"].rows(idx)
-                terms = per_cell_terms(module, zb, zc, counts, lib, labels, config.precision)
-                per_cell = sum(terms.values()).sum()
-                loss = per_cell if loss is None else loss + per_cell
-            if loss is not None:
-                loss.backward()
-            if ctx is not None:
-                distributed.all_reduce_grads(params)
-            if config.l1_decoder:
-                # the L1 term's gradient, added directly: cheaper than differentiating |W|
-                module.decoder.add_l1_grad(config.l1_decoder)
-            for opt in optimizers.values():
-                opt.step()
-            if len(mine):
-                tables["train_basal"].accumulate(idx, zb.grad)
-                tables["train_covariate"].accumulate(idx, zc.grad)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach().sum())
-            if config.representation_update == "batch":
-                tables["train_basal"].step(**rep_kw)
-                tables["train_covariate"].step(**rep_kw)
-            if loss is not None:
-                total += float(loss.detach())
-        if config.representation_update == "epoch":
-            tables["train_basal"].step(**rep_kw)
-            tables["train_covariate"].step(**rep_kw)
-
-        if ctx is not None:
-            sums = distributed.all_reduce_sums({**sums, "\0total": total}, device)
-            total = sums.pop("\0total")
-        if config.l1_decoder:
-            with torch.no_grad():
-                total += n_batches * config.l1_decoder * float(module.decoder.weight_l1())
-        row: dict[str, float] = {"epoch": epoch, "train_loss": total / n_train}
-        row.update({f"train_{k}": v / n_train for k, v in sums.items()})
-        if has_val:
-            row.update(_validation_epoch(module, tables, state.val_index, batch_inputs, config, rep_kw, device, ctx))
+        row: dict[str, float] = {"epoch": epoch, **run.train_epoch()}
+        if run.has_val:
+            row.update(
+                _validation_epoch(
+                    run.module, run.tables, state.val_index, run.batch_inputs, config, run.rep_kw, device, run.ctx
+                )
+            )
         row["seconds"] = time.perf_counter() - t0
         state.history.append(row)
         state.epoch = epoch
-
         metric = row.get("val_reconstruction", float("nan"))
-        if has_val and metric < state.best_metric:
-            state.best_metric, state.best_epoch = metric, epoch
-            state.best_snapshot = _snapshot(module, whole_tables())
-        if (
-            has_val
-            and config.early_stopping
-            and epoch >= config.min_epochs
-            and epoch - state.best_epoch >= config.patience
-        ):
-            state.stopped_early = True
+        run.track_best(epoch, metric)
         postfix = {"loss": f"{row['train_loss']:.4g}"}
-        if has_val:
+        if run.has_val:
             postfix["val_rec"] = f"{metric:.4g}"
         bar.set_postfix(postfix, refresh=False)
         if epoch % config.checkpoint_every == 0 or state.stopped_early or epoch == max_epochs:
-            save_checkpoint()
+            run.save_checkpoint(checkpoint_path, checkpoint_extra)
     bar.close()
     if state.stopped_early:
         logger.info("early stopping at epoch %d; best epoch %d", state.epoch, state.best_epoch)
-    tables = whole_tables()
-    if has_val and config.early_stopping and state.best_snapshot is not None:
-        module.load_state_dict(state.best_snapshot["module"])
-        for k, values in state.best_snapshot["tables"].items():
-            tables[k].values.copy_(values.to(device))
-    state.tables = tables
-    state.optimizer_states = {k: o.state_dict() for k, o in optimizers.items()} if keep_training_state else None
-    if not keep_training_state:
-        state.best_snapshot = None
-    state.shuffle_rng_state = shuffle.get_state()
+    run.finish(keep_training_state)
     return state
 
 

@@ -1,0 +1,126 @@
+"""Figures of gene-to-peak tables and their evaluations; each writes a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..plotting import pyplot, save_figure
+from .tables import feature_column, score_column
+
+__all__ = ["plot_gene2peak", "plot_tss_profile", "plot_motif_enrichment"]
+
+
+def plot_gene2peak(table: pd.DataFrame, path, *, top: int = 10, score: str | None = None, max_genes: int = 12) -> Path:
+    """Bars of the top features per gene of the table's first group.
+
+    Parameters
+    ----------
+    table
+        Output of :func:`~multidgd.analysis.gene2peak` or
+        :func:`~multidgd.analysis.spearman_gene2peak`.
+    path
+        PNG file to write.
+    top
+        Features per gene, the highest by ``score``.
+    score
+        Ranking column (default by the table's method); the bars show its signed
+        counterpart, red where the feature closes when the gene is silenced.
+    max_genes
+        Most genes (panels) drawn.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
+    score = score_column(table, score)
+    signed = {"mean_abs_delta": "mean_delta", "mean_abs_logfc": "mean_logfc", "abs_rho": "rho"}.get(score, score)
+    feature = feature_column(table)
+    first = table["group"].astype(str).iloc[0]
+    t = table[table["group"].astype(str) == first]
+    genes = t["gene"].astype(str).unique()[:max_genes]
+    ncol = min(3, len(genes))
+    nrow = int(np.ceil(len(genes) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 0.3 * top * nrow + 1.2 * nrow), squeeze=False)
+    for ax, gene in zip(axes.ravel(), genes, strict=False):
+        sub = t[t["gene"].astype(str) == gene].nlargest(top, score)[::-1]
+        colours = np.where(sub[signed] > 0, "#c0392b", "#2e6da4")
+        ax.barh(sub[feature].astype(str), sub[signed], color=colours)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_title(f"{gene} ({first}, n={int(sub['n_cells'].iloc[0]) if len(sub) else 0})", fontsize=9)
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_xlabel(signed, fontsize=8)
+    for ax in axes.ravel()[len(genes) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_tss_profile(profile: pd.DataFrame, path, *, title: str = "") -> Path:
+    """Relative effect against distance to the TSS, silenced genes against the control.
+
+    Parameters
+    ----------
+    profile
+        Output of :func:`~multidgd.analysis.tss_profile`.
+    path
+        PNG file to write.
+    title
+        Figure title.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, colour in (("silenced", "#c0392b"), ("control", "#7f8c8d")):
+        p = profile[profile["set"] == name]
+        if p.empty:
+            continue
+        x, y, e = p["distance"] / 1000, p["mean_relative"], p["sem_relative"].fillna(0)
+        label = "silenced gene" if name == "silenced" else "same peaks, other genes silenced"
+        ax.plot(x, y, "o-", color=colour, label=f"{label} ({int(p['n_pairs'].sum())} gene-peak pairs)", ms=3)
+        ax.fill_between(x, y - e, y + e, color=colour, alpha=0.2)
+    ax.axhline(1, color="k", lw=0.5, ls=":")
+    ax.set_xlabel("distance of the peak to the silenced gene's TSS (kb; + downstream)")
+    ax.set_ylabel(f"{profile.attrs.get('score', 'score')} / gene's mean")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_motif_enrichment(result: pd.DataFrame, path, *, max_tfs: int = 30) -> Path:
+    """Fraction of closing peaks with the TF's motif against random motif peaks.
+
+    Parameters
+    ----------
+    result
+        Output of :func:`~multidgd.analysis.motif_enrichment`.
+    path
+        PNG file to write.
+    max_tfs
+        Most TFs drawn, those of smallest p-value.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
+    r = result.sort_values("p").head(max_tfs)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(r) + 1.5), 3.5))
+    x = np.arange(len(r))
+    ax.bar(x - 0.2, r["frac_closing_motif"], 0.4, label="peaks with the TF's motif", color="#c0392b")
+    ax.bar(x + 0.2, r["frac_closing_random"], 0.4, label="random motif peaks", color="#7f8c8d")
+    ax.set_xticks(x, r["gene"].astype(str), rotation=90, fontsize=7)
+    ax.set_ylabel("fraction closing on silencing")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,145 @@
+"""Decoded profiles: the network's normalised expression or accessibility for given
+representations, as a DataFrame, a dense array or a thresholded sparse matrix.
+
+This is the one decoding path behind :meth:`multidgd.DGD.decode`,
+:meth:`~multidgd.DGD.get_normalized_expression` and
+:meth:`~multidgd.DGD.get_normalized_accessibility`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .data import positions
+from .module import DGDModule
+
+__all__ = ["decoded_fractions", "normalized_profiles"]
+
+
+@torch.no_grad()
+def decoded_fractions(
+    module: DGDModule,
+    latent: np.ndarray,
+    covariate: np.ndarray,
+    modality: str,
+    cols: np.ndarray | None = None,
+    batch_size: int = 1024,
+    each: Callable[[np.ndarray, int], object] | None = None,
+) -> list:
+    """Decoded fractions of ``modality`` for consecutive blocks of rows.
+
+    Parameters
+    ----------
+    module
+        The trained network (moved to the CPU and put in eval mode).
+    latent, covariate
+        (n, L) basal and (n, d * V) covariate representations.
+    modality
+        ``"rna"`` or ``"atac"``.
+    cols
+        Feature positions to keep (default all).
+    batch_size
+        Rows decoded together.
+    each
+        Called on every block as ``each(values, first_row)``; its results are returned.
+
+    Returns
+    -------
+    List of (b, F) float32 arrays (or of ``each``'s results), one per block.
+    """
+    module = module.to("cpu").eval()
+    col_t = None if cols is None else torch.from_numpy(cols)
+    parts = []
+    for i in range(0, len(latent), batch_size):
+        z, c = torch.from_numpy(latent[i : i + batch_size]), torch.from_numpy(covariate[i : i + batch_size])
+        logf = module.decode(z, c, [modality])[modality]
+        values = torch.exp(logf if col_t is None else logf[:, col_t]).numpy()
+        parts.append(values if each is None else each(values, i))
+    return parts
+
+
+def normalized_profiles(
+    module: DGDModule,
+    modality: str,
+    names: pd.Index,
+    latent: np.ndarray,
+    covariate: np.ndarray,
+    library: np.ndarray | None,
+    feature_names: pd.Index,
+    *,
+    features=None,
+    cells=None,
+    return_type: str | None = None,
+    threshold: float = 0.0,
+    batch_size: int = 1024,
+    max_dense_elements: int = 50_000_000,
+):
+    """Decoded profiles of some cells and features.
+
+    Parameters
+    ----------
+    module
+        The trained network.
+    modality
+        ``"rna"`` or ``"atac"``.
+    names, latent, covariate
+        The cells: names (n,), basal (n, L) and covariate (n, d * V) representations.
+    library
+        (n,) library sizes to scale fractions into counts, or None for fractions.
+    feature_names
+        The modality's features, in decoder order.
+    features, cells
+        Names, integer positions or a boolean mask (default all).
+    return_type
+        ``"dataframe"``, ``"array"`` or ``"sparse"`` (CSR keeping values >= ``threshold``);
+        None: a DataFrame unless it would exceed ``max_dense_elements`` values (an error).
+    threshold
+        Cut-off of the sparse result (must be > 0 for it).
+    batch_size
+        Cells decoded together.
+    max_dense_elements
+        Largest default (DataFrame) result, in values.
+
+    Returns
+    -------
+    DataFrame (cells x features), (n, F) float32 array or CSR matrix.
+    """
+    if return_type not in (None, "dataframe", "array", "sparse"):
+        raise ValueError(f"return_type must be 'dataframe', 'array' or 'sparse', got {return_type!r}")
+    if return_type == "sparse" and not threshold > 0:
+        raise ValueError("return_type='sparse' needs threshold > 0 (values below it become 0)")
+    rows = positions(names, cells, "cells")
+    cols = positions(feature_names, features, "genes" if modality == "rna" else "peaks")
+    n_out, f_out = len(rows), len(cols)
+    if return_type is None:
+        if n_out * f_out > max_dense_elements:
+            raise ValueError(
+                f"{n_out} cells x {f_out} features is a large dense matrix; pass a subset "
+                "(cells=, genes=/peaks=), return_type='sparse' with a threshold, or "
+                "return_type='array' to ask for it anyway"
+            )
+        return_type = "dataframe"
+    full = f_out == len(feature_names) and (cols == np.arange(f_out)).all()
+    lib_rows = None if library is None else library[rows]
+
+    def finish(values: np.ndarray, start: int):
+        if lib_rows is not None:
+            values = values * lib_rows[start : start + len(values), None]
+        if return_type == "sparse":
+            values = sp.csr_matrix(np.where(values >= threshold, values, 0).astype(np.float32))
+        return values
+
+    parts = decoded_fractions(
+        module, latent[rows], covariate[rows], modality, None if full else cols, batch_size, finish
+    )
+    if return_type == "sparse":
+        return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, f_out), dtype=np.float32)
+    out = np.concatenate(parts) if parts else np.zeros((0, f_out), dtype=np.float32)
+    if return_type == "array":
+        return out
+    return pd.DataFrame(out, index=names[rows], columns=feature_names[cols])

@@ -1,0 +1,1 @@
+"""Tests of :mod:`multidgd.analysis`, one module per source module."""

@@ -1,0 +1,1 @@
+"""Tests of multidgd.evaluation, one file per module."""

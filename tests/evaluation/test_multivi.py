@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from multidgd.evaluation import stratified_split
+from multidgd.evaluation.multivi import leiden_matched
+from multidgd.metrics import ari
+
+from ..conftest import shared_file
+
+pytest.importorskip("igraph")
+
+
+def _blobs(k, n=60, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=20.0, size=(k, dim))
+    labels = np.repeat(np.arange(k), n)
+    return centres[labels] + rng.normal(size=(k * n, dim)), labels
+
+
+def test_leiden_matched_recovers_separated_blobs():
+    x, labels = _blobs(4)
+    found, res = leiden_matched(x, 4, seed=0)
+    assert len(np.unique(found)) == 4 and res > 0
+    assert ari(labels, found) == pytest.approx(1.0)
+
+
+def test_leiden_matched_reaches_a_larger_count_by_raising_the_resolution():
+    x, _ = _blobs(3, n=150)
+    found, res = leiden_matched(x, 9, seed=0)
+    assert len(np.unique(found)) == 9 and res > 1.0
+    with pytest.raises(ValueError, match="n_clusters"):
+        leiden_matched(x, 0)
+
+
+def test_multivi_metrics_on_bmmc():
+    pytest.importorskip("scvi")
+    import mudata as md
+
+    from multidgd.evaluation.multivi import multivi_metrics
+
+    m = md.read_h5mu(shared_file("bmmc_neurips2021_starter", "bmmc_multiome_starter_500cells.h5mu"))
+    cell_types = m.obs["cell_type"].astype(str).to_numpy()
+    batches = m.obs["batch"].astype(str).to_numpy()
+    split = stratified_split(cell_types, 0)
+    out = multivi_metrics(m, split, cell_types=cell_types, batches=batches, seed=0, max_epochs=2)
+    assert out.epochs == 2 and out.latent.shape == ((split == "train").sum(), 20)
+    for key in ("rna_rmse", "rna_mae", "rna_from_atac_rmse"):
+        assert getattr(out, key) > 0
+    for key in ("atac_auprc", "atac_from_rna_auprc", "batch_1_minus_asw"):
+        assert 0 < getattr(out, key) <= 2
+    assert out.clusters == len(np.unique(cell_types[split == "train"])) and -1 <= out.ari <= 1
+    # the metrics.json entries: every field but the latent, in order
+    assert list(out.as_dict()) == [
+        "version",
+        "n_latent",
+        "rna_rmse",
+        "rna_mae",
+        "atac_auprc",
+        "atac_from_rna_auprc",
+        "rna_from_atac_rmse",
+        "rna_from_atac_mae",
+        "ari",
+        "clusters",
+        "leiden_resolution",
+        "batch_1_minus_asw",
+        "epochs",
+        "train_seconds",
+        "seconds_per_epoch",
+    ]
+
+
+def test_multivi_metrics_entries_without_batches():
+    from multidgd.evaluation import MultiVIComparison, MultiVIMetrics
+
+    values = dict.fromkeys(["rna_rmse", "rna_mae", "atac_auprc", "atac_from_rna_auprc", "rna_from_atac_rmse"], 0.5)
+    mv = MultiVIMetrics(
+        version="1.4.2",
+        n_latent=20,
+        **values,
+        rna_from_atac_mae=0.123456789,
+        ari=0.2,
+        clusters=5,
+        leiden_resolution=0.75,
+        batch_1_minus_asw=None,
+        epochs=2,
+        train_seconds=3.0,
+        seconds_per_epoch=1.5,
+        latent=np.zeros((3, 20)),
+        batched=False,
+    )
+    assert "batch_1_minus_asw" not in mv.as_dict() and "latent" not in mv.as_dict()
+    mv.batched = True
+    assert mv.as_dict()["batch_1_minus_asw"] is None
+    entries = MultiVIComparison(mv, ari_leiden=0.3).as_dict()
+    assert list(entries) == ["multivi", "ari_leiden"] and entries["multivi"]["rna_from_atac_mae"] == 0.12346
