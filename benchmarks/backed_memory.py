@@ -71,7 +71,8 @@ def _train(path: str, backed: bool, epochs: int, threads: int) -> None:
 def _cell_metadata_bytes(model) -> int:
     """Bytes of what is kept per cell besides the tables: the cell names (one copy of the
     strings, a pointer per index that holds them), library sizes, label codes and the row
-    pointers, row order and row sums of each backed matrix."""
+    pointers, row order and row sums of each backed matrix.
+    """
     from multidgd._backed import BackedCSR
 
     d = model.data
@@ -88,6 +89,7 @@ def _child(*args: str) -> dict:
 
 
 def main() -> None:
+    """Parse the arguments; run one child per measurement (or be that child)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, nargs="+", default=[50_000, 200_000])
     p.add_argument("--genes", type=int, default=1000)

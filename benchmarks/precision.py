@@ -18,6 +18,7 @@ import torch
 
 
 def main(argv=None) -> dict:
+    """Parse the arguments, train in each precision and print the comparison as JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=None, help="h5mu file (default: the bundled demo)")
     p.add_argument("--cell-type-key", default="cell_type")

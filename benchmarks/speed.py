@@ -137,6 +137,7 @@ def infer_floor(decoder, n_cells, n_candidates, n_features, n_steps, batch_size,
 
 
 def main(argv=None) -> list[dict]:
+    """Parse the arguments, build the data once and measure each precision (one JSON line each)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=5600, help="training cells")
     p.add_argument("--genes", type=int, default=13431)

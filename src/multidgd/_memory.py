@@ -44,7 +44,8 @@ def _libc():
 @contextlib.contextmanager
 def freed_memory_kept() -> Iterator[bool]:
     """Within the block, large freed blocks stay in the process for reuse; yields whether
-    the setting is in effect. Nested use is fine (only the outermost block sets and restores)."""
+    the setting is in effect. Nested use is fine (only the outermost block sets and restores).
+    """
     global _depth
     libc = _libc() if _depth == 0 else None
     active = libc is not None and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_MMAP_MAX, 0))

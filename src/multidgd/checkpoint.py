@@ -85,7 +85,8 @@ class TrainingState:
 
     def per_cell(self, kept: np.ndarray, train: np.ndarray, val: np.ndarray) -> np.ndarray:
         """Rows of a training and a validation array placed at their input cells: (n_input,
-        dim) float32, NaN for cells in neither."""
+        dim) float32, NaN for cells in neither.
+        """
         where, row = self.cell_rows(kept)
         out = np.full((len(kept), train.shape[1]), np.nan, dtype=np.float32)
         for code, values in ((0, train), (1, val)):
@@ -162,7 +163,8 @@ def training_payload(
 
 def read_training(path: str | Path, *, fingerprint: str, model_config: dict[str, Any]) -> dict[str, Any]:
     """A training checkpoint's payload, refused when written for other data or another
-    :class:`~multidgd.config.ModelConfig`."""
+    :class:`~multidgd.config.ModelConfig`.
+    """
     payload = read(path, kind=CHECKPOINT_KIND)
     described = payload.get("model", {})
     if described.get("fingerprint") != fingerprint:
@@ -177,7 +179,8 @@ def read_training(path: str | Path, *, fingerprint: str, model_config: dict[str,
 
 def state_from_training(payload: dict[str, Any], module: DGDModule) -> TrainingState:
     """The :class:`TrainingState` of a training checkpoint; ``module`` is shaped like the
-    saved one and receives its parameters."""
+    saved one and receives its parameters.
+    """
     module.load_state_dict(payload["module"])
     tables = {}
     for name, tstate in payload["tables"].items():

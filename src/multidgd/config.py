@@ -88,10 +88,12 @@ class ModelConfig:
             raise ValueError(f"n_components must be >= 1 or None, got {self.n_components}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values, as stored in model files."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """The configuration :meth:`to_dict` gave."""
         return cls(**values)
 
 
@@ -189,12 +191,14 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values, as stored in model files and checkpoints."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The configuration :meth:`to_dict` gave."""
         values = dict(values)
         if "betas" in values:
             values["betas"] = tuple(values["betas"])

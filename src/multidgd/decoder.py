@@ -91,7 +91,8 @@ class Decoder(nn.Module):
     def _weight_blocks(self, chunk_elements: int, grads_only: bool = False):
         """(Linear, first row, block of its weight rows, same-shaped scratch view) for every
         weight matrix. The scratch is one small kept buffer: a fresh allocation the size of
-        the largest weight costs several times the passes themselves."""
+        the largest weight costs several times the passes themselves.
+        """
         for m in self.modules():
             if not isinstance(m, nn.Linear) or (grads_only and m.weight.grad is None):
                 continue
@@ -108,7 +109,8 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def add_l1_grad(self, coefficient: float, chunk_elements: int = 1 << 22) -> None:
         """Add the gradient of ``coefficient * weight_l1()`` to the weights' ``.grad``, a
-        block of rows at a time."""
+        block of rows at a time.
+        """
         for m, r0, wb, scratch in self._weight_blocks(chunk_elements, grads_only=True):
             m.weight.grad[r0 : r0 + len(wb)].add_(torch.sign(wb, out=scratch), alpha=coefficient)
 

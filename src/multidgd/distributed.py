@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistContext:
-    """This process's place in a distributed run."""
+    """The place of the current process in a distributed run."""
 
     rank: int
     world: int
@@ -90,7 +90,7 @@ def _buffers(table: RepresentationTable) -> dict[str, torch.Tensor]:
 
 
 def shard_table(table: RepresentationTable, ctx: DistContext) -> RepresentationTable:
-    """This process's rows of a whole table, with their Adam state."""
+    """The current process's rows of a whole table, with their Adam state."""
     idx = torch.from_numpy(ctx.owned(table.n)).to(table.values.device)
     local = RepresentationTable(table.values[idx])
     for name, buf in _buffers(local).items():

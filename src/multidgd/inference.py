@@ -232,6 +232,7 @@ class ZeroCountTable:
     budget_elements: int = 1 << 24
 
     def __call__(self, log_library: torch.Tensor) -> torch.Tensor:
+        """The zero-count part (n, J) for (n,) log library sizes."""
         if log_library.numel() and float(log_library.max()) > self.centre + 1e-6:
             raise ValueError("the table was built for smaller library sizes than these cells'")
         k = torch.arange(1, self.moments.shape[0] + 1, dtype=log_library.dtype, device=log_library.device)
@@ -245,7 +246,8 @@ class ZeroCountTable:
 
 def _series_terms(dtype: torch.dtype) -> int:
     """Terms after which the series' remainder, relative to its first term, is below the
-    precision: exp(-K) / (K + 1) < eps where every exponent is below -1."""
+    precision: exp(-K) / (K + 1) < eps where every exponent is below -1.
+    """
     eps = torch.finfo(dtype).eps
     return next(k for k in range(1, 64) if np.exp(_SERIES_BELOW * k) / (k + 1) < eps)
 
@@ -372,7 +374,8 @@ def _reconstruction_nll(
     module: DGDModule, basal, covariate, batch: dict[str, Any], observed: dict[str, torch.Tensor | None]
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per-cell NB NLL of each modality the chunk has, (n,) each, with all constants; and the
-    decoded log-fractions over all of the model's features."""
+    decoded log-fractions over all of the model's features.
+    """
     mods = list(batch["counts"])
     logf = module.decode(basal, covariate, mods)
     out = {}
@@ -578,7 +581,8 @@ def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_
 
 def _start_new_classes(job: _Job, cov0: torch.Tensor, mixture_lr: float, betas) -> torch.optim.Optimizer:
     """Components being learned start at the mean start of their cells (which move there
-    too); returns the optimiser of their means and precisions."""
+    too); returns the optimiser of their means and precisions.
+    """
     module, class_codes, new_components, device = job.module, job.class_codes, job.new_components, job.device
     d = module.config.covariate_dim
     with torch.no_grad():
@@ -599,7 +603,8 @@ def _start_new_classes(job: _Job, cov0: torch.Tensor, mixture_lr: float, betas) 
 
 def _optimise(job: _Job, chunks, basal0, cov0, supervised, n_steps, lr, betas, mixture_opt, progress_bar):
     """Step 2: ``n_steps`` Adam steps of the representations (and of the components being
-    learned); returns the basal and covariate tables."""
+    learned); returns the basal and covariate tables.
+    """
     from tqdm.auto import tqdm
 
     module, query, device, observed = job.module, job.query, job.device, job.observed
@@ -716,7 +721,8 @@ def grow_covariates(
 ) -> tuple[DGDModule, list[np.ndarray]]:
     """A copy of ``module`` with one new covariate component per unseen class (a failure
     later leaves the original as it was); ``codes`` of those cells are set to the new
-    components in place. Returns the copy and, per covariate, the new components."""
+    components in place. Returns the copy and, per covariate, the new components.
+    """
     module = copy.deepcopy(module)
     new_components = []
     for v, key in enumerate(covariate_keys):

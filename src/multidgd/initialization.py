@@ -1,6 +1,7 @@
 """Starting values: the initial training state (split, network, representation tables),
 a sparse PCA of both modalities for the basal representations, and k-means centres of
-those for the basal mixture means."""
+those for the basal mixture means.
+"""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def _log_normalise(x: sp.csr_matrix, median: float | None = None) -> sp.csr_matr
 
 def _centred_svd(x: sp.csr_matrix, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Scores (n, k) and directions (k, F) of the top principal components of a sparse
-    matrix, centring implicitly."""
+    matrix, centring implicitly.
+    """
     from scipy.sparse.linalg import LinearOperator, svds
 
     mean = np.asarray(x.mean(axis=0)).ravel()

@@ -242,7 +242,8 @@ class DGD:
         """The :class:`~multidgd.checkpoint.TrainingState`: network, representation tables
         (``train_basal``, ``train_covariate``, ``val_basal``, ``val_covariate``), the data rows
         of the training and validation cells, epochs and history. For engines that drive
-        :func:`multidgd.train.fit` directly; most users want the getters."""
+        :func:`multidgd.train.fit` directly; most users want the getters.
+        """
         if not self.is_trained:
             raise RuntimeError("the model is not trained yet; call model.train() first")
         return self._state
@@ -262,7 +263,8 @@ class DGD:
     @property
     def split(self) -> pd.Series:
         """The role of every input cell in training, indexed by ``obs_names``: ``"train"``,
-        ``"validation"`` or ``"none"`` (cells left out: empty, or marked test)."""
+        ``"validation"`` or ``"none"`` (cells left out: empty, or marked test).
+        """
         where, _ = self.state.cell_rows(self._kept)
         values = np.array(["none", "train", "validation"], dtype=object)[where + 1]
         return pd.Series(pd.Categorical(values, categories=["train", "validation", "none"]), index=self.obs_names)
@@ -287,12 +289,14 @@ class DGD:
 
     def get_covariate_matrix(self) -> np.ndarray:
         """Every covariate's representation side by side (``covariate_keys`` order), the
-        decoder's covariate input: (n_cells, covariate_dim * V) float32, NaN rows as above."""
+        decoder's covariate input: (n_cells, covariate_dim * V) float32, NaN rows as above.
+        """
         return self._gather_table("covariate")
 
     def get_library_size(self) -> np.ndarray:
         """Library sizes the model was trained with, (n_cells, 2) float32 (columns
-        ``rna``, ``atac``), NaN rows for cells left out of training."""
+        ``rna``, ``atac``), NaN rows for cells left out of training.
+        """
         if self._table_library is None:
             raise ValueError("this model file holds no library sizes")
         return self.state.per_cell(self._kept, self._table_library["train"].numpy(), self._table_library["val"].numpy())
@@ -454,7 +458,8 @@ class DGD:
 
     def _place(self, module, query, codes, new_components, covariate_start, device, progress_bar, **steps) -> Placed:
         """Run :func:`~multidgd.inference.embed_cells` with ``module`` frozen on ``device``;
-        the model's own network is back on its device afterwards."""
+        the model's own network is back on its device afterwards.
+        """
         original_device = next(self.module.parameters()).device
         module.to(device).eval()
         train_config = self.train_config or TrainConfig()
@@ -533,7 +538,8 @@ class DGD:
 
     def modality_names(self, rna_mod: str | None = None, atac_mod: str | None = None) -> dict[str, str]:
         """Names of the RNA and ATAC modalities in new data: those given, else the ones used
-        in training (``"rna"`` / ``"atac"`` when unknown)."""
+        in training (``"rna"`` / ``"atac"`` when unknown).
+        """
         return {
             "rna": rna_mod or self.source_modality.get("rna", "rna"),
             "atac": atac_mod or self.source_modality.get("atac", "atac"),
@@ -594,7 +600,8 @@ class DGD:
         max_dense_elements: int = 50_000_000,
     ):
         """Decoded ATAC for trained or new cells; the same parameters as
-        :meth:`get_normalized_expression`, with ``peaks`` instead of ``genes``."""
+        :meth:`get_normalized_expression`, with ``peaks`` instead of ``genes``.
+        """
         return self._normalized(
             "atac", embedding, peaks, cells, scale, return_type, threshold, batch_size, max_dense_elements
         )
@@ -622,7 +629,8 @@ class DGD:
 
     def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
         """(names, latent, covariate, library of modality ``j`` or None) of the trained cells
-        (``embedding`` None) or of new cells."""
+        (``embedding`` None) or of new cells.
+        """
         if embedding is not None:
             if not isinstance(embedding, Embedding):
                 raise TypeError(f"embedding must be an Embedding from infer(), got {type(embedding).__name__}")

@@ -98,10 +98,12 @@ class RepresentationTable(nn.Module):
 
     @property
     def n(self) -> int:
+        """Number of rows (cells)."""
         return self.values.shape[0]
 
     @property
     def dim(self) -> int:
+        """Columns per row."""
         return self.values.shape[1]
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
@@ -120,7 +122,8 @@ class RepresentationTable(nn.Module):
         self, *, lr: float, betas: tuple[float, float], weight_decay: float, eps: float = 1e-8, block: int = 16384
     ) -> None:
         """One Adam step on every row that received gradient since the last step (``block``
-        rows at a time, so the temporaries do not grow with the table)."""
+        rows at a time, so the temporaries do not grow with the table).
+        """
         touched = torch.nonzero(self._touched, as_tuple=False).squeeze(1)
         for start in range(0, touched.numel(), block):
             self._step_rows(touched[start : start + block], lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)

@@ -1,5 +1,6 @@
 """The training loop: separate Adam optimisers, per-epoch representation steps, validation,
-early stopping with best-state restore, and atomic checkpoints for resume."""
+early stopping with best-state restore, and atomic checkpoints for resume.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def per_cell_terms(
 ) -> dict[str, torch.Tensor]:
     """Per-cell loss terms of a minibatch, each (n,): ``nll_<modality>``, ``basal_prior``,
     ``covariate_prior``. ``labels`` (n, V) selects the supervised covariate term;
-    ``library_size`` is (n, n_modalities)."""
+    ``library_size`` is (n, n_modalities).
+    """
     log_lib = {m: torch.log(library_size[:, j]) for j, m in enumerate(module.modalities) if m in counts}
     nll = module.representation_nll(basal, covariate, counts, log_lib, precision=precision)
     terms = {f"nll_{m}": v for m, v in nll.items()}
@@ -51,7 +53,8 @@ def per_cell_nll(
     module: DGDModule, data: MultiomeData, rows: np.ndarray, basal: np.ndarray, covariate: np.ndarray
 ) -> np.ndarray:
     """NB negative log-likelihood of each modality for data ``rows`` under their
-    representations, (n, 2) float64 (on the CPU, 512 cells at a time)."""
+    representations, (n, 2) float64 (on the CPU, 512 cells at a time).
+    """
     module = module.to("cpu").eval()
     out = np.full((len(rows), len(module.modalities)), np.nan)
     lib = torch.from_numpy(data.library_size)
@@ -94,7 +97,8 @@ def _snapshot(module: DGDModule, tables: dict[str, RepresentationTable]) -> dict
 class _Run:
     """One call of :func:`fit`: the module, tables and optimisers on the device, and the
     steps of an epoch (minibatches, the representation steps, best-state tracking,
-    checkpoints)."""
+    checkpoints).
+    """
 
     def __init__(self, state: TrainingState, data: MultiomeData, config: TrainConfig, device, seed: int) -> None:
         self.state, self.data, self.config, self.device, self.seed = state, data, config, device, seed
