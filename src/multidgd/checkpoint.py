@@ -19,17 +19,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from .module import DGDModule
 from .representation import RepresentationTable
 
 if TYPE_CHECKING:
-    from .module import DGDModule
+    from .config import ModelConfig
+    from .data import MultiomeData
 
 __all__ = [
     "CHECKPOINT_KIND",
     "FORMAT_VERSION",
     "MODEL_KIND",
+    "ModelDescription",
     "TrainingState",
     "model_payload",
     "read",
@@ -44,6 +48,119 @@ __all__ = [
 MODEL_KIND = "multidgd-model"
 CHECKPOINT_KIND = "multidgd-training-checkpoint"
 FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelDescription:
+    """What a model knows of its data without holding it: names, labels, K and a fingerprint.
+
+    Attributes
+    ----------
+    obs_names
+        Input cell names (cells dropped as empty included).
+    kept
+        (n_input,) bool: which input cells became data rows.
+    var_names
+        Modality -> feature names, in decoder order.
+    covariate_keys, covariate_categories
+        Covariate obs columns and the classes of each (learned classes appended).
+    cell_type_key, cell_type_categories
+        Cell-type obs column and its classes (None without one).
+    source_modality
+        ``rna``/``atac`` -> the modality's name in the data.
+    n_components
+        Basal mixture components K.
+    fingerprint
+        SHA-256 of the data (:meth:`multidgd.data.MultiomeData.fingerprint`).
+    learned_classes
+        Covariate key -> classes added after training by ``infer(new_classes="learn")``.
+    """
+
+    obs_names: pd.Index
+    kept: np.ndarray
+    var_names: dict[str, pd.Index]
+    covariate_keys: list[str]
+    covariate_categories: list[list[str]]
+    cell_type_key: str | None
+    cell_type_categories: list[str] | None
+    source_modality: dict[str, str]
+    n_components: int
+    fingerprint: str
+    learned_classes: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of_data(cls, data: MultiomeData, model_config: ModelConfig) -> ModelDescription:
+        """The description of training data; K from the config, else the cell types, else 1."""
+        if model_config.n_components is not None:
+            n_components = model_config.n_components
+        elif data.cell_type_categories is not None:
+            n_components = len(data.cell_type_categories)
+        else:
+            n_components = 1
+        return cls.from_payload(
+            {
+                "obs_names": list(data.input_obs_names),
+                "kept": data.kept,
+                "var_names": data.var_names,
+                "covariate_keys": data.covariate_keys,
+                "covariate_categories": data.covariate_categories,
+                "cell_type_key": data.cell_type_key,
+                "cell_type_categories": data.cell_type_categories,
+                "source_modality": data.source_modality,
+                "n_components": n_components,
+                "fingerprint": data.fingerprint(),
+            }
+        )
+
+    @classmethod
+    def from_payload(cls, described: dict[str, Any]) -> ModelDescription:
+        """The description stored under ``"model"`` in a file (plain lists and tensors)."""
+        kept = described["kept"]
+        cats = described["cell_type_categories"]
+        return cls(
+            obs_names=pd.Index([str(x) for x in described["obs_names"]]),
+            kept=kept.numpy() if isinstance(kept, torch.Tensor) else np.asarray(kept, dtype=bool),
+            var_names={m: pd.Index([str(x) for x in v]) for m, v in described["var_names"].items()},
+            covariate_keys=list(described["covariate_keys"]),
+            covariate_categories=[list(c) for c in described["covariate_categories"]],
+            cell_type_key=described["cell_type_key"],
+            cell_type_categories=None if cats is None else list(cats),
+            source_modality=dict(described["source_modality"]),
+            n_components=int(described["n_components"]),
+            fingerprint=described["fingerprint"],
+            learned_classes={k: list(v) for k, v in described.get("learned_classes", {}).items()},
+        )
+
+    def to_payload(self, model_config: ModelConfig) -> dict[str, Any]:
+        """Plain values to store under ``"model"`` (with the format version and config)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "model_config": model_config.to_dict(),
+            "n_components": self.n_components,
+            "obs_names": [str(x) for x in self.obs_names],
+            "kept": torch.from_numpy(np.asarray(self.kept, dtype=bool)),
+            "var_names": {m: [str(x) for x in v] for m, v in self.var_names.items()},
+            "covariate_keys": list(self.covariate_keys),
+            "covariate_categories": self.covariate_categories,
+            "cell_type_key": self.cell_type_key,
+            "cell_type_categories": self.cell_type_categories,
+            "source_modality": self.source_modality,
+            "fingerprint": self.fingerprint,
+            "learned_classes": {k: list(v) for k, v in self.learned_classes.items()},
+        }
+
+    def build_module(self, model_config: ModelConfig, seed: int = 0) -> DGDModule:
+        """A network shaped like the described model's, learned covariate classes included."""
+        trained = [
+            len(cats) - len(self.learned_classes.get(key, []))
+            for key, cats in zip(self.covariate_keys, self.covariate_categories, strict=True)
+        ]
+        n_features = {m: len(v) for m, v in self.var_names.items()}
+        module = DGDModule(n_features, trained, self.n_components, model_config, seed=seed)
+        for v, key in enumerate(self.covariate_keys):
+            if self.learned_classes.get(key):
+                module.covariates[v].add_components(len(self.learned_classes[key]))
+        return module
 
 
 @dataclass

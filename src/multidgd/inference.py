@@ -35,9 +35,10 @@ from torch.nn.functional import softplus
 from ._memory import freed_memory_kept
 from .data import MODALITIES, gather_rows
 from .distributions import nb_log_prob_sparse
-from .module import DGDModule
+from .module import DGDModule, frozen
 from .query import QueryData
 from .representation import RepresentationTable
+from .results import Embedding
 
 __all__ = [
     "Placed",
@@ -47,6 +48,9 @@ __all__ = [
     "complete_library",
     "estimate_library",
     "grow_covariates",
+    "check_infer_args",
+    "place_cells",
+    "embedding_of",
     "ZeroCountTable",
     "zero_count_table",
 ]
@@ -731,3 +735,103 @@ def grow_covariates(
         for name, c in zip(unseen.get(key, []), added, strict=True):
             codes[labels[v] == name, v] = c
     return module, new_components
+
+
+# ----------------------------------------------------------------------------- the whole placement
+def check_infer_args(
+    new_classes: str, covariate_start: str, n_steps: int, lr: float, batch_size: int, memory_budget_mb: float
+) -> None:
+    """Refuse options of :meth:`multidgd.DGD.infer` outside their allowed values."""
+    if new_classes not in ("naive", "learn"):
+        raise ValueError(f"new_classes must be 'naive' or 'learn', got {new_classes!r}")
+    if covariate_start not in ("search", "label"):
+        raise ValueError(f"covariate_start must be 'search' or 'label', got {covariate_start!r}")
+    if not isinstance(n_steps, int | np.integer) or n_steps < 0:
+        raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
+    for name, value in (("lr", lr), ("batch_size", batch_size), ("memory_budget_mb", memory_budget_mb)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def place_cells(
+    module: DGDModule,
+    query: QueryData,
+    *,
+    covariate_keys: list[str],
+    covariate_categories: list[list[str]],
+    learn_classes: bool,
+    covariate_start: str,
+    betas: tuple[float, float],
+    mixture_lr: float,
+    device: torch.device,
+    progress_bar: bool,
+    **steps: Any,
+) -> tuple[Placed, DGDModule | None, dict[str, list[str]]]:
+    """Place new cells with ``module`` frozen on ``device`` (it is back on its own device after).
+
+    With ``learn_classes`` and covariate labels the model does not know, a copy of the
+    network with one new component per such class is learned along (cells of known classes
+    then start at their class's mean).
+
+    Returns
+    -------
+    The :class:`Placed` cells, the grown network (None when nothing was learned) and the
+    unknown labels per covariate key.
+    """
+    codes, unseen = class_codes(covariate_keys, covariate_categories, query.covariate_labels)
+    work, new_components = module, None
+    if learn_classes and unseen:
+        work, new_components = grow_covariates(module, covariate_keys, query.covariate_labels, codes, unseen)
+        covariate_start = "label"
+    original_device = next(module.parameters()).device
+    work.to(device).eval()
+    try:
+        with frozen(work):
+            placed = embed_cells(
+                work,
+                query,
+                class_codes=codes,
+                supervised=new_components is not None,
+                covariate_start=covariate_start,
+                betas=betas,
+                new_components=new_components,
+                mixture_lr=mixture_lr,
+                device=device,
+                progress_bar=progress_bar,
+                **steps,
+            )
+    finally:
+        module.to(original_device)
+    return placed, None if new_components is None else work.to(original_device), unseen
+
+
+def embedding_of(
+    query: QueryData,
+    placed: Placed,
+    module: DGDModule,
+    var_names: dict[str, pd.Index],
+    covariate_keys: list[str],
+    learned: dict[str, list[str]],
+    estimate: Callable[[np.ndarray], np.ndarray | None],
+) -> Embedding:
+    """The :class:`~multidgd.results.Embedding` of placed cells: clusters under ``module``'s
+    basal mixture, library sizes completed by :func:`complete_library` with ``estimate``.
+    """
+    library, source = complete_library(placed.library_total, query.given_library_size, estimate)
+    with torch.no_grad():
+        logp = module.basal.to("cpu").log_responsibilities(torch.from_numpy(placed.latent)).numpy()
+    return Embedding(
+        obs_names=query.obs_names,
+        latent=placed.latent,
+        covariate=placed.covariate,
+        covariate_keys=list(covariate_keys),
+        cluster=logp.argmax(axis=1),
+        cluster_probabilities=np.exp(logp).astype(np.float32),
+        nll=pd.DataFrame(placed.nll, index=query.obs_names, columns=[f"nll_{m}" for m in MODALITIES]),
+        observed=query.present,
+        library_size=library.astype(np.float32),
+        library_size_source=source,
+        n_absent_features={m: query.n_absent_features.get(m, len(var_names[m])) for m in MODALITIES},
+        start_candidate=placed.start,
+        learned_classes=learned,
+    )

@@ -12,21 +12,14 @@ import pandas as pd
 import torch
 
 from . import checkpoint, distributed
-from .checkpoint import TrainingState
+from .checkpoint import ModelDescription, TrainingState
 from .config import ModelConfig, TrainConfig
 from .data import MODALITIES, MultiomeData, read_multiome
-from .inference import (
-    Placed,
-    class_codes,
-    complete_library,
-    embed_cells,
-    estimate_library,
-    grow_covariates,
-)
+from .inference import check_infer_args, embedding_of, estimate_library, place_cells
 from .initialization import initial_state
-from .module import DGDModule, frozen
+from .module import DGDModule
 from .profiles import decoded_fractions, normalized_profiles
-from .query import QueryData, read_query
+from .query import read_query
 from .results import Clustering, Embedding, covariate_index
 from .train import fit, per_cell_nll
 
@@ -109,28 +102,8 @@ class DGD:
             split_key=split_key,
             drop_empty_cells=drop_empty_cells,
         )
-        d = self.data
-        if config.n_components is not None:
-            n_components = config.n_components
-        elif d.cell_type_categories is not None:
-            n_components = len(d.cell_type_categories)
-        else:
-            n_components = 1
-        self._apply_description(
-            {
-                "obs_names": list(d.input_obs_names),
-                "kept": d.kept,
-                "var_names": d.var_names,
-                "covariate_keys": d.covariate_keys,
-                "covariate_categories": d.covariate_categories,
-                "cell_type_key": d.cell_type_key,
-                "cell_type_categories": d.cell_type_categories,
-                "source_modality": d.source_modality,
-                "n_components": n_components,
-                "fingerprint": d.fingerprint(),
-                "learned_classes": {},
-            }
-        )
+        #: names, labels and K: all the model knows of its data without holding it
+        self.description = ModelDescription.of_data(self.data, config)
         self.module: DGDModule | None = None
         self._state: TrainingState | None = None
         self.train_config: TrainConfig | None = None
@@ -184,11 +157,11 @@ class DGD:
         config = self._check_train_args(max_epochs, config, checkpoint_path, resume)
         dev = distributed.init_from_env(resolve_device(device))
         if resume and Path(checkpoint_path).is_file():
-            fp, mc = self._fingerprint, self.config.to_dict()
+            fp, mc = self.description.fingerprint, self.config.to_dict()
             payload = checkpoint.read_training(checkpoint_path, fingerprint=fp, model_config=mc)
             seed = int(payload["seed"])
             config = TrainConfig.from_dict(payload["train_config"])
-            state = checkpoint.state_from_training(payload, self._build_module(self.data.n_features))
+            state = checkpoint.state_from_training(payload, self.description.build_module(self.config))
             logger.info("resuming from %s at epoch %d", checkpoint_path, state.epoch)
         else:
             if resume:
@@ -205,7 +178,7 @@ class DGD:
             device=dev,
             seed=seed,
             checkpoint_path=checkpoint_path,
-            checkpoint_extra=lambda: {"model": self._describe()},
+            checkpoint_extra=lambda: {"model": self.description.to_payload(self.config)},
             progress_bar=progress_bar,
         )
         self._table_library = {
@@ -230,6 +203,52 @@ class DGD:
                 "would drop them. Train a new DGD on data that includes those cells instead."
             )
         return config
+
+    # ------------------------------------------------------------------ what the model knows of its data
+    @property
+    def obs_names(self) -> pd.Index:
+        """Input cell names; every per-cell getter is aligned to them."""
+        return self.description.obs_names
+
+    @property
+    def var_names(self) -> dict[str, pd.Index]:
+        """``rna``/``atac`` -> feature names, in decoder order."""
+        return self.description.var_names
+
+    @property
+    def covariate_keys(self) -> list[str]:
+        """The covariate obs columns."""
+        return self.description.covariate_keys
+
+    @property
+    def covariate_categories(self) -> list[list[str]]:
+        """The classes of each covariate (learned classes appended)."""
+        return self.description.covariate_categories
+
+    @property
+    def learned_classes(self) -> dict[str, list[str]]:
+        """Covariate key -> classes added after training by ``infer(new_classes="learn")``."""
+        return self.description.learned_classes
+
+    @property
+    def cell_type_key(self) -> str | None:
+        """The cell-type obs column (None without one)."""
+        return self.description.cell_type_key
+
+    @property
+    def cell_type_categories(self) -> list[str] | None:
+        """The cell types (None without a cell-type column)."""
+        return self.description.cell_type_categories
+
+    @property
+    def source_modality(self) -> dict[str, str]:
+        """``rna``/``atac`` -> the modality's name in the training data."""
+        return self.description.source_modality
+
+    @property
+    def n_components(self) -> int:
+        """Basal mixture components K."""
+        return self.description.n_components
 
     # ------------------------------------------------------------------ results
     @property
@@ -265,14 +284,14 @@ class DGD:
         """The role of every input cell in training, indexed by ``obs_names``: ``"train"``,
         ``"validation"`` or ``"none"`` (cells left out: empty, or marked test).
         """
-        where, _ = self.state.cell_rows(self._kept)
+        where, _ = self.state.cell_rows(self.description.kept)
         values = np.array(["none", "train", "validation"], dtype=object)[where + 1]
         return pd.Series(pd.Categorical(values, categories=["train", "validation", "none"]), index=self.obs_names)
 
     def _gather_table(self, kind: str) -> np.ndarray:
         tables = self.state.tables
         train, val = (tables[f"{p}_{kind}"].values.detach().cpu().numpy() for p in ("train", "val"))
-        return self.state.per_cell(self._kept, train, val)
+        return self.state.per_cell(self.description.kept, train, val)
 
     def get_latent_representation(self) -> np.ndarray:
         """Basal representations, (n_cells, L) float32, aligned to the input ``obs_names``.
@@ -299,7 +318,9 @@ class DGD:
         """
         if self._table_library is None:
             raise ValueError("this model file holds no library sizes")
-        return self.state.per_cell(self._kept, self._table_library["train"].numpy(), self._table_library["val"].numpy())
+        return self.state.per_cell(
+            self.description.kept, self._table_library["train"].numpy(), self._table_library["val"].numpy()
+        )
 
     @torch.no_grad()
     def cluster(self) -> Clustering:
@@ -350,10 +371,10 @@ class DGD:
         self.state  # noqa: B018 - raises when untrained
         if self.data is None:
             raise RuntimeError("needs the training data; this model was loaded without it")
-        where, _ = self.state.cell_rows(self._kept)
+        where, _ = self.state.cell_rows(self.description.kept)
         todo = np.flatnonzero(where >= 0)
         data_row = np.full(len(where), -1)
-        data_row[np.flatnonzero(self._kept)] = np.arange(int(self._kept.sum()))
+        data_row[np.flatnonzero(self.description.kept)] = np.arange(int(self.description.kept.sum()))
         z, c = self.get_latent_representation()[todo], self.get_covariate_matrix()[todo]
         out = np.full((len(where), len(MODALITIES)), np.nan)
         out[todo] = per_cell_nll(self.module, self.data, data_row[todo], z, c)
@@ -385,14 +406,11 @@ class DGD:
         Parameters
         ----------
         data
-            MuData or AnnData of raw counts. Both modalities, one of them, or both with some
-            cells lacking one (a MuData whose modalities hold different cells) are accepted;
-            a cell lacking a modality is placed by the other and the missing one can be
-            predicted with :meth:`get_normalized_expression` /
-            :meth:`get_normalized_accessibility`. Features are matched by ``var_names``
-            (reordered; absent features are left out of the loss). Every covariate key of
-            the model must be an obs column; labels the model never saw are new classes.
-            Not modified.
+            MuData or AnnData of raw counts (not modified): both modalities, one, or a MuData
+            whose modalities hold different cells. A cell lacking a modality is placed by
+            the other, which the ``get_normalized_*`` getters then predict. Features are
+            matched by ``var_names`` (absent ones are left out of the loss). Every covariate
+            key must be an obs column; labels the model never saw are new classes.
         rna_mod, atac_mod
             Modality names in a MuData (default: the names used in training).
         layer
@@ -400,11 +418,10 @@ class DGD:
         new_classes
             ``"naive"``: covariate representations are inferred without labels, under the
             mixture of known classes (a new batch lands near the best-fitting known one).
-            ``"learn"``: each covariate label unknown to the model becomes a new component,
-            learned from its cells' labels with every other parameter frozen; it is kept in
-            the model (and in files written by :meth:`save`) for later data of that class.
-            When classes are learned, all labelled cells are scored under their own
-            class's component; when every label is known, nothing is learned.
+            ``"learn"``: each unknown covariate label becomes a new component, learned from
+            its cells' labels with every other parameter frozen, and kept in the model (and
+            in files :meth:`save` writes); all labelled cells are then scored under their
+            own class's component. When every label is known, nothing is learned.
         covariate_start
             ``"search"``: start from the best of every (basal component, covariate class)
             pair; ``"label"``: cells of a class the model knows start at that class's mean
@@ -433,9 +450,7 @@ class DGD:
         and library sizes. ``Embedding.add_to(data)`` writes them into ``data``.
         """
         self.state  # noqa: B018 - raises when untrained
-        self._check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb)
-        dev = resolve_device(device)
-        steps = {"n_steps": int(n_steps), "lr": lr, "batch_size": int(batch_size), "memory_budget_mb": memory_budget_mb}
+        check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb)
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
         query = read_query(
             data,
@@ -446,52 +461,26 @@ class DGD:
             library_size_keys=library_keys,
             min_feature_fraction=min_feature_fraction,
         )
-        codes, unseen = class_codes(self.covariate_keys, self.covariate_categories, query.covariate_labels)
-        module, new_components = self.module, None
-        if new_classes == "learn" and unseen:
-            module, new_components = grow_covariates(module, self.covariate_keys, query.covariate_labels, codes, unseen)
-            covariate_start = "label"
-        result = self._place(module, query, codes, new_components, covariate_start, dev, progress_bar, **steps)
-        original_device = next(self.module.parameters()).device
-        learned = {} if new_components is None else self._adopt_classes(module.to(original_device), unseen)
-        return self._embedding(query, result, learned)
-
-    def _place(self, module, query, codes, new_components, covariate_start, device, progress_bar, **steps) -> Placed:
-        """Run :func:`~multidgd.inference.embed_cells` with ``module`` frozen on ``device``;
-        the model's own network is back on its device afterwards.
-        """
-        original_device = next(self.module.parameters()).device
-        module.to(device).eval()
         train_config = self.train_config or TrainConfig()
-        try:
-            with frozen(module):
-                return embed_cells(
-                    module,
-                    query,
-                    class_codes=codes,
-                    supervised=new_components is not None,
-                    covariate_start=covariate_start,
-                    betas=train_config.betas,
-                    new_components=new_components,
-                    mixture_lr=train_config.lr_covariate_mixture,
-                    device=device,
-                    progress_bar=progress_bar,
-                    **steps,
-                )
-        finally:
-            self.module.to(original_device)
-
-    @staticmethod
-    def _check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb) -> None:
-        if new_classes not in ("naive", "learn"):
-            raise ValueError(f"new_classes must be 'naive' or 'learn', got {new_classes!r}")
-        if covariate_start not in ("search", "label"):
-            raise ValueError(f"covariate_start must be 'search' or 'label', got {covariate_start!r}")
-        if not isinstance(n_steps, int | np.integer) or n_steps < 0:
-            raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
-        for name, value in (("lr", lr), ("batch_size", batch_size), ("memory_budget_mb", memory_budget_mb)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        placed, grown, unseen = place_cells(
+            self.module,
+            query,
+            covariate_keys=self.covariate_keys,
+            covariate_categories=self.covariate_categories,
+            learn_classes=new_classes == "learn",
+            covariate_start=covariate_start,
+            betas=train_config.betas,
+            mixture_lr=train_config.lr_covariate_mixture,
+            device=resolve_device(device),
+            progress_bar=progress_bar,
+            n_steps=int(n_steps),
+            lr=lr,
+            batch_size=int(batch_size),
+            memory_budget_mb=memory_budget_mb,
+        )
+        learned = {} if grown is None else self._adopt_classes(grown, unseen)
+        estimate = lambda lib: self._estimate_library(placed.latent, lib)  # noqa: E731
+        return embedding_of(query, placed, self.module, self.var_names, self.covariate_keys, learned, estimate)
 
     def _adopt_classes(self, module: DGDModule, unseen: dict[str, list[str]]) -> dict[str, list[str]]:
         """Keep the grown network and its new classes; returns the classes learned."""
@@ -505,28 +494,6 @@ class DGD:
                 learned[key] = unseen[key]
         logger.info("learned new covariate classes %s; save() keeps them", learned)
         return learned
-
-    def _embedding(self, query: QueryData, result: Placed, learned: dict[str, list[str]]) -> Embedding:
-        library, source = complete_library(
-            result.library_total, query.given_library_size, lambda lib: self._estimate_library(result.latent, lib)
-        )
-        with torch.no_grad():
-            logp = self.module.basal.to("cpu").log_responsibilities(torch.from_numpy(result.latent)).numpy()
-        return Embedding(
-            obs_names=query.obs_names,
-            latent=result.latent,
-            covariate=result.covariate,
-            covariate_keys=list(self.covariate_keys),
-            cluster=logp.argmax(axis=1),
-            cluster_probabilities=np.exp(logp).astype(np.float32),
-            nll=pd.DataFrame(result.nll, index=query.obs_names, columns=[f"nll_{m}" for m in MODALITIES]),
-            observed=query.present,
-            library_size=library.astype(np.float32),
-            library_size_source=source,
-            n_absent_features={m: query.n_absent_features.get(m, len(self.var_names[m])) for m in MODALITIES},
-            start_candidate=result.start,
-            learned_classes=learned,
-        )
 
     def _estimate_library(self, latent: np.ndarray, library: np.ndarray) -> np.ndarray | None:
         if self._table_library is None:
@@ -644,57 +611,11 @@ class DGD:
         return self.obs_names[have], self.get_latent_representation()[have], self.get_covariate_matrix()[have], library
 
     # ------------------------------------------------------------------ files
-    def _describe(self) -> dict[str, Any]:
-        return {
-            "format_version": checkpoint.FORMAT_VERSION,
-            "model_config": self.config.to_dict(),
-            "n_components": self.n_components,
-            "obs_names": [str(x) for x in self.obs_names],
-            "kept": torch.from_numpy(np.asarray(self._kept, dtype=bool)),
-            "var_names": {m: [str(x) for x in v] for m, v in self.var_names.items()},
-            "covariate_keys": list(self.covariate_keys),
-            "covariate_categories": self.covariate_categories,
-            "cell_type_key": self.cell_type_key,
-            "cell_type_categories": self.cell_type_categories,
-            "source_modality": self.source_modality,
-            "fingerprint": self._fingerprint,
-            "learned_classes": {k: list(v) for k, v in self.learned_classes.items()},
-        }
-
-    def _apply_description(self, described: dict[str, Any]) -> None:
-        """Set the data-independent attributes (names, labels, K) from a description."""
-        self.obs_names = pd.Index([str(x) for x in described["obs_names"]])
-        self.var_names = {m: pd.Index([str(x) for x in v]) for m, v in described["var_names"].items()}
-        self.covariate_keys = list(described["covariate_keys"])
-        self.covariate_categories = [list(c) for c in described["covariate_categories"]]
-        self.cell_type_key = described["cell_type_key"]
-        cats = described["cell_type_categories"]
-        self.cell_type_categories = None if cats is None else list(cats)
-        self.source_modality = dict(described["source_modality"])
-        self.n_components = int(described["n_components"])
-        kept = described["kept"]
-        self._kept = kept.numpy() if isinstance(kept, torch.Tensor) else np.asarray(kept, dtype=bool)
-        self._fingerprint = described["fingerprint"]
-        #: covariate key -> classes added after training by ``infer(new_classes="learn")``
-        self.learned_classes = {k: list(v) for k, v in described.get("learned_classes", {}).items()}
-
-    def _build_module(self, n_features: dict[str, int], seed: int = 0) -> DGDModule:
-        """A network shaped like this model's, learned covariate classes included."""
-        trained = [
-            len(cats) - len(self.learned_classes.get(key, []))
-            for key, cats in zip(self.covariate_keys, self.covariate_categories, strict=True)
-        ]
-        module = DGDModule(n_features, trained, self.n_components, self.config, seed=seed)
-        for v, key in enumerate(self.covariate_keys):
-            if self.learned_classes.get(key):
-                module.covariates[v].add_components(len(self.learned_classes[key]))
-        return module
-
     def save(self, path: str | Path) -> None:
         """Write the trained model to one file that :meth:`load` reads without any data."""
         payload = checkpoint.model_payload(
             self.state,
-            description=self._describe(),
+            description=self.description.to_payload(self.config),
             train_config=self.train_config.to_dict(),
             seed=self.seed,
             library_size=self._table_library,
@@ -708,8 +629,8 @@ class DGD:
         self = cls.__new__(cls)
         self.config = ModelConfig.from_dict(payload["model"]["model_config"])
         self.data = None
-        self._apply_description(payload["model"])
-        module = self._build_module({m: len(v) for m, v in self.var_names.items()})
+        self.description = ModelDescription.from_payload(payload["model"])
+        module = self.description.build_module(self.config)
         self._state = checkpoint.state_from_model(payload, module)
         self.module = module
         self.train_config = TrainConfig.from_dict(payload["train_config"])
