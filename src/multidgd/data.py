@@ -283,9 +283,9 @@ def read_counts(adata: Any, layer: str | None, mod_name: str) -> sp.csr_matrix:
     adata
         AnnData of one modality (in memory).
     layer
-        Layer name; ``None`` for ``X``.
+        Layer with the raw counts; ``None`` reads ``X``.
     mod_name
-        The modality's name, for messages.
+        The modality's name, used in error messages.
 
     Returns
     -------

@@ -18,7 +18,7 @@ from .data import MODALITIES, MultiomeData, read_multiome
 from .inference import check_infer_args, embedding_of, estimate_library, place_cells
 from .initialization import initial_state
 from .module import DGDModule
-from .profiles import decoded_fractions, normalized_profiles
+from .profiles import ProfileRequest, decoded_fractions, normalized_profiles
 from .query import read_query
 from .results import Clustering, Embedding, covariate_index
 from .train import fit, per_cell_nll
@@ -577,22 +577,11 @@ class DGD:
         self.state  # noqa: B018 - raises when untrained
         if scale not in ("fraction", "counts"):
             raise ValueError(f"scale must be 'fraction' or 'counts', got {scale!r}")
+        request = ProfileRequest(features, cells, return_type, threshold, batch_size, max_dense)
         names, latent, cov, library = self._decoder_inputs(embedding, MODALITIES.index(modality), scale)
-        return normalized_profiles(
-            self.module,
-            modality,
-            names,
-            latent,
-            cov,
-            library if scale == "counts" else None,
-            self.var_names[modality],
-            features=features,
-            cells=cells,
-            return_type=return_type,
-            threshold=threshold,
-            batch_size=batch_size,
-            max_dense_elements=max_dense,
-        )
+        library = library if scale == "counts" else None
+        features = self.var_names[modality]
+        return normalized_profiles(self.module, modality, names, latent, cov, library, features, request)
 
     def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
         """(names, latent, covariate, library of modality ``j`` or None) of the trained cells

@@ -56,7 +56,7 @@ def plot_history(history: pd.DataFrame, path: str | Path, *, best_epoch: int | N
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the loss curves went.
     """
     plt = pyplot()
     groups = [
@@ -120,7 +120,7 @@ def plot_umap(coords: np.ndarray, colorings: dict[str, np.ndarray], path: str | 
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the UMAP panels went.
     """
     plt = pyplot()
     n = len(colorings)
@@ -162,12 +162,12 @@ def plot_covariate_space(
     path
         PNG file to write.
     title
-        Figure title.
+        Title above the scatter.
 
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the covariate-space scatter went.
     """
     plt = pyplot()
     from matplotlib.patches import Circle
@@ -216,7 +216,7 @@ def plot_model_covariates(
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the scatter of the covariate representations went.
     """
     v = model.covariate_keys.index(key)
     rep = model.get_covariate_representation(key)
@@ -249,12 +249,12 @@ def plot_confusion(truth: np.ndarray, clusters: np.ndarray, path: str | Path, *,
     path
         PNG file to write.
     title
-        Figure title.
+        Title above the matrix.
 
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the confusion matrix went.
     """
     plt = pyplot()
     table = pd.crosstab(pd.Series(np.asarray(truth).astype(str), name="cell type"), pd.Series(clusters, name="cluster"))
@@ -296,7 +296,7 @@ def plot_loss_ratios(
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the loss-ratio bars went.
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))

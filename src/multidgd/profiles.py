@@ -9,6 +9,8 @@ This is the one decoding path behind :meth:`multidgd.DGD.decode`,
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,7 @@ import torch
 from .data import positions
 from .module import DGDModule
 
-__all__ = ["decoded_fractions", "normalized_profiles"]
+__all__ = ["ProfileRequest", "decoded_fractions", "normalized_profiles"]
 
 
 @torch.no_grad()
@@ -63,6 +65,39 @@ def decoded_fractions(
     return parts
 
 
+@dataclass(frozen=True)
+class ProfileRequest:
+    """Which decoded values :func:`normalized_profiles` returns, and in what form.
+
+    Attributes
+    ----------
+    features, cells
+        Names, integer positions or a boolean mask (default all).
+    return_type
+        ``"dataframe"``, ``"array"`` or ``"sparse"`` (CSR keeping values >= ``threshold``);
+        None: a DataFrame unless it would exceed ``max_dense_elements`` values (an error).
+    threshold
+        Cut-off of the sparse result (must be > 0 for it).
+    batch_size
+        Cells decoded together.
+    max_dense_elements
+        Largest default (DataFrame) result, in values.
+    """
+
+    features: Any = None
+    cells: Any = None
+    return_type: str | None = None
+    threshold: float = 0.0
+    batch_size: int = 1024
+    max_dense_elements: int = 50_000_000
+
+    def __post_init__(self) -> None:
+        if self.return_type not in (None, "dataframe", "array", "sparse"):
+            raise ValueError(f"return_type must be 'dataframe', 'array' or 'sparse', got {self.return_type!r}")
+        if self.return_type == "sparse" and not self.threshold > 0:
+            raise ValueError("return_type='sparse' needs threshold > 0 (values below it become 0)")
+
+
 def normalized_profiles(
     module: DGDModule,
     modality: str,
@@ -71,13 +106,7 @@ def normalized_profiles(
     covariate: np.ndarray,
     library: np.ndarray | None,
     feature_names: pd.Index,
-    *,
-    features=None,
-    cells=None,
-    return_type: str | None = None,
-    threshold: float = 0.0,
-    batch_size: int = 1024,
-    max_dense_elements: int = 50_000_000,
+    request: ProfileRequest,
 ):
     """Decoded profiles of some cells and features.
 
@@ -93,31 +122,20 @@ def normalized_profiles(
         (n,) library sizes to scale fractions into counts, or None for fractions.
     feature_names
         The modality's features, in decoder order.
-    features, cells
-        Names, integer positions or a boolean mask (default all).
-    return_type
-        ``"dataframe"``, ``"array"`` or ``"sparse"`` (CSR keeping values >= ``threshold``);
-        None: a DataFrame unless it would exceed ``max_dense_elements`` values (an error).
-    threshold
-        Cut-off of the sparse result (must be > 0 for it).
-    batch_size
-        Cells decoded together.
-    max_dense_elements
-        Largest default (DataFrame) result, in values.
+    request
+        Which cells and features, and the form of the result.
 
     Returns
     -------
     DataFrame (cells x features), (n, F) float32 array or CSR matrix.
     """
-    if return_type not in (None, "dataframe", "array", "sparse"):
-        raise ValueError(f"return_type must be 'dataframe', 'array' or 'sparse', got {return_type!r}")
-    if return_type == "sparse" and not threshold > 0:
-        raise ValueError("return_type='sparse' needs threshold > 0 (values below it become 0)")
+    features, cells, return_type = request.features, request.cells, request.return_type
+    threshold, batch_size = request.threshold, request.batch_size
     rows = positions(names, cells, "cells")
     cols = positions(feature_names, features, "genes" if modality == "rna" else "peaks")
     n_out, f_out = len(rows), len(cols)
     if return_type is None:
-        if n_out * f_out > max_dense_elements:
+        if n_out * f_out > request.max_dense_elements:
             raise ValueError(
                 f"{n_out} cells x {f_out} features is a large dense matrix; pass a subset "
                 "(cells=, genes=/peaks=), return_type='sparse' with a threshold, or "

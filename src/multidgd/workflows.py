@@ -358,7 +358,7 @@ def gene2peak_and_write(
     Parameters
     ----------
     model_path
-        A ``model.pt``.
+        The trained model (``model.pt``) whose decoder is probed.
     data_path
         ``.h5mu`` or ``.h5ad`` with raw counts of the cells to use.
     out

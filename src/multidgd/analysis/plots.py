@@ -34,7 +34,7 @@ def plot_gene2peak(table: pd.DataFrame, path, *, top: int = 10, score: str | Non
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the per-gene bar charts went.
     """
     plt = pyplot()
     score = score_column(table, score)
@@ -70,12 +70,12 @@ def plot_tss_profile(profile: pd.DataFrame, path, *, title: str = "") -> Path:
     path
         PNG file to write.
     title
-        Figure title.
+        Title above the profile.
 
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the profile of ΔX̂ around TSSs went.
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -111,7 +111,7 @@ def plot_motif_enrichment(result: pd.DataFrame, path, *, max_tfs: int = 30) -> P
     Returns
     -------
     pathlib.Path
-        ``path``.
+        ``path``, where the motif-enrichment bars went.
     """
     plt = pyplot()
     r = result.sort_values("p").head(max_tfs)

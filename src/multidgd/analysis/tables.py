@@ -248,7 +248,7 @@ def feature_column(table: pd.DataFrame) -> str:
     Returns
     -------
     str
-        The column name.
+        ``"peak"`` or ``"target_gene"``, whichever the table has.
 
     Raises
     ------
@@ -267,7 +267,7 @@ def peak_column(table: pd.DataFrame) -> str:
     Parameters
     ----------
     table
-        A gene-to-feature table.
+        A gene-to-feature table that should hold peaks.
 
     Returns
     -------

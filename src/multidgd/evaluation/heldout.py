@@ -493,9 +493,9 @@ def data_fraction_ratios(
     Parameters
     ----------
     data
-        MuData of every cell.
+        MuData of every cell; only training cells are subsampled.
     split
-        (n,) split labels of ``data``.
+        (n,) split labels of ``data`` (``train`` cells are the ones subsampled).
     cell_types
         (n,) strata of the subsampling.
     fractions
