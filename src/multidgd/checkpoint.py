@@ -34,6 +34,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MODEL_KIND",
     "ModelDescription",
+    "SettingMismatch",
     "TrainingState",
     "model_payload",
     "read",
@@ -44,6 +45,23 @@ __all__ = [
     "training_payload",
     "write_atomic",
 ]
+
+class SettingMismatch(ValueError):
+    """A setting given for a resumed run differs from the one the checkpoint was written with.
+
+    Attributes
+    ----------
+    setting
+        The setting's name: ``seed``, ``max_epochs`` or a :class:`~multidgd.config.TrainConfig`
+        field (``batch_size``, ``precision``, ...).
+    given, stored
+        The value asked for and the checkpoint's.
+    """
+
+    def __init__(self, setting: str, given: Any, stored: Any, message: str) -> None:
+        super().__init__(message)
+        self.setting, self.given, self.stored = setting, given, stored
+
 
 MODEL_KIND = "multidgd-model"
 CHECKPOINT_KIND = "multidgd-training-checkpoint"
