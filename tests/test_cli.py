@@ -136,7 +136,9 @@ def test_embed_naive_and_learn(saved_model, tmp_path, capsys):
     assert result.obsm["X_multidgd_batch"].shape == (query.n_obs, 2)
     for col in ("multidgd_cluster", "multidgd_nll_rna", "multidgd_nll_atac"):
         assert result.obs[col].notna().all()
-    assert main([*args, "--new-classes", "learn", "--device", "cpu"]) == 0
+    assert main([*args, "--new-classes", "learn", "--device", "cpu"]) == 2  # the earlier output stays
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--new-classes", "learn", "--device", "cpu", "--overwrite"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["learned_classes"] == {"batch": ["b2"]}
     updated = DGD.load(summary["model_out"])
@@ -266,7 +268,7 @@ def test_evaluate_bmmc(tmp_path, capsys):
         ["evaluate", str(path), "--out", str(tmp_path / "x"), "--cell-type-key", "cell_type", "--quiet"]
         + ["--train-fraction", "0"]
     )
-    assert bad == 2 and "train_fraction must be in (0, 1]" in capsys.readouterr().err
+    assert bad == 2 and "--train-fraction must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
@@ -341,7 +343,8 @@ def test_gene2peak_command(tmp_path, capsys):
     assert profile.loc[profile["set"] == "silenced", "n_pairs"].sum() == 9
     for name in ("rho.csv", "top.png", "table_tss_profile.png"):
         assert (tmp_path / "g2p" / name).exists()
-    assert main(["gene2peak", str(tmp_path / "m" / "model.pt"), str(path), "--genes", "NOPE", "--out", str(out)]) == 2
+    bad = ["gene2peak", str(tmp_path / "m" / "model.pt"), str(path), "--genes", "NOPE", "--out", str(out)]
+    assert main([*bad, "--overwrite"]) == 2
     assert "not genes of the model" in capsys.readouterr().err
 
 

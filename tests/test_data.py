@@ -243,3 +243,207 @@ def test_wrong_type():
 def test_make_mudata_builder():
     m = make_mudata(n_cells=10)
     assert m["rna"].shape == (10, 30)
+
+
+# ----------------------------------------------------------------------------- bad data: fixed, warned or refused
+def matrix_with_duplicates(x: sp.spmatrix, fmt: str = "csr") -> tuple[sp.spmatrix, np.ndarray]:
+    """``x`` with 3 extra stored entries at positions already stored (2 in row 0, 1 in row 5).
+
+    Returns the matrix in format ``fmt`` (duplicates kept) and the dense sum it stands for.
+    """
+    coo = sp.coo_matrix(x)
+    first0 = coo.col[coo.row == 0][0]
+    first5 = coo.col[coo.row == 5][0]
+    rows = np.r_[coo.row, 0, 0, 5]
+    cols = np.r_[coo.col, first0, first0, first5]
+    vals = np.r_[coo.data, 2, 1, 4].astype(x.dtype)
+    expected = x.toarray()
+    expected[0, first0] += 3
+    expected[5, first5] += 4
+    if fmt == "coo":
+        return sp.coo_matrix((vals, (rows, cols)), shape=x.shape), expected
+    major, minor, n = (rows, cols, x.shape[0]) if fmt == "csr" else (cols, rows, x.shape[1])
+    order = np.argsort(major, kind="stable")
+    indptr = np.r_[0, np.cumsum(np.bincount(major, minlength=n))]
+    kind = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+    return kind((vals[order], minor[order], indptr), shape=x.shape), expected
+
+
+def _arrays(x) -> list[np.ndarray]:
+    """Copies of the arrays that make up a sparse matrix, to check that it is left unchanged."""
+    names = ("data", "indices", "indptr") if x.format in ("csr", "csc") else ("data", "row", "col")
+    return [np.array(getattr(x, n), copy=True) for n in names]
+
+
+def _unchanged(x, before: list[np.ndarray]) -> bool:
+    return all(np.array_equal(a, b) for a, b in zip(_arrays(x), before, strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_duplicate_entries_are_summed_with_warning(mdata, caplog, fmt):
+    x, expected = matrix_with_duplicates(mdata["rna"].X, fmt)
+    assert x.nnz == mdata["rna"].X.nnz + 3
+    mdata.mod["rna"].X = x
+    before = _arrays(x)
+    with caplog.at_level(logging.WARNING):
+        d = read_multiome(mdata)
+    np.testing.assert_array_equal(d.counts["rna"].toarray(), expected)
+    assert d.counts["rna"].has_canonical_format
+    assert d.counts["rna"].nnz == (expected != 0).sum()
+    np.testing.assert_allclose(d.library_size[:, 0], expected.sum(1))
+    assert "modality 'rna' (X): 3 stored entries repeat a (cell, feature) position already stored, in 2 cells" in (
+        caplog.text
+    )
+    assert "X.sum_duplicates()" in caplog.text
+    assert mdata["rna"].X is x and _unchanged(x, before)  # the user's matrix is not merged in place
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_to_count_csr_sums_duplicates(mdata, caplog, fmt):
+    from multidgd.data import to_count_csr
+
+    x, expected = matrix_with_duplicates(mdata["rna"].X.astype(np.int64), fmt)  # int counts: converted
+    before = _arrays(x)
+    with caplog.at_level(logging.WARNING):
+        out = to_count_csr(x, "rna", None)
+    assert out.dtype == np.float32 and out.has_canonical_format
+    np.testing.assert_array_equal(out.toarray(), expected)
+    assert "3 stored entries repeat a (cell, feature) position already stored, in 2 cells" in caplog.text
+    assert _unchanged(x, before)
+
+
+def test_duplicate_entries_in_a_layer_name_it(mdata, caplog):
+    x, expected = matrix_with_duplicates(mdata["atac"].X)
+    mdata.mod["atac"].layers["counts"] = x
+    mdata.mod["rna"].layers["counts"] = mdata["rna"].X.copy()
+    with caplog.at_level(logging.WARNING):
+        d = read_multiome(mdata, layer="counts")
+    np.testing.assert_array_equal(d.counts["atac"].toarray(), expected)
+    assert "modality 'atac' (layer 'counts'): 3 stored entries" in caplog.text
+    assert "layers['counts'].sum_duplicates()" in caplog.text
+
+
+def test_duplicate_entries_of_new_cells_are_summed(mdata, caplog):
+    from multidgd.query import read_query
+
+    x, expected = matrix_with_duplicates(mdata["rna"].X)
+    new = md.MuData({"rna": ad.AnnData(x, obs=mdata["rna"].obs.copy(), var=mdata["rna"].var.copy())})
+    before = _arrays(x)
+    with caplog.at_level(logging.WARNING):
+        q = read_query(
+            new,
+            var_names={"rna": mdata["rna"].var_names, "atac": mdata["atac"].var_names},
+            modality_names={"rna": "rna", "atac": "atac"},
+            covariate_keys=[],
+        )
+    np.testing.assert_array_equal(q.counts["rna"].toarray(), expected)
+    np.testing.assert_allclose(q.library_size[:, 0], expected.sum(1))
+    assert "3 stored entries repeat a (cell, feature) position already stored, in 2 cells" in caplog.text
+    assert _unchanged(new["rna"].X, before)
+
+
+def test_canonical_input_reads_as_before_and_is_not_changed(mdata, caplog):
+    x = mdata["rna"].X
+    x.data[[0, 5]] = 0  # explicit zeros: removed from the copy read, kept in the input
+    x_before = _arrays(x)
+    with caplog.at_level(logging.WARNING):
+        d = read_multiome(mdata)
+    assert "sum_duplicates" not in caplog.text and "2**24" not in caplog.text
+    assert _unchanged(x, x_before)
+    assert d.counts["rna"].nnz == x.nnz - 2
+    np.testing.assert_array_equal(d.counts["rna"].toarray(), x.toarray())
+
+
+def test_counts_above_float32_exact_range_warn(mdata, caplog):
+    x = mdata["rna"].X.toarray().astype(np.float64)
+    x[3, 4] = 2**24 + 3  # not exact in float32
+    x[7, 2] = 3e7
+    mdata.mod["rna"].X = sp.csr_matrix(x)
+    with caplog.at_level(logging.WARNING):
+        d = read_multiome(mdata)
+    assert "modality 'rna' (X): 2 counts exceed 2**24 = 16777216 (largest 30000000)" in caplog.text
+    assert d.counts["rna"][3, 4] == np.float32(2**24 + 3) and d.counts["rna"].dtype == np.float32
+    assert mdata["rna"].X[3, 4] == 2**24 + 3  # the input keeps its float64 value
+
+
+def _with_obs_column(mdata, name, values):
+    obs = mdata.obs.copy()
+    obs[name] = values
+    mdata.obs = obs
+    return obs.copy()
+
+
+@pytest.mark.parametrize("argument", ["covariate_keys", "cell_type_key"])
+def test_continuous_label_column_is_refused(mdata, argument):
+    rng = np.random.default_rng(0)
+    obs = _with_obs_column(mdata, "age", rng.normal(40, 10, 160))
+    x = mdata["atac"].X.toarray()
+    x[0, 0] = 0.5  # bad counts too: the label column is refused first, before counts are read
+    mdata.mod["atac"].X = sp.csr_matrix(x)
+    kw = {"covariate_keys": ["age"]} if argument == "covariate_keys" else {"cell_type_key": "age"}
+    with pytest.raises(ValueError) as err:
+        read_multiome(mdata, **kw)
+    message = str(err.value)
+    assert message.startswith(f"{argument}='age': obs column 'age' holds numbers (float64) with 160 distinct values")
+    assert "pd.cut(obs['age'], bins=5)" in message and "astype('category')" in message
+    pd.testing.assert_frame_equal(mdata.obs, obs)
+
+
+@pytest.mark.parametrize(
+    "values,n_distinct",
+    [
+        (np.arange(160), 160),  # integers, one per cell
+        (np.arange(160) % 60, 60),  # integers, more than MAX_NUMERIC_CLASSES
+        (np.arange(160) % 60 + 0.5, 60),  # floats
+        (pd.array(np.arange(160) % 81, dtype="Int64"), 81),  # more than half the cells
+        ((np.arange(160) % 55).astype(float).astype(object), 55),  # numbers in an object column
+    ],
+)
+def test_numeric_label_column_with_many_values_is_refused(mdata, values, n_distinct):
+    _with_obs_column(mdata, "n", values)
+    with pytest.raises(ValueError, match=f"covariate_keys='n': .* with {n_distinct} distinct values in 160 cells"):
+        read_multiome(mdata, covariate_keys=["n"])
+
+
+def test_class_coded_label_columns_are_accepted(mdata, caplog):
+    _with_obs_column(mdata, "donor", np.arange(160) % 3)  # integer class codes
+    _with_obs_column(mdata, "lane", (np.arange(160) % 4).astype(float))  # float class codes
+    _with_obs_column(mdata, "age", pd.Categorical(np.round(np.linspace(20, 80, 160), 1)))  # explicitly categorical
+    _with_obs_column(mdata, "flag", np.arange(160) % 2 == 0)
+    with caplog.at_level(logging.WARNING):
+        d = read_multiome(mdata, covariate_keys=["donor", "lane", "flag"], cell_type_key="age")
+    assert d.covariate_categories[:2] == [["0", "1", "2"], ["0.0", "1.0", "2.0", "3.0"]]
+    assert len(d.cell_type_categories) == 160
+    assert "cell_type_key='age': 160 of 160 classes have fewer than 3 cells" in caplog.text
+    assert "covariate_keys" not in caplog.text
+
+
+def test_small_classes():
+    from multidgd.data import MIN_CLASS_CELLS, small_classes
+
+    codes = np.array([0, 0, 0, 1, 2, 2, -1, -1, -1])
+    assert MIN_CLASS_CELLS == 3
+    assert small_classes(codes, ["a", "b", "c", "d"]) == {"b": 1, "c": 2, "d": 0}
+    assert small_classes(codes, ["a", "b", "c", "d"], minimum=2) == {"b": 1, "d": 0}
+    assert small_classes(codes, ["a", "b", "c"], minimum=1) == {}
+    singletons = np.arange(5)
+    assert len(small_classes(singletons, list("abcde"), 2)) == 5  # every class one cell: no ARI
+
+
+def test_small_classes_are_warned_about(mdata, caplog):
+    batch = mdata.obs["batch"].astype(str).to_numpy().copy()
+    batch[[0]] = "rare"
+    batch[[1, 2]] = "scarce"
+    _with_obs_column(mdata, "batch", batch)
+    cell_type = mdata.obs["cell_type"].astype(str).to_numpy().copy()
+    cell_type[4] = "unique"
+    obs = _with_obs_column(mdata, "cell_type", cell_type)
+    with caplog.at_level(logging.WARNING):
+        d = read_multiome(mdata, covariate_keys=["batch"], cell_type_key="cell_type")
+    assert (
+        "covariate_keys='batch': 2 of 4 classes have fewer than 3 cells: 'rare' (1 cell), 'scarce' (2 cells)"
+        in caplog.text
+    )
+    assert "cell_type_key='cell_type': 1 of 4 classes have fewer than 3 cells: 'unique' (1 cell)" in caplog.text
+    assert d.covariate_categories == [["b0", "b1", "rare", "scarce"]]
+    pd.testing.assert_frame_equal(mdata.obs, obs)

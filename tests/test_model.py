@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,6 +8,7 @@ import torch
 import multidgd
 import multidgd.train as train_module
 from multidgd import DGD, ModelConfig, TrainConfig
+from multidgd.checkpoint import SettingMismatch
 from multidgd.initialization import initial_state
 
 FAST = TrainConfig(batch_size=32, min_epochs=2, patience=2, checkpoint_every=1)
@@ -276,3 +279,67 @@ def test_covariate_width_other_than_two(mdata, tmp_path, width):
     split = model.split
     assert split.index.equals(model.obs_names)
     assert (split == "validation").sum() == 16 and (split == "train").sum() == 144
+
+
+def _checkpointed(mdata, path, epochs=3, seed=3):
+    return _model(mdata).train(
+        max_epochs=epochs, seed=seed, device="cpu", config=FAST, progress_bar=False, checkpoint_path=path
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "setting", "given", "stored"),
+    [
+        ({"seed": 4}, "seed", 4, 3),
+        ({"config": dataclasses.replace(FAST, batch_size=16)}, "batch_size", 16, 32),
+        ({"config": dataclasses.replace(FAST, precision="bfloat16")}, "precision", "bfloat16", "float32"),
+        ({"max_epochs": 2}, "max_epochs", 2, 3),
+    ],
+)
+def test_resume_refuses_other_settings(mdata, tmp_path, change, setting, given, stored):
+    """The checkpoint's settings win: a different one is an error naming both values, and
+    the checkpoint is left as it was."""
+    path = tmp_path / "c.pt"
+    _checkpointed(mdata, path)
+    before = path.read_bytes()
+    kw = {"max_epochs": 3, "device": "cpu", "progress_bar": False, "checkpoint_path": path, "resume": True}
+    with pytest.raises(SettingMismatch) as err:
+        _model(mdata).train(**{**kw, **change})
+    assert (err.value.setting, err.value.given, err.value.stored) == (setting, given, stored)
+    assert str(given) in str(err.value) and str(stored) in str(err.value)
+    assert path.read_bytes() == before
+
+
+def test_resume_keeps_the_checkpoint_settings_and_extends(mdata, tmp_path):
+    """Without seed/config the checkpoint's are used; a larger max_epochs trains on to it and
+    ends where an uninterrupted run of that length ends."""
+    full = _checkpointed(mdata, tmp_path / "full.pt", epochs=5)
+    _checkpointed(mdata, tmp_path / "c.pt", epochs=3)
+    (tmp_path / "c.pt.tmp").write_bytes(b"left by a killed write")
+    resumed = _model(mdata).train(
+        max_epochs=5, device="cpu", progress_bar=False, checkpoint_path=tmp_path / "c.pt", resume=True
+    )
+    assert resumed.seed == 3 and resumed.train_config == FAST
+    assert list(resumed.history.index) == [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(full.get_latent_representation(), resumed.get_latent_representation())
+    assert not (tmp_path / "c.pt.tmp").exists()
+    same = _model(mdata).train(
+        max_epochs=5,
+        seed=3,
+        config=FAST,
+        device="cpu",
+        progress_bar=False,
+        checkpoint_path=tmp_path / "c.pt",
+        resume=True,
+    )
+    np.testing.assert_array_equal(same.get_latent_representation(), resumed.get_latent_representation())
+
+
+def test_load_names_a_missing_section(mdata, tmp_path):
+    model = _trained(mdata, epochs=2)
+    model.save(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["tables"]
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match=r"broken.pt: the model file lacks its 'tables' section"):
+        DGD.load(tmp_path / "broken.pt")

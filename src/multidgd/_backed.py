@@ -112,8 +112,8 @@ class BackedCSR:
             shape=(len(stored), self._n_cols),
         )
 
-    def __getitem__(self, rows) -> sp.csr_matrix:
-        """Read rows (positions, a slice or a boolean mask) as an in-memory float32 CSR, in the order asked."""
+    def _read(self, rows, merge: bool) -> sp.csr_matrix:
+        """Read rows (positions, a slice or a boolean mask) in the order asked; ``merge`` sums duplicates."""
         if isinstance(rows, slice):
             rows = np.arange(len(self._rows))[rows]
         rows = np.asarray(rows)
@@ -126,16 +126,29 @@ class BackedCSR:
             out = out[inverse]
         if self._cols is not None:
             out = out[:, self._cols]
-        out.sort_indices()
+        if merge:
+            out.sum_duplicates()  # sorts the indices; a position stored twice counts once, summed
+        else:
+            out.sort_indices()
         return out
 
-    def chunks(self, size: int = 8192):
+    def __getitem__(self, rows) -> sp.csr_matrix:
+        """Read rows (positions, a slice or a boolean mask) as an in-memory float32 CSR, in the order asked.
+
+        A (row, column) position the file stores more than once is returned once, its values
+        summed (as ``scipy.sparse.csr_matrix.sum_duplicates`` does); the file is not changed.
+        """
+        return self._read(rows, merge=True)
+
+    def chunks(self, size: int = 8192, *, as_stored: bool = False):
         """Iterate over all rows in blocks, in order.
 
         Parameters
         ----------
         size
             Rows per block.
+        as_stored
+            Keep duplicate entries as the file stores them (default: summed, as by indexing).
 
         Yields
         ------
@@ -143,7 +156,7 @@ class BackedCSR:
             The first row of the block and the block.
         """
         for start in range(0, self.shape[0], size):
-            yield start, self[np.arange(start, min(start + size, self.shape[0]))]
+            yield start, self._read(np.arange(start, min(start + size, self.shape[0])), merge=not as_stored)
 
     def read_row_sums(self, check: Callable[[sp.csr_matrix], object] | None = None) -> np.ndarray:
         """Read every row once to total it, and cache the totals.
@@ -151,7 +164,8 @@ class BackedCSR:
         Parameters
         ----------
         check
-            Called with each block of rows read (e.g. to validate the values); it may raise.
+            Called with each block of rows as stored, duplicate entries included (e.g. to
+            validate the values); it may raise.
 
         Returns
         -------
@@ -159,7 +173,7 @@ class BackedCSR:
             (n,) float64 row totals.
         """
         out = np.empty(self.shape[0], dtype=np.float64)
-        for start, block in self.chunks():
+        for start, block in self.chunks(as_stored=True):
             if check is not None:
                 check(block)
             out[start : start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()

@@ -33,6 +33,7 @@ __all__ = [
     "CHECKPOINT_KIND",
     "FORMAT_VERSION",
     "MODEL_KIND",
+    "MODEL_SECTIONS",
     "ModelDescription",
     "SettingMismatch",
     "TrainingState",
@@ -41,10 +42,13 @@ __all__ = [
     "read_model",
     "read_training",
     "state_from_model",
+    "check_resume",
+    "remove_stale_temporary",
     "state_from_training",
     "training_payload",
     "write_atomic",
 ]
+
 
 class SettingMismatch(ValueError):
     """A setting given for a resumed run differs from the one the checkpoint was written with.
@@ -256,7 +260,8 @@ def read(path: str | Path, *, kind: str) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"{path} is not a readable multidgd file: {err}") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path} is not a readable multidgd file: {reason}") from err
     found = payload.get("kind") if isinstance(payload, dict) else None
     if found != kind:
         raise ValueError(f"{path} holds {found!r}, expected {kind!r}")
@@ -312,6 +317,69 @@ def read_training(path: str | Path, *, fingerprint: str, model_config: dict[str,
     return payload
 
 
+def check_resume(payload: dict[str, Any], *, seed: int | None, config: Any, max_epochs: int) -> None:
+    """Refuse to resume a training checkpoint with settings other than its own.
+
+    Parameters
+    ----------
+    payload
+        The training checkpoint.
+    seed
+        The seed asked for, or None (the checkpoint's).
+    config
+        The :class:`~multidgd.config.TrainConfig` asked for, or None (the checkpoint's).
+    max_epochs
+        Epochs asked for in all: at least the checkpoint's epoch (more extends training).
+
+    Raises
+    ------
+    SettingMismatch
+        Naming the first setting that differs; the message lists every one with both values.
+    """
+    stored_seed, stored, epoch = int(payload["seed"]), payload["train_config"], int(payload["epoch"])
+    if seed is not None and int(seed) != stored_seed:
+        raise SettingMismatch(
+            "seed",
+            seed,
+            stored_seed,
+            f"seed={seed} differs from the checkpoint's seed={stored_seed}; leave seed out to continue the run",
+        )
+    if config is not None:
+        given = config.to_dict()
+        diffs = {k: (v, stored.get(k)) for k, v in given.items() if stored.get(k) != v}
+        if diffs:
+            listed = ", ".join(f"{k}={v!r} (checkpoint: {old!r})" for k, (v, old) in diffs.items())
+            first = next(iter(diffs))
+            raise SettingMismatch(
+                first,
+                diffs[first][0],
+                diffs[first][1],
+                f"TrainConfig differs from the checkpoint's: {listed}; leave config out to continue the run",
+            )
+    if max_epochs < epoch:
+        raise SettingMismatch(
+            "max_epochs",
+            max_epochs,
+            epoch,
+            f"max_epochs={max_epochs} is below the checkpoint's epoch {epoch}; give at least {epoch} "
+            "(more extends the training)",
+        )
+
+
+def remove_stale_temporary(path: str | Path) -> bool:
+    """Remove the temporary file a write to ``path`` left behind when it was killed.
+
+    :func:`write_atomic` writes ``<name>.tmp`` and renames it over ``path``; after a kill
+    during the write the ``.tmp`` file (the size of a checkpoint) stays. Returns whether one
+    was removed.
+    """
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    if tmp.is_file():
+        tmp.unlink()
+        return True
+    return False
+
+
 def state_from_training(payload: dict[str, Any], module: DGDModule) -> TrainingState:
     """The :class:`TrainingState` of a training checkpoint; ``module`` is shaped like the
     saved one and receives its parameters.
@@ -364,9 +432,18 @@ def model_payload(
     }
 
 
+#: Sections a model file must hold (``"model"``: the description).
+MODEL_SECTIONS = ("model", "module", "tables", "train_index", "val_index", "history", "epoch", "best_epoch")
+_DESCRIPTION_FIELDS = ("obs_names", "kept", "var_names", "covariate_keys", "covariate_categories", "n_components")
+
+
 def read_model(path: str | Path) -> dict[str, Any]:
-    """A model file's payload, its format version checked."""
+    """A model file's payload, its format version and sections checked."""
     payload = read(path, kind=MODEL_KIND)
+    missing = [k for k in MODEL_SECTIONS if k not in payload]
+    missing += [f"model.{k}" for k in _DESCRIPTION_FIELDS if "model" in payload and k not in payload["model"]]
+    if missing:
+        raise ValueError(f"{path}: the model file lacks its {', '.join(repr(k) for k in missing)} section(s)")
     version = payload["model"].get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported format version {version}")

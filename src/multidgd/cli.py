@@ -4,8 +4,10 @@ Each command calls one library function and prints what it returns: ``demo`` and
 ``train`` :func:`multidgd.workflows.train_and_report`, ``embed`` and ``predict``
 :func:`multidgd.workflows.embed_and_write`, ``gene2peak``
 :func:`multidgd.workflows.gene2peak_and_write`, ``evaluate``
-:func:`multidgd.evaluation.run_evaluation`. Errors in the input end the command with
-``multidgd: error: ...`` on stderr and exit status 2.
+:func:`multidgd.workflows.evaluate_and_write`. A user error (bad data, option, file or
+destination) ends the command with one line ``multidgd: error: ...`` on stderr and exit
+status 2, with the library's Python argument names replaced by the command-line options
+(:data:`CLI_OPTIONS`); Ctrl-C ends it with one line and exit status 130.
 """
 
 from __future__ import annotations
@@ -13,19 +15,145 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .config import PRECISIONS
+from .io import mudata_options
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "cli_message", "cli_text", "CLI_OPTIONS", "CLI_PHRASES", "USER_ERRORS"]
 
 logger = logging.getLogger("multidgd")
 
 #: Exceptions every command reports as an input error (exit status 2).
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, TypeError)
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, TypeError)
+
+#: Library messages name Python arguments; the command line names its options instead.
+#: Python name -> option, replaced where a message writes ``name=value`` or ``name=...``,
+#: as a word of its own when the name holds an underscore (``batch_size``), and at the
+#: start of a message (``lr must be ...``, ``genes is empty``, ``groupby: ...``).
+CLI_OPTIONS: dict[str, str] = {
+    "batch_size": "--batch-size",
+    "max_epochs": "--max-epochs",
+    "seed": "--seed",
+    "precision": "--precision",
+    "device": "--device",
+    "rna_mod": "--rna-mod",
+    "atac_mod": "--atac-mod",
+    "layer": "--layer",
+    "covariate_keys": "--covariate-keys",
+    "cell_type_key": "--cell-type-key",
+    "backed": "--backed",
+    "new_classes": "--new-classes",
+    "covariate_start": "--covariate-start",
+    "n_steps": "--steps",
+    "lr": "--lr",
+    "step_size": "--step-size",
+    "min_cells": "--min-cells",
+    "top_n": "--top-n",
+    "genes": "--genes",
+    "groupby": "--groupby",
+    "holdout_batch": "--holdout-batch",
+    "batch_key": "--batch-key",
+    "train_fraction": "--train-fraction",
+    "compare_max_epochs": "--compare-max-epochs",
+}
+
+#: Advice naming Python calls, or settings the command line does not have, rephrased
+#: (exact text, replaced before :data:`CLI_OPTIONS`).
+CLI_PHRASES: dict[str, str] = {
+    "pass TrainConfig(batch_size=...) no larger than the number of cells": (
+        "give --batch-size no larger than the number of cells"
+    ),
+    "lower batch_size or validation_fraction": "lower --batch-size (10% of the cells are held out for validation)",
+    "rna_mod=/atac_mod= (CLI: --rna-mod/--atac-mod)": "--rna-mod/--atac-mod",
+    "rna_mod=/atac_mod=": "--rna-mod/--atac-mod",
+    " (min_feature_fraction)": "",
+    "remove it or point checkpoint_path elsewhere": (
+        "start afresh with --overwrite instead of --resume, or choose another --out"
+    ),
+    "was written with another ModelConfig": (
+        "was written with other model settings (a ModelConfig from Python); start afresh with --overwrite "
+        "instead of --resume, or choose another --out"
+    ),
+    "Drop backed or the layer": "Drop --backed or --layer",
+    "pass top_n= or features=, or fewer genes": "pass --top-n, or fewer --genes",
+    " or None, got": ", got",
+}
+
+_NOT_OPTION = r"(?<![\w\-/.])"  # not inside a word, an option or a path
+
+
+def cli_text(text: str) -> str:
+    """Rephrase a library message for the command line (:data:`CLI_PHRASES`, :data:`CLI_OPTIONS`).
+
+    Parameters
+    ----------
+    text
+        The message.
+
+    Returns
+    -------
+    str
+        The message naming command-line options.
+    """
+    for old, new in CLI_PHRASES.items():
+        text = text.replace(old, new)
+    for name, option in CLI_OPTIONS.items():
+        text = re.sub(rf"{_NOT_OPTION}{name}=\.\.\.", option, text)
+        text = re.sub(rf"{_NOT_OPTION}{name}=", f"{option} ", text)
+        if "_" in name:
+            text = re.sub(rf"{_NOT_OPTION}{name}(?![\w/.])", option, text)
+        else:
+            text = re.sub(rf"^{name}(?=:| must | is | repeat| ')", option, text)
+    return text
+
+
+def _setting_message(err: Any) -> str:
+    """A resumed run's option that differs from its checkpoint's, in command-line terms."""
+    option = CLI_OPTIONS.get(err.setting)
+    if option is None:
+        return cli_text(str(err))
+    if err.setting == "max_epochs":
+        return (
+            f"--max-epochs {err.given} is below the {err.stored} epochs the checkpoint in --out has trained; "
+            f"give --max-epochs {err.stored} or more to continue (more extends the run)"
+        )
+    return (
+        f"{option} {err.given} differs from the checkpoint's {option} {err.stored}; leave {option} out (or give "
+        f"{err.stored}) to continue the run, or start afresh with --overwrite instead of --resume"
+    )
+
+
+def cli_message(err: BaseException) -> str:
+    """The one-line message a command prints for a user error.
+
+    A :class:`~multidgd.checkpoint.SettingMismatch` names the option and both values; an
+    OSError its file and reason; others their text (never blank), through :func:`cli_text`.
+
+    Parameters
+    ----------
+    err
+        The exception.
+
+    Returns
+    -------
+    str
+    """
+    checkpoint = sys.modules.get("multidgd.checkpoint")  # only a loaded one can have raised it
+    mismatch = getattr(checkpoint, "SettingMismatch", None)
+    if mismatch is not None and isinstance(err, mismatch):
+        return _setting_message(err)
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, KeyError):
+            text = f"{text} not found"
+    return cli_text(text)
 
 
 def _train_summary_text(summary: dict[str, Any], out: Path) -> str:
@@ -51,23 +179,39 @@ def _train_summary_text(summary: dict[str, Any], out: Path) -> str:
 # ----------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--quiet``, taken by every command."""
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
 
 
+def _add_overwrite_option(p, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
+
+
 def _add_train_options(p: argparse.ArgumentParser, *, default_epochs: int) -> None:
     p.add_argument("--out", type=Path, default=None, help="output directory")
     p.add_argument("--max-epochs", type=int, default=default_epochs, help="upper bound on epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--batch-size", type=int, default=None, help="cells per minibatch (default 128)")
+    p.add_argument("--seed", type=int, default=None, help="default 0; when resuming, the checkpoint's")
+    earlier = p.add_mutually_exclusive_group()
+    earlier.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    _add_overwrite_option(earlier, "an earlier run in OUT (its files not written again are removed)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="cells per minibatch (default 128; resuming: the checkpoint's)"
+    )
     p.add_argument(
         "--precision",
         choices=list(PRECISIONS),
-        default="float32",
-        help="bfloat16: the decoder's matmuls in bfloat16 (GPUs, CPUs with bf16 support)",
+        default=None,
+        help="float32 (default; resuming: the checkpoint's) or bfloat16: the decoder's matmuls in "
+        "bfloat16 (GPUs, CPUs with bf16 support)",
     )
     _add_runtime_options(p)
 
@@ -119,6 +263,7 @@ def _add_evaluate_parser(sub) -> None:
         "--model", type=Path, default=None, help="evaluate this model.pt (trained on DATA with the same split)"
     )
     ev.add_argument("--compare-max-epochs", type=int, default=None, help="cap MultiVI's epochs (default: its own)")
+    _add_overwrite_option(ev, "an earlier run in OUT (its files not written again are removed)")
     _add_runtime_options(ev)
 
 
@@ -140,6 +285,7 @@ def _add_embed_parsers(sub) -> None:
         q.add_argument("--rna-library-key", default=None, help="obs column with RNA library sizes")
         q.add_argument("--atac-library-key", default=None, help="obs column with ATAC library sizes")
         q.add_argument("--model-out", type=Path, default=None, help="where a model with learned classes is written")
+        _add_overwrite_option(q, "existing output files")
         _add_runtime_options(q)
         if name == "predict":
             q.add_argument("--denoise", action="store_true", help="also write decoded present modalities")
@@ -170,6 +316,7 @@ def _add_gene2peak_parser(sub) -> None:
     g.add_argument("--rna-mod", default=None)
     g.add_argument("--atac-mod", default=None)
     g.add_argument("--layer", default=None)
+    _add_overwrite_option(g, "existing output files")
     _add_runtime_options(g)
 
 
@@ -182,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         With the subcommands ``demo``, ``train``, ``evaluate``, ``embed``, ``predict`` and
         ``gene2peak``.
     """
-    parser = argparse.ArgumentParser(prog="multidgd", description="multiDGD for paired RNA + ATAC counts")
+    parser = _Parser(prog="multidgd", description="multiDGD for paired RNA + ATAC counts")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parsers(sub)
     _add_evaluate_parser(sub)
@@ -202,14 +349,15 @@ def _train_out(args: argparse.Namespace) -> Path:
 
 def _train(args: argparse.Namespace) -> str | None:
     from .datasets import demo_path
-    from .io import read
-    from .workflows import train_and_report
+    from .workflows import OutputFolder, read_input, train_and_report
 
     if args.command == "demo":
         path = demo_path()
+        inputs = {"the demo data": path}
         kw = {"cell_type_key": "cell_type", "covariate_keys": ["sample"]}
     else:
         path = args.data
+        inputs = {"DATA": path}
         kw = {
             "rna_mod": args.rna_mod,
             "atac_mod": args.atac_mod,
@@ -218,7 +366,8 @@ def _train(args: argparse.Namespace) -> str | None:
             "covariate_keys": args.covariate_keys,
         }
     out = _train_out(args)
-    data = read(path, backed=getattr(args, "backed", False))
+    OutputFolder.check(out, overwrite=args.overwrite, resume=args.resume, inputs=inputs)  # before reading the data
+    data = read_input(path, backed=getattr(args, "backed", False))
     summary = train_and_report(
         data,
         out,
@@ -230,41 +379,37 @@ def _train(args: argparse.Namespace) -> str | None:
         batch_size=args.batch_size,
         precision=args.precision,
         progress_bar=not args.quiet,
+        overwrite=args.overwrite,
+        inputs=inputs,
         **kw,
     )
     return _train_summary_text(summary, out) if summary else None
 
 
 def _evaluate(args: argparse.Namespace) -> str:
-    from .evaluation import read_split_csv, require_scvi, run_evaluation
-    from .io import read
+    from .evaluation import require_scvi
+    from .workflows import evaluate_and_write
 
     if args.max_epochs < 1:
         raise ValueError(f"--max-epochs must be >= 1, got {args.max_epochs}")
     if args.compare:
         require_scvi()
-    data = read(args.data)
-    split = None
-    if args.split_csv is not None:
-        import pandas as pd
-
-        split = read_split_csv(args.split_csv, pd.Index(data.obs_names.astype(str)))
-    metrics = run_evaluation(
-        data,
+    metrics = evaluate_and_write(
+        args.data,
         args.out,
+        split_csv=args.split_csv,
+        model_path=args.model,
+        overwrite=args.overwrite,
         cell_type_key=args.cell_type_key,
         batch_key=args.batch_key,
-        split=split,
         seed=args.seed,
         max_epochs=args.max_epochs,
         holdout_batch=args.holdout_batch,
         train_fraction=args.train_fraction,
         compare=args.compare or [],
         compare_max_epochs=args.compare_max_epochs,
-        model_path=args.model,
         device=args.device,
         progress_bar=not args.quiet,
-        source=args.data.name,
     )
     return json.dumps(metrics, indent=2)
 
@@ -275,6 +420,7 @@ def _embed(args: argparse.Namespace) -> str:
     kw = {
         "predict": args.command == "predict",
         "model_out": args.model_out,
+        "overwrite": args.overwrite,
         "new_classes": args.new_classes,
         "covariate_start": args.covariate_start,
         "n_steps": args.steps,
@@ -291,17 +437,23 @@ def _embed(args: argparse.Namespace) -> str:
     return json.dumps(embed_and_write(args.model, args.data, args.out, **kw), indent=2)
 
 
-def _gene_list(values: list[str]) -> list[str]:
-    genes = []
+def _gene_list(values: list[str]) -> tuple[list[str], dict[str, Path]]:
+    """The genes of ``--genes`` (names, or @FILE with one per line) and the files read."""
+    from .workflows import check_input_file
+
+    genes, files = [], {}
     for v in values:
         if v.startswith("@"):
-            path = Path(v[1:])
-            if not path.exists():
-                raise FileNotFoundError(f"--genes: no file {path}")
-            genes += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            path = check_input_file(v[1:], "--genes", expected="a text file with one gene per line (@FILE)")
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"--genes {path}: cannot be read as text ({err})") from err
+            genes += [line.strip() for line in text.splitlines() if line.strip()]
+            files[f"--genes {v}"] = path
         else:
             genes.append(v)
-    return genes
+    return genes, files
 
 
 def _gene2peak(args: argparse.Namespace) -> str:
@@ -313,11 +465,12 @@ def _gene2peak(args: argparse.Namespace) -> str:
         raise ValueError("--tss needs --modality atac (a profile of peaks)")
     if args.tss is not None and args.top_n is not None:
         raise ValueError("--tss needs every peak per gene: leave out --top-n")
+    genes, files = _gene_list(args.genes)
     summary = gene2peak_and_write(
         args.model,
         args.data,
         args.out,
-        genes=_gene_list(args.genes),
+        genes=genes,
         plot=args.plot,
         spearman=args.spearman,
         tss=args.tss,
@@ -327,6 +480,8 @@ def _gene2peak(args: argparse.Namespace) -> str:
         layer=args.layer,
         rna_mod=args.rna_mod,
         atac_mod=args.atac_mod,
+        overwrite=args.overwrite,
+        inputs=files,
         n_steps=args.steps,
         lr=args.lr,
         step_size=args.step_size,
@@ -350,6 +505,17 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], str | None], tuple[typ
 }
 
 
+def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
+    """The line printed after Ctrl-C."""
+    from .workflows import RunInterrupted
+
+    if isinstance(err, RunInterrupted):
+        return str(err)
+    if args.command in ("demo", "train"):
+        return f"interrupted; rerun with --resume to continue from {_train_out(args) / 'checkpoint.pt'}"
+    return "interrupted; no output written (partial files removed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``multidgd`` command line.
 
@@ -361,24 +527,25 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 2 on an input error (message on stderr), 130 when
-        training was interrupted.
+        Exit status: 0 on success, 2 on a user error (bad data, option, file or
+        destination; one line on stderr), 130 when interrupted (Ctrl-C).
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error (already printed)
+        return stop.code if isinstance(stop.code, int) else 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     run, errors = _COMMANDS[args.command]
     try:
-        text = run(args)
+        # mudata's updates keep each modality's obs to itself while a command runs (as the
+        # library's readers do); the caller's option is restored afterwards
+        with mudata_options(pull_on_update=False):
+            text = run(args)
     except (*USER_ERRORS, *errors) as err:
-        print(f"multidgd: error: {err}", file=sys.stderr)
+        print(f"multidgd: error: {cli_message(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if args.command not in ("demo", "train"):
-            raise
-        print(
-            f"multidgd: interrupted; rerun with --resume to continue from {_train_out(args) / 'checkpoint.pt'}",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as err:
+        print(f"multidgd: {_interrupted(args, err)}", file=sys.stderr)
         return 130
     if text:
         print(text)

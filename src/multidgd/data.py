@@ -8,6 +8,11 @@ The container reader is shared by the training data (:func:`read_multiome`) and 
 :func:`mudata_modalities` / :func:`feature_modalities` find the RNA and ATAC parts,
 :func:`read_counts` checks and converts a count matrix taken from ``X`` or a layer, and
 :func:`find_obs_column` looks up ``obs`` columns.
+
+Bad data is refused with an error naming the modality, column or argument, or handled
+with a logged warning: duplicate sparse entries are summed and counts above ``2**24`` kept
+(:func:`to_count_csr`), continuous covariate or cell-type columns are refused and classes
+with fewer than :data:`MIN_CLASS_CELLS` cells warned about (:func:`small_classes`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,6 +50,10 @@ __all__ = [
     "unique_feature_names",
     "find_obs_column",
     "obs_column_names",
+    "small_classes",
+    "FLOAT32_EXACT_MAX",
+    "MIN_CLASS_CELLS",
+    "MAX_NUMERIC_CLASSES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +70,19 @@ FEATURE_TYPE_ALIASES = {
     "atac": "atac",
     "chromatin accessibility": "atac",
 }
+
+#: The largest integer float32 holds exactly (``2**24``); larger counts are warned about.
+FLOAT32_EXACT_MAX = 2**24
+
+#: Covariate and cell-type classes with fewer cells than this are warned about: a class
+#: representation, a class-wise validation split or a clustering score has too little to
+#: go on (see :func:`small_classes`).
+MIN_CLASS_CELLS = 3
+
+#: A numeric (not categorical) ``obs`` column used as covariate or cell types is refused
+#: when it holds more distinct values than this, or more than half as many as there are
+#: cells: it looks continuous.
+MAX_NUMERIC_CLASSES = 50
 
 _SPLIT_VALUES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 
@@ -234,6 +256,18 @@ def layer_matrix(adata: Any, layer: str | None, mod_name: str):
 def to_count_csr(x, mod_name: str, layer: str | None) -> sp.csr_matrix:
     """Check that a matrix holds raw counts and convert it to CSR float32.
 
+    Values that are not counts (NaN, infinite, negative, non-integer, non-numeric) raise a
+    ValueError naming the modality and where the values came from. Two kinds of suspicious
+    data are handled with a warning (logged) instead:
+
+    * duplicate entries: a sparse matrix may store the same (cell, feature) position more
+      than once (legal in scipy). The entries are summed, as ``X.sum_duplicates()`` does,
+      on a copy; the input matrix is never changed.
+    * counts above ``2**24`` (:data:`FLOAT32_EXACT_MAX`), the largest integer float32
+      holds exactly: they are kept, rounded to float32 (relative error below ``6e-8``).
+      They are warned about, not refused, since training still works; but a single count
+      this large is rare in single-cell data and may mean that the matrix is not raw counts.
+
     Parameters
     ----------
     x
@@ -246,15 +280,60 @@ def to_count_csr(x, mod_name: str, layer: str | None) -> sp.csr_matrix:
     Returns
     -------
     scipy.sparse.csr_matrix
-        float32 counts without explicit zeros, indices sorted.
+        float32 counts without explicit zeros, indices sorted, each position stored once.
     """
-    where = f"modality {mod_name!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
-        values = x.data
+    out, notes = _checked_count_csr(x, _where(mod_name, layer))
+    _warn_count_notes(notes, _where(mod_name, layer), layer)
+    return out
+
+
+class _CountNotes(NamedTuple):
+    """What reading a count matrix found and handled: duplicate entries and very large counts."""
+
+    duplicates: int = 0
+    duplicate_cells: int = 0
+    large: int = 0
+    largest: float = 0.0
+
+    def plus(self, other: _CountNotes) -> _CountNotes:
+        """Combine the notes of two blocks of rows."""
+        return _CountNotes(
+            self.duplicates + other.duplicates,
+            self.duplicate_cells + other.duplicate_cells,
+            self.large + other.large,
+            max(self.largest, other.largest),
+        )
+
+
+def _where(mod_name: str, layer: str | None) -> str:
+    """Name a count matrix in messages: its modality and ``X`` or the layer."""
+    return f"modality {mod_name!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
+
+
+def _merged_csr(x) -> tuple[sp.csr_matrix, bool, int, int]:
+    """Return a sparse matrix as CSR with duplicate entries summed, never changing ``x``.
+
+    Returns (the CSR matrix, whether it is a copy this function owns, the number of stored
+    entries merged away, the number of rows that held duplicates).
+    """
+    if x.format == "csr":
+        csr = sp.csr_matrix(x)  # a new object on the same arrays: its format flags are its own
+        if csr.has_canonical_format:
+            return csr, False, 0, 0
+        csr = csr.copy()
     else:
-        x = np.asarray(x)
-        values = x.ravel()
+        csr = x.tocsr()  # new arrays (COO: duplicates already summed here)
+    csr.sum_duplicates()
+    surplus = x.nnz - csr.nnz if x.format in ("csr", "csc", "coo") else 0
+    if surplus <= 0:
+        return csr, True, 0, 0
+    stored = np.bincount(x.tocoo().row, minlength=x.shape[0])
+    cells = int((stored > np.diff(csr.indptr)).sum())
+    return csr, True, int(surplus), cells
+
+
+def _check_count_values(values: np.ndarray, where: str) -> None:
+    """Refuse values that are not raw counts (non-numeric, NaN/infinite, negative, non-integer)."""
     if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
         raise ValueError(f"{where} holds {values.dtype} values; raw counts are needed")
     hint = "multiDGD needs raw integer counts, not normalised, log-transformed, TF-IDF or LSI values"
@@ -269,10 +348,55 @@ def to_count_csr(x, mod_name: str, layer: str | None) -> sp.csr_matrix:
         if frac.any():
             example = values[frac][:3].tolist()
             raise ValueError(f"{where} has {int(frac.sum())} non-integer values (e.g. {example}); {hint}")
+
+
+def _checked_count_csr(x, where: str) -> tuple[sp.csr_matrix, _CountNotes]:
+    """:func:`to_count_csr` without the warnings: the matrix and what was found."""
+    if sp.issparse(x):
+        x, owned, duplicates, duplicate_cells = _merged_csr(x)
+        values = x.data
+    else:
+        x = np.asarray(x)
+        values, owned, duplicates, duplicate_cells = x.ravel(), True, 0, 0
+    _check_count_values(values, where)
+    large = values > FLOAT32_EXACT_MAX
+    n_large = int(large.sum())
+    notes = _CountNotes(duplicates, duplicate_cells, n_large, float(values[large].max()) if n_large else 0.0)
     out = sp.csr_matrix(x, dtype=np.float32)
+    if not owned and (not out.has_sorted_indices or not out.data.all()):
+        out = out.copy()  # it shares arrays with the input, which must not change
     out.eliminate_zeros()
     out.sort_indices()
-    return out
+    return out, notes
+
+
+def _warn_count_notes(notes: _CountNotes, where: str, layer: str | None, *, backed: bool = False) -> None:
+    """Log a warning for duplicate entries and for counts above float32's exact integer range."""
+    matrix = "X" if layer is None else f"layers[{layer!r}]"
+    if notes.duplicates:
+        logger.warning(
+            "%s: %d stored entries repeat a (cell, feature) position already stored, in %d cells; they are "
+            "summed%s, as %s.sum_duplicates() does. Call %s.sum_duplicates() on the input (then save it) "
+            "to silence this warning",
+            where,
+            notes.duplicates,
+            notes.duplicate_cells,
+            " each time rows are read from the file (the file is not changed)"
+            if backed
+            else " (the input is not changed)",
+            matrix,
+            matrix,
+        )
+    if notes.large:
+        logger.warning(
+            "%s: %d counts exceed 2**24 = %d (largest %.0f), the largest integer float32 holds exactly; they "
+            "are used rounded to float32. Counts this large are rare in single cells: check that %s holds raw counts",
+            where,
+            notes.large,
+            FLOAT32_EXACT_MAX,
+            notes.largest,
+            matrix,
+        )
 
 
 def read_counts(adata: Any, layer: str | None, mod_name: str) -> sp.csr_matrix:
@@ -434,15 +558,29 @@ def read_multiome(
     -------
     MultiomeData
         The validated data. The input is not modified.
+
+    Notes
+    -----
+    The counts are checked by :func:`to_count_csr` (duplicate sparse entries are summed and
+    counts above ``2**24`` accepted, both with a warning). A covariate or cell-type column
+    that is numeric (not categorical) with more than :data:`MAX_NUMERIC_CLASSES` distinct
+    values, or more than half as many as cells, is refused as continuous: bin it
+    (``pandas.cut``) or, for class codes, make it categorical (``.astype("category")``).
+    Classes with fewer than :data:`MIN_CLASS_CELLS` cells are warned about.
     """
     covariate_keys = _covariate_key_list(covariate_keys)
     mods, obs, source, columns_of = _split_modalities(data, rna_mod=rna_mod, atac_mod=atac_mod)
     obs_names = _check_obs_names(mods, source)
     backed = any(is_backed(a) for a in mods.values())
+    # the labels first: a wrong column is refused before the counts are read
+    roles = {
+        **{k: "covariate_keys" for k in covariate_keys},
+        **({cell_type_key: "cell_type_key"} if cell_type_key else {}),
+    }
+    keys = [*([cell_type_key] if cell_type_key else []), *covariate_keys, *([split_key] if split_key else [])]
+    columns = _collect_obs(obs, mods, keys, obs_names, roles)
     order = _align_cells(mods, obs_names, backed)
     counts, var_names = _read_modalities(mods, source, layer, columns_of, order, backed)
-    keys = [*([cell_type_key] if cell_type_key else []), *covariate_keys, *([split_key] if split_key else [])]
-    columns = _collect_obs(obs, mods, keys, obs_names)
     library = np.stack(
         [
             counts[m].row_sums() if isinstance(counts[m], BackedCSR) else np.asarray(counts[m].sum(axis=1)).ravel()
@@ -466,6 +604,7 @@ def read_multiome(
         source_modality=source,
     )
     _add_labels(out, columns, covariate_keys, cell_type_key, split_key)
+    _warn_small_classes(out)
     return out
 
 
@@ -603,7 +742,11 @@ def _read_modalities(mods, source, layer, columns_of, order, backed) -> tuple[di
 
 
 def _backed_counts(adata, layer: str | None, mod_name: str, *, rows=None, cols=None) -> BackedCSR:
-    """Open a backed modality's counts as a :class:`BackedCSR`, checked a block of rows at a time."""
+    """Open a backed modality's counts as a :class:`BackedCSR`, checked a block of rows at a time.
+
+    The checks are those of :func:`to_count_csr`, with its warnings given once for the whole
+    matrix; duplicate entries are summed by :class:`BackedCSR` whenever rows are read.
+    """
     if layer is not None:
         raise ValueError(f"a file opened backed is read from X only; got layer={layer!r}. Drop backed or the layer")
     group = backed_group(adata.X)
@@ -614,8 +757,14 @@ def _backed_counts(adata, layer: str | None, mod_name: str, *, rows=None, cols=N
             "write it as CSR (adata.X = scipy.sparse.csr_matrix(adata.X)) or read the file into memory"
         )
     x = BackedCSR(group, adata.n_vars, rows=rows, cols=cols)
-    # the same checks as in memory, one block at a time
-    x.read_row_sums(check=lambda block: to_count_csr(block, mod_name, None))
+    where = _where(mod_name, None)
+    notes = [_CountNotes()]
+
+    def check(block: sp.csr_matrix) -> None:
+        notes[0] = notes[0].plus(_checked_count_csr(block, where)[1])
+
+    x.read_row_sums(check=check)  # each block as stored, duplicates included
+    _warn_count_notes(notes[0], where, None, backed=True)
     return x
 
 
@@ -639,8 +788,13 @@ def _non_empty_cells(library: np.ndarray, source: dict[str, str], drop_empty_cel
     return kept
 
 
-def _collect_obs(obs: pd.DataFrame | None, mods, keys: list[str], obs_names: pd.Index) -> dict[str, np.ndarray]:
-    """Read the label columns ``keys``, refusing absent columns and missing values."""
+def _collect_obs(
+    obs: pd.DataFrame | None, mods, keys: list[str], obs_names: pd.Index, roles: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """Read the label columns ``keys``, refusing absent columns, missing values and continuous labels.
+
+    ``roles`` maps the covariate and cell-type keys to the argument that named them.
+    """
     columns = {}
     frames = [obs] + [mods[m].obs for m in MODALITIES]
     for key in keys:
@@ -653,8 +807,86 @@ def _collect_obs(obs: pd.DataFrame | None, mods, keys: list[str], obs_names: pd.
                 f"obs column {key!r} has {int(missing.sum())} missing values (e.g. cells "
                 f"{obs_names[missing][:3].tolist()}); fill or drop them before training"
             )
+        if key in roles:
+            _refuse_continuous(col, key, roles[key])
         columns[key] = col.to_numpy()
     return columns
+
+
+def _refuse_continuous(col: pd.Series, key: str, argument: str) -> None:
+    """Refuse a numeric, non-categorical label column with many distinct values (see :data:`MAX_NUMERIC_CLASSES`)."""
+    if isinstance(col.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(col.dtype):
+        return
+    numeric = pd.api.types.is_numeric_dtype(col.dtype) or (
+        col.dtype == object
+        and pd.api.types.infer_dtype(col, skipna=True) in ("floating", "integer", "mixed-integer-float")
+    )
+    if not numeric:
+        return
+    n_distinct, n_cells = int(col.nunique()), len(col)
+    if n_distinct <= MAX_NUMERIC_CLASSES and n_distinct <= n_cells / 2:
+        return
+    what = "a covariate" if argument == "covariate_keys" else "cell types"
+    raise ValueError(
+        f"{argument}={key!r}: obs column {key!r} holds numbers ({col.dtype}) with {n_distinct} distinct values "
+        f"in {n_cells} cells, so it looks continuous; {what} must be categorical (a numeric column may have at "
+        f"most {MAX_NUMERIC_CLASSES} distinct values, and at most half as many as cells). Bin it into classes, "
+        f"e.g. obs['{key}_bin'] = pd.cut(obs['{key}'], bins=5), or, if the numbers are class codes, make it "
+        f"categorical: obs['{key}'] = obs['{key}'].astype('category')"
+    )
+
+
+def small_classes(codes: np.ndarray, categories: Sequence[str], minimum: int = MIN_CLASS_CELLS) -> dict[str, int]:
+    """Find the classes with fewer than ``minimum`` cells.
+
+    Used to warn about covariate and cell-type classes too small to learn from, and to
+    skip scores that mean nothing on such labels: e.g. an ARI against labels where every
+    class has one cell (``len(small_classes(codes, categories, 2)) == len(categories)``).
+
+    Parameters
+    ----------
+    codes
+        (n_cells,) int class codes, positions in ``categories``; negative codes (no class)
+        are not counted.
+    categories
+        The class names.
+    minimum
+        The fewest cells a class should have (default :data:`MIN_CLASS_CELLS`).
+
+    Returns
+    -------
+    dict
+        Class name -> number of cells (0 included), for every class with fewer than
+        ``minimum`` cells, in the order of ``categories``; empty when no class is small.
+    """
+    codes = np.asarray(codes)
+    sizes = np.bincount(codes[codes >= 0], minlength=len(categories))
+    return {str(categories[i]): int(sizes[i]) for i in np.flatnonzero(sizes[: len(categories)] < minimum)}
+
+
+def _warn_small_classes(out: MultiomeData) -> None:
+    """Warn about covariate and cell-type classes with fewer than :data:`MIN_CLASS_CELLS` cells."""
+    labels = [
+        (f"covariate_keys={key!r}", out.covariate_codes[:, v], out.covariate_categories[v])
+        for v, key in enumerate(out.covariate_keys)
+    ]
+    if out.cell_type_key is not None and out.cell_type_codes is not None:
+        labels.append((f"cell_type_key={out.cell_type_key!r}", out.cell_type_codes, out.cell_type_categories or []))
+    for argument, codes, categories in labels:
+        small = small_classes(codes, categories)
+        if small:
+            listed = ", ".join(f"{name!r} ({n} cell{'' if n == 1 else 's'})" for name, n in list(small.items())[:10])
+            more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+            logger.warning(
+                "%s: %d of %d classes have fewer than %d cells: %s%s; too few to learn a class from or to "
+                "score clusters against (merge rare classes or drop their cells)",
+                argument,
+                len(small),
+                len(categories),
+                MIN_CLASS_CELLS,
+                listed,
+                more,
+            )
 
 
 def _add_labels(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import pandas as pd
 
 from .results import write_results
 
-__all__ = ["read", "write", "add_results"]
+__all__ = ["read", "write", "add_results", "mudata_options"]
 
 
 def read(path: str | Path, *, backed: bool = False):
@@ -31,28 +33,74 @@ def read(path: str | Path, *, backed: bool = False):
     -------
     MuData or AnnData
         The data read.
+
+    Notes
+    -----
+    A MuData is read with mudata's option ``pull_on_update=False`` (modalities' ``obs``
+    columns are not copied into the MuData's); the option is set only while reading and
+    restored afterwards, also when reading fails. No other package's global setting is
+    changed.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".h5mu":
-        import mudata as md
+    if suffix not in _FILE_KINDS:
+        raise ValueError(
+            f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData), .h5ad (AnnData) or .zarr (either)"
+        )
+    try:
+        with mudata_options(pull_on_update=False):
+            return _READERS[suffix](path, backed=backed)
+    except (OSError, ValueError, KeyError) as err:
+        if str(path) in str(err):  # already names the file
+            raise
+        raise ValueError(
+            f"{path}: cannot be read as {_FILE_KINDS[suffix]} ({type(err).__name__}: {err}); "
+            f"check that it is a complete {suffix} file, e.g. by writing it again"
+        ) from err
 
-        md.set_options(pull_on_update=False)
-        data = md.read_h5mu(path, backed=backed)
-        if backed:
-            _share_obs_names(data)
-        return data
-    if suffix == ".h5ad":
-        import anndata as ad
 
-        return ad.read_h5ad(path, backed="r" if backed else None)
-    if suffix == ".zarr":
-        return _read_zarr(path, backed=backed)
-    raise ValueError(
-        f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData), .h5ad (AnnData) or .zarr (either)"
-    )
+def _read_h5mu(path: Path, *, backed: bool):
+    """Read a MuData file (under :func:`read`'s mudata options)."""
+    import mudata as md
+
+    data = md.read_h5mu(path, backed=backed)
+    if backed:
+        _share_obs_names(data)
+    return data
+
+
+def _read_h5ad(path: Path, *, backed: bool):
+    """Read an AnnData file, read-only on disk with ``backed``."""
+    import anndata as ad
+
+    return ad.read_h5ad(path, backed="r" if backed else None)
+
+
+@contextmanager
+def mudata_options(**options: Any) -> Iterator[None]:
+    """Set mudata options (``mudata.set_options``) for a ``with`` block, then restore them.
+
+    Unlike ``with mudata.set_options(...)`` this logs nothing.
+
+    Parameters
+    ----------
+    **options
+        Option name -> value, e.g. ``pull_on_update=False``.
+
+    Yields
+    ------
+    None
+        While the block runs, with the options set.
+    """
+    import mudata as md
+
+    previous = md.set_options(**options).opts  # the values replaced
+    try:
+        yield
+    finally:
+        md.set_options(**previous)
 
 
 def _share_obs_names(data) -> None:
@@ -73,7 +121,6 @@ def _read_zarr(path: Path, *, backed: bool):
     import mudata as md
     import zarr
 
-    md.set_options(pull_on_update=False)
     root = zarr.open_group(str(path), mode="r")
     is_mudata = "mod" in root
     if not backed:
@@ -99,6 +146,15 @@ def _read_zarr(path: Path, *, backed: bool):
     return data
 
 
+#: File suffix -> what it holds, and its reader.
+_FILE_KINDS = {
+    ".h5mu": "a MuData (.h5mu)",
+    ".h5ad": "an AnnData (.h5ad)",
+    ".zarr": "a zarr store of an AnnData or MuData",
+}
+_READERS = {".h5mu": _read_h5mu, ".h5ad": _read_h5ad, ".zarr": _read_zarr}
+
+
 def write(data: Any, path: str | Path) -> Path:
     """Write a MuData to ``.h5mu`` or an AnnData to ``.h5ad`` (the suffix is set to match).
 
@@ -113,13 +169,19 @@ def write(data: Any, path: str | Path) -> Path:
     -------
     pathlib.Path
         The path written.
+
+    Notes
+    -----
+    Writing a MuData updates it; that runs with mudata's ``pull_on_update=False``, set for
+    the write only, as in :func:`read`.
     """
     import anndata as ad
 
     path = Path(path)
     path = path.with_suffix(".h5ad" if isinstance(data, ad.AnnData) else ".h5mu")
     path.parent.mkdir(parents=True, exist_ok=True)
-    data.write(path)
+    with mudata_options(pull_on_update=False):  # writing updates a MuData: no pulling of modalities' columns
+        data.write(path)
     return path
 
 

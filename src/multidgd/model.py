@@ -115,7 +115,7 @@ class DGD:
         self,
         max_epochs: int = 1000,
         *,
-        seed: int = 0,
+        seed: int | None = None,
         device: str | torch.device = "auto",
         config: TrainConfig | None = None,
         checkpoint_path: str | Path | None = None,
@@ -129,7 +129,8 @@ class DGD:
         max_epochs
             Upper bound on epochs.
         seed
-            Seeds the split, every initial value and the minibatch order.
+            Seeds the split, every initial value and the minibatch order (None: 0, or the
+            checkpoint's when resuming).
         device
             ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         config
@@ -137,7 +138,10 @@ class DGD:
         checkpoint_path
             File to write a checkpoint to every ``config.checkpoint_every`` epochs.
         resume
-            Continue from ``checkpoint_path`` if it exists (seed and config are taken from it).
+            Continue from ``checkpoint_path`` if it exists. Its seed and config are kept:
+            ``seed`` or ``config`` that differ from them raise
+            :class:`~multidgd.checkpoint.SettingMismatch`, as does ``max_epochs`` below its
+            epoch (above it, training goes on to ``max_epochs``).
         progress_bar
             Show a progress bar (quiet when not a terminal).
 
@@ -156,16 +160,22 @@ class DGD:
         """
         config = self._check_train_args(max_epochs, config, checkpoint_path, resume)
         dev = distributed.init_from_env(resolve_device(device))
+        if checkpoint_path is not None and distributed.is_main() and checkpoint.remove_stale_temporary(checkpoint_path):
+            logger.info("removed a temporary file a killed checkpoint write left beside %s", checkpoint_path)
         if resume and Path(checkpoint_path).is_file():
             fp, mc = self.description.fingerprint, self.config.to_dict()
             payload = checkpoint.read_training(checkpoint_path, fingerprint=fp, model_config=mc)
+            checkpoint.check_resume(payload, seed=seed, config=config, max_epochs=max_epochs)
             seed = int(payload["seed"])
             config = TrainConfig.from_dict(payload["train_config"])
             state = checkpoint.state_from_training(payload, self.description.build_module(self.config))
             logger.info("resuming from %s at epoch %d", checkpoint_path, state.epoch)
+            if state.stopped_early and max_epochs > state.epoch:
+                logger.info("that run stopped early at epoch %d; nothing is left to train", state.epoch)
         else:
             if resume:
                 logger.warning("no checkpoint at %s; starting from scratch", checkpoint_path)
+            seed, config = 0 if seed is None else seed, config or TrainConfig()
             state = initial_state(self.data, self.config, config, self.n_components, seed)
         self.train_config, self.seed = config, seed
         self._state = state
@@ -187,13 +197,12 @@ class DGD:
         }
         return self
 
-    def _check_train_args(self, max_epochs, config, checkpoint_path, resume) -> TrainConfig:
+    def _check_train_args(self, max_epochs, config, checkpoint_path, resume) -> TrainConfig | None:
         if self.data is None:
             raise RuntimeError("this model was loaded from a file without data; it cannot be trained further")
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
-        config = config or TrainConfig()
-        if not isinstance(config, TrainConfig):
+        if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if resume and checkpoint_path is None:
             raise ValueError("resume=True needs checkpoint_path")

@@ -110,6 +110,12 @@ def read_query(
     -------
     QueryData
         The validated cells. The input is not modified.
+
+    Notes
+    -----
+    The counts are checked as training counts are (:func:`multidgd.data.to_count_csr`):
+    values that are not raw counts are refused; duplicate sparse entries are summed (on a
+    copy) and counts above ``2**24`` accepted, both with a warning.
     """
     if not 0 <= min_feature_fraction <= 1:
         raise ValueError(f"min_feature_fraction must be in [0, 1], got {min_feature_fraction}")

@@ -6,19 +6,701 @@ prints what it returns:
 * ``demo`` and ``train``: :func:`train_and_report`
 * ``embed`` and ``predict``: :func:`embed_and_write`
 * ``gene2peak``: :func:`gene2peak_and_write`
-* ``evaluate``: :func:`multidgd.evaluation.run_evaluation`
+* ``evaluate``: :func:`evaluate_and_write` (:func:`multidgd.evaluation.run_evaluation`)
+
+Each checks its inputs and destinations before any training or inference: input files
+(:func:`read_input`, :func:`load_model_file`), an output folder (:class:`OutputFolder`:
+an earlier run in it, writability, free space) or output files (:class:`OutputFiles`,
+written under temporary names and renamed into place at the end). Their messages name the
+command-line arguments (``DATA``, ``MODEL``, ``--out``, ``--overwrite``, ...).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["train_and_report", "embed_and_write", "gene2peak_and_write"]
+from .data import small_classes
+
+__all__ = [
+    "train_and_report",
+    "embed_and_write",
+    "gene2peak_and_write",
+    "evaluate_and_write",
+    "RUN_FILES",
+    "TEMP_PREFIX",
+    "RunInterrupted",
+    "OutputFolder",
+    "OutputFiles",
+    "check_input_file",
+    "read_input",
+    "load_model_file",
+    "check_writable",
+    "check_free_space",
+    "estimate_model_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Files that ``train``, ``demo`` and ``evaluate`` write into their folder (glob patterns);
+#: one of them in ``--out`` means that the folder holds an earlier run.
+RUN_FILES = (
+    "model.pt",
+    "checkpoint.pt",
+    "checkpoint.pt.tmp",
+    "summary.json",
+    "history.csv",
+    "metrics.json",
+    "report.md",
+    "multidgd.h5mu",
+    "multidgd.h5ad",
+    "multidgd_results.h5ad",
+    "training_curves.png",
+    "umap.png",
+    "covariate_*.png",
+    "confusion.png",
+    "holdout_covariate_space.png",
+    "data_fraction.png",
+)
+
+#: Files of a train run that must not be an input (the data may not sit where results go).
+_TRAIN_WRITES = ("model.pt", "checkpoint.pt", "multidgd.h5mu", "multidgd.h5ad", "multidgd_results.h5ad")
+
+#: Prefix of the temporary files and folders the workflows write and rename (or remove).
+TEMP_PREFIX = ".multidgd-tmp-"
+
+#: Disk space kept for figures, tables and summaries on top of the estimated large files.
+_MARGIN_BYTES = 8 * 2**20
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_DATA_FILES = ".h5mu (MuData), .h5ad (AnnData) or .zarr"
+_MODEL_FILE = "a model file (the model.pt that multidgd train writes)"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training was interrupted before this run wrote a checkpoint to resume from."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _reason(err: BaseException) -> str:
+    """Return the reason an exception gives, never blank, cut to its first sentence when long."""
+    text = " ".join(str(err).split())
+    if isinstance(err, KeyError):
+        return f"missing entry {text}" if text else "missing entry"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return _brief(text) or type(err).__name__
+
+
+def _brief(text: str, limit: int = 240) -> str:
+    """``text``, or its first sentence when longer than ``limit`` (torch's advice runs long)."""
+    end = text.find(". ", 60)
+    return text[: end + 1] if len(text) > limit and end > 0 else text
+
+
+def check_input_file(path: str | Path, what: str, *, expected: str) -> Path:
+    """Refuse an input that does not exist, or a folder where a file is expected.
+
+    Parameters
+    ----------
+    path
+        The input.
+    what
+        Its command-line name (``DATA``, ``MODEL``, ``--split-csv``, ...).
+    expected
+        What is allowed, for the message.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When nothing is there.
+    ValueError
+        For a folder (other than a ``.zarr`` store).
+    """
+    path = Path(path)
+    if not path.exists():
+        broken = " (a broken link)" if path.is_symlink() else ""
+        raise FileNotFoundError(f"{what} {path}: no such file{broken}; expected {expected}")
+    if path.is_dir() and path.suffix.lower() != ".zarr":
+        raise ValueError(f"{what} {path}: is a folder; expected {expected}")
+    return path
+
+
+def _hdf5_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete HDF5 file (None: it opens)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        offset = 0  # the signature sits at 0, 512, 1024, 2048, ... (after a user block)
+        while offset + 8 <= size:
+            fh.seek(offset)
+            if fh.read(8) == _HDF5_SIGNATURE:
+                break
+            offset = 512 if offset == 0 else 2 * offset
+        else:
+            return f"not an HDF5 file (it starts with {head!r}); .h5mu and .h5ad files are HDF5"
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as err:
+        return f"truncated or damaged HDF5 file ({_reason(err)}); write or copy it again"
+    return None
+
+
+def read_input(path: str | Path, *, what: str = "DATA", backed: bool = False):
+    """Read a data file (:func:`multidgd.io.read`), refusing it with a message naming it.
+
+    Parameters
+    ----------
+    path
+        ``.h5mu``, ``.h5ad`` or ``.zarr``.
+    what
+        Its command-line name, for messages.
+    backed
+        Leave the counts on disk.
+
+    Returns
+    -------
+    MuData or AnnData
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing file, a folder, an empty, truncated or non-HDF5 file, or one that cannot
+        be read, with the reason.
+    """
+    from .io import read
+
+    path = check_input_file(path, what, expected=f"a {_DATA_FILES} file")
+    kind = {".h5mu": "a MuData (.h5mu)", ".h5ad": "an AnnData (.h5ad)"}.get(path.suffix.lower())
+    if kind is not None and path.is_file():
+        problem = _hdf5_problem(path)
+        if problem:
+            raise ValueError(f"{what} {path}: cannot be read as {kind}: {problem}")
+    try:
+        return read(path, backed=backed)
+    except Exception as err:  # noqa: BLE001 - re-raised naming the file
+        if isinstance(err, ValueError) and str(err).startswith(str(path)):
+            raise ValueError(f"{what} {_brief(str(err))}") from err
+        if isinstance(err, ValueError) and str(path) in str(err):
+            raise
+        raise ValueError(f"{what} {path}: cannot be read ({type(err).__name__}: {_reason(err)})") from err
+
+
+def load_model_file(path: str | Path, *, what: str = "MODEL"):
+    """Load a model file (:meth:`multidgd.DGD.load`), refusing it with a message naming it.
+
+    Parameters
+    ----------
+    path
+        A ``model.pt``.
+    what
+        Its command-line name, for messages.
+
+    Returns
+    -------
+    multidgd.DGD
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing file, a folder, a file that is not a model (a checkpoint, another
+        program's file) or lacks a section, with the reason.
+    """
+    from .model import DGD
+
+    path = check_input_file(path, what, expected=_MODEL_FILE)
+    try:
+        return DGD.load(path)
+    except Exception as err:  # noqa: BLE001 - re-raised naming the file
+        text = _reason(err)
+        if isinstance(err, KeyError):
+            text = f"the file lacks its {str(err)} section; it is incomplete or not {_MODEL_FILE}"
+        elif "multidgd-training-checkpoint" in text:
+            text += "; give the model.pt that train writes, not its checkpoint.pt"
+        elif "holds None," in text:
+            text = text.replace("holds None,", "holds no multidgd content (another program's file?),")
+        if text.startswith(str(path)):
+            raise ValueError(f"{what} {text}") from err
+        raise ValueError(f"{what} {path}: {text}") from err
+
+
+def _input_bytes(path: Path | None) -> int:
+    """Size of an input file (a folder: of its files; 0 when unknown)."""
+    if path is None or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------- destinations
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a folder (None otherwise)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _make_folders(path: Path, option: str) -> list[Path]:
+    """Create ``path`` and its missing parents; return those created, outermost first."""
+    missing = []
+    p = path.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    made: list[Path] = []
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except OSError as err:
+            _remove_folders(made)
+            raise ValueError(f"{option} {path}: cannot create the folder {p} ({_reason(err)})") from err
+        made.append(p)
+    return made
+
+
+def _remove_folders(made: list[Path]) -> None:
+    """Remove folders this run created, innermost first, each only when empty."""
+    for p in reversed(made):
+        try:
+            p.rmdir()
+        except OSError:
+            pass
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Write a probe file into ``folder`` and remove it.
+
+    Parameters
+    ----------
+    folder
+        An existing folder.
+    option
+        What is written there, for the message (e.g. ``--out results``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``option`` and the reason, when the file cannot be written.
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".multidgd-probe-", dir=folder)
+    except OSError as err:
+        where = "" if option.endswith(str(folder)) else f" in {folder}"
+        raise ValueError(f"{option}: cannot write{where} ({_reason(err)}); choose a writable place") from err
+    os.close(fd)
+    os.remove(probe)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} KiB"
+
+
+def check_free_space(folder: Path, needed: int, option: str) -> None:
+    """Refuse a destination with less free space than ``needed`` bytes.
+
+    Parameters
+    ----------
+    folder
+        An existing folder.
+    needed
+        Bytes the run writes there (an estimate).
+    option
+        What is written there, for the message (e.g. ``--out results``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``option``, the space free and the space needed.
+    """
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        where = "" if option.endswith(str(folder)) else f" in {folder}"
+        raise ValueError(
+            f"{option}: {_mb(free)} free{where}, but this run writes about {_mb(needed)} "
+            f"(a conservative estimate); free some space or write elsewhere"
+        )
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _remove_temporaries(folder: Path, pattern: str = "*") -> None:
+    """Remove temporary files and folders (:data:`TEMP_PREFIX`) a killed run left in ``folder``."""
+    if folder.is_dir():
+        for p in folder.glob(f"{TEMP_PREFIX}{pattern}"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+@dataclass
+class OutputFolder:
+    """The output folder of ``train``, ``demo`` or ``evaluate``, checked before any work.
+
+    :meth:`check` refuses a file, a folder holding an earlier run (:data:`RUN_FILES`)
+    unless ``overwrite`` or ``resume``, and a run that would write over an input;
+    :meth:`open` creates the folder, writes a probe file and checks the free space
+    (:meth:`run`: the same, undone when the block fails); :meth:`finish` removes, with
+    ``overwrite``, the earlier run's files this run did not write again; :meth:`abandon`
+    removes the folders a failed run created (when empty).
+    Nothing that existed before is removed otherwise.
+
+    Attributes
+    ----------
+    path
+        The folder.
+    overwrite
+        Replace an earlier run.
+    option
+        Its command-line name, for messages.
+    inputs
+        Command-line name -> input file, never written over or removed.
+    earlier
+        The earlier run's files found by :meth:`check`, with (inode, mtime, size).
+    made
+        Folders :meth:`open` created, outermost first.
+    """
+
+    path: Path
+    overwrite: bool = False
+    option: str = "--out"
+    inputs: dict[str, Path] = field(default_factory=dict)
+    earlier: dict[Path, tuple[int, int, int]] = field(default_factory=dict)
+    made: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def check(
+        cls,
+        path: str | Path,
+        *,
+        overwrite: bool = False,
+        resume: bool | None = None,
+        inputs: dict[str, Any] | None = None,
+        writes: tuple[str, ...] = (),
+        option: str = "--out",
+    ) -> OutputFolder:
+        """Check the folder without changing anything.
+
+        Parameters
+        ----------
+        path
+            The folder (it may not exist yet).
+        overwrite
+            Allow an earlier run in it (replaced by this one).
+        resume
+            Allow an earlier run (continued); None: the command cannot resume.
+        inputs
+            Command-line name -> input path (None entries are ignored).
+        writes
+            Names of files this run writes into the folder; none may be an input.
+        option
+            The folder's command-line name.
+
+        Returns
+        -------
+        OutputFolder
+        """
+        path = Path(path)
+        inputs = {k: Path(v) for k, v in (inputs or {}).items() if v is not None}
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{option} {path}: is a file; expected a folder (an existing one or a new name)")
+        blocker = _file_above(path)
+        if blocker is not None:
+            raise ValueError(f"{option} {path}: {blocker} is a file, so no folder can be made there")
+        for name in writes:
+            for what, p in inputs.items():
+                if _same_file(path / name, p):
+                    raise ValueError(
+                        f"{option} {path}: this run writes {name} there, which is the input {what} {p}; "
+                        f"choose another {option}"
+                    )
+        earlier = {p: _stat(p) for pattern in RUN_FILES for p in path.glob(pattern) if p.is_file()}
+        if earlier and not (overwrite or resume):
+            names = sorted(p.name for p in earlier)
+            listed = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            how = "pass --overwrite to replace it" + (", --resume to continue it" if resume is not None else "")
+            raise ValueError(f"{option} {path}: holds an earlier run ({listed}); {how}, or choose another {option}")
+        return cls(path, overwrite, option, inputs, earlier)
+
+    def open(self, needed_bytes: int = 0) -> None:
+        """Create the folder (and missing parents), write a probe file, check the free space.
+
+        Temporary files a killed run left (:data:`TEMP_PREFIX`) are removed.
+        """
+        self.made = _make_folders(self.path, self.option)
+        try:
+            check_writable(self.path, f"{self.option} {self.path}")
+            check_free_space(self.path, needed_bytes, f"{self.option} {self.path}")
+        except BaseException:
+            self.abandon()
+            raise
+        _remove_temporaries(self.path)
+
+    def is_input(self, path: Path) -> bool:
+        """Whether ``path`` is one of the inputs."""
+        return any(_same_file(path, p) for p in self.inputs.values())
+
+    def unchanged(self, path: Path) -> bool:
+        """Whether ``path`` is a file of the earlier run that this run has not written again."""
+        key = self.earlier.get(path)
+        return key is not None and path.is_file() and _stat(path) == key
+
+    def finish(self) -> None:
+        """After a successful run with ``overwrite``: remove the earlier run's files it did not write."""
+        if self.overwrite:
+            for p in self.earlier:
+                if self.unchanged(p) and not self.is_input(p):
+                    p.unlink()
+
+    def abandon(self) -> None:
+        """After a failed run: remove the folders :meth:`open` created, when empty."""
+        _remove_folders(self.made)
+        self.made = []
+
+    @contextmanager
+    def run(self, needed_bytes: int = 0) -> Iterator[OutputFolder]:
+        """:meth:`open`, and :meth:`abandon` when the block fails (:meth:`finish` is the caller's)."""
+        self.open(needed_bytes)
+        try:
+            yield self
+        except BaseException:
+            self.abandon()
+            raise
+
+    @contextmanager
+    def staged(self) -> Iterator[Path]:
+        """A fresh hidden folder inside for a run's outputs, moved into the folder when the
+        block ends and removed, with whatever is in it, when the block fails.
+        """
+        stage = self.path / f"{TEMP_PREFIX}{os.getpid()}"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        for p in sorted(stage.iterdir()):
+            os.replace(p, self.path / p.name)
+        stage.rmdir()
+
+
+@dataclass
+class OutputFiles:
+    """Output files of ``embed``, ``predict`` or ``gene2peak``, checked before any work.
+
+    :meth:`check` refuses a folder, an input, two options naming one file, and an existing
+    file unless ``overwrite``; :meth:`run` creates missing folders, probes and checks the
+    free space, then the outputs are written under :meth:`temporary` names beside their
+    destinations and renamed into place when the block ends (removed when it fails).
+
+    Attributes
+    ----------
+    overwrite
+        Replace existing files.
+    inputs
+        Command-line name -> input file, never written over.
+    planned
+        Destination -> its command-line name.
+    earlier
+        With ``overwrite``: existing files matched by :meth:`claim`, removed at the end
+        unless written again.
+    staged
+        Destination -> temporary file.
+    made
+        Folders created, outermost first.
+    """
+
+    overwrite: bool = False
+    inputs: dict[str, Path] = field(default_factory=dict)
+    planned: dict[Path, str] = field(default_factory=dict)
+    earlier: list[Path] = field(default_factory=list)
+    staged: dict[Path, Path] = field(default_factory=dict)
+    made: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, inputs: dict[str, Any], *, overwrite: bool = False) -> OutputFiles:
+        """Output files of a command with these inputs (None entries are ignored)."""
+        return cls(overwrite, {k: Path(v) for k, v in inputs.items() if v is not None})
+
+    def check(self, path: str | Path, option: str, *, plan: bool = True) -> Path:
+        """Check one destination; with ``plan`` it is also kept for :meth:`run`.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{option} {path}: is a folder; expected a file name")
+        blocker = _file_above(path)
+        if blocker is not None:
+            raise ValueError(f"{option} {path}: {blocker} is a file, so nothing can be written there")
+        for what, p in self.inputs.items():
+            if _same_file(path, p):
+                raise ValueError(f"{option} {path}: is the input {what}; write the result elsewhere")
+        for other, name in self.planned.items():
+            if name != option and (other.absolute() == path.absolute() or _same_file(other, path)):
+                raise ValueError(f"{option} and {name} both name {path}; give them different names")
+        if path.exists() and not self.overwrite:
+            raise ValueError(f"{option} {path}: exists (an earlier output); pass --overwrite to replace it")
+        if plan:
+            self.planned[path] = option
+        return path
+
+    def claim(self, folder: Path, pattern: str, option: str) -> None:
+        """Files matching ``pattern`` in ``folder`` are this command's outputs of an earlier run:
+        refused without ``overwrite``, removed at the end unless written again.
+        """
+        found = sorted(p for p in folder.glob(pattern) if p.is_file()) if folder.is_dir() else []
+        for p in found:
+            if any(_same_file(p, i) for i in self.inputs.values()):
+                raise ValueError(f"{option}: this run writes {p}, which is an input; rename that input")
+        if found and not self.overwrite:
+            listed = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+            raise ValueError(f"{option}: earlier outputs exist ({listed}); pass --overwrite to replace them")
+        self.earlier += found
+
+    def temporary(self, destination: Path) -> Path:
+        """The temporary file to write ``destination`` to (same folder and suffixes)."""
+        tmp = destination.with_name(f"{TEMP_PREFIX}{os.getpid()}.{destination.name}")
+        self.staged[destination] = tmp
+        return tmp
+
+    @contextmanager
+    def run(self, needed_bytes: int = 0) -> Iterator[OutputFiles]:
+        """Create the destinations' folders, probe them, check free space; rename the
+        :meth:`temporary` files into place when the block ends, remove them when it fails.
+        """
+        try:
+            for folder in dict.fromkeys(p.parent for p in self.planned):
+                path, option = next((p, o) for p, o in self.planned.items() if p.parent == folder)
+                self.made += _make_folders(folder, option)
+                check_writable(folder, f"{option} {path}")
+                check_free_space(folder, needed_bytes, f"{option} {path}")
+                for p in self.planned:
+                    if p.parent == folder:
+                        _remove_temporaries(folder, f"*.{p.name}")
+            yield self
+            for destination, tmp in self.staged.items():
+                os.replace(tmp, destination)
+            for p in self.earlier:
+                if p not in self.staged and p.is_file():
+                    p.unlink()
+        except BaseException:
+            for tmp in self.staged.values():
+                tmp.unlink(missing_ok=True)
+            _remove_folders(self.made)
+            raise
+
+
+# ----------------------------------------------------------------------------- disk space
+
+
+def _decoder_parameters(input_dim: int, n_features: dict[str, int], config) -> int:
+    """Parameters of the decoder (:class:`~multidgd.decoder.Decoder`) and dispersions."""
+    from .decoder import head_width
+
+    h = config.hidden_dim
+    width, total = input_dim, 0
+    for _ in range(config.n_trunk):
+        total += (width + 1) * h
+        width = h
+    for n_out in n_features.values():
+        w_in = width
+        for _ in range(config.n_head - 2):
+            total += (w_in + 1) * h
+            w_in = h
+        if config.n_head >= 2:
+            w = head_width(h, n_out)
+            total += (w_in + 1) * w
+            w_in = w
+        total += (w_in + 1) * n_out + n_out
+    return total
+
+
+def estimate_model_bytes(n_cells: int, n_features: dict[str, int], config, n_covariates: int) -> tuple[int, int]:
+    """Estimate the sizes of a model file and of a training checkpoint, in bytes.
+
+    float32 values: the decoder's parameters P (from the layer sizes, dispersions
+    included) and the representations R = cells x (``latent_dim`` + ``covariate_dim`` x
+    covariates). The model file holds P + R values; a checkpoint holds each with its two
+    Adam moments and the best epoch's copy, 4 (P + R), plus 1 MiB for the mixtures,
+    history and names. Measured checkpoints are a little smaller.
+
+    Parameters
+    ----------
+    n_cells
+        Cells trained on (training and validation).
+    n_features
+        Modality -> number of features.
+    config
+        The :class:`~multidgd.ModelConfig`.
+    n_covariates
+        Number of covariates.
+
+    Returns
+    -------
+    (int, int)
+        Model file bytes, checkpoint bytes.
+    """
+    input_dim = config.latent_dim + config.covariate_dim * n_covariates
+    values = _decoder_parameters(input_dim, n_features, config) + n_cells * input_dim
+    return 4 * values + 2**20, 16 * values + 2**20
+
+
+def _train_bytes(model, *, resume: bool, backed: bool, data_bytes: int) -> int:
+    """Disk space a training run writes: two checkpoints (the previous one stays until the
+    next is written; one when resuming next to an existing one), the model, the annotated
+    data (about the input's size) or, for backed data, the results alone, and a margin.
+    """
+    n_features = {m: len(v) for m, v in model.var_names.items()}
+    n_cov = len(model.covariate_keys)
+    model_bytes, checkpoint_bytes = estimate_model_bytes(len(model.obs_names), n_features, model.config, n_cov)
+    results = len(model.obs_names) * (model.config.latent_dim + 2 * n_cov + 4) * 4
+    return (1 if resume else 2) * checkpoint_bytes + model_bytes + (results if backed else data_bytes) + _MARGIN_BYTES
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def _obs_frame(index) -> Any:
@@ -47,12 +729,17 @@ def _write_table(table, path: Path) -> Path:
 # ----------------------------------------------------------------------------- train
 
 
+def _is_backed(data: Any) -> bool:
+    from .data import is_backed
+
+    return is_backed(data) or any(is_backed(a) for a in getattr(data, "mod", {}).values())
+
+
 def _write_annotated(data: Any, model, out: Path) -> Path:
     """Write the data with the model's results (or, for backed data, the results alone)."""
-    from .data import is_backed
     from .io import add_results, write
 
-    if is_backed(data) or any(is_backed(a) for a in getattr(data, "mod", {}).values()):
+    if _is_backed(data):
         # the counts stay in the input file; the results go into a file of their own
         import anndata as ad
 
@@ -85,6 +772,16 @@ def _train_figures(data: Any, model, out: Path, *, cell_type_key: str | None, se
     return figures, cell_types, clusters
 
 
+def _one_cell_per_type(cell_types: np.ndarray) -> bool:
+    """Whether every cell type has a single cell: an ARI against them would mean nothing."""
+    codes, categories = pd.factorize(np.asarray(cell_types).astype(str))
+    small = small_classes(codes, list(categories), 2)
+    if categories.size and len(small) == len(categories):
+        logger.warning("every cell type has one training cell; the ARI against cell types is not reported")
+        return True
+    return False
+
+
 def _train_summary(model, *, source: str, clusters: np.ndarray, cell_types, t0: float, train_seconds: float):
     """Summarize a training run (without ``outputs``)."""
     history = model.history
@@ -112,12 +809,85 @@ def _train_summary(model, *, source: str, clusters: np.ndarray, cell_types, t0: 
     if "val_nll_rna" in best:
         summary["val_nll_rna"] = float(best["val_nll_rna"])
         summary["val_nll_atac"] = float(best["val_nll_atac"])
-    if cell_types is not None:
+    if cell_types is not None and not _one_cell_per_type(cell_types[train_cells]):
         from sklearn.metrics import adjusted_rand_score
 
         summary["ari_clusters_vs_cell_type"] = round(
             float(adjusted_rand_score(cell_types[train_cells], clusters[train_cells])), 4
         )
+    return summary
+
+
+def _stored_train_config(path: Path):
+    """The :class:`~multidgd.TrainConfig` a training checkpoint was written with (memory-mapped read)."""
+    import torch
+
+    from .checkpoint import CHECKPOINT_KIND
+    from .config import TrainConfig
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        found = payload.get("kind") if isinstance(payload, dict) else None
+        if found != CHECKPOINT_KIND:
+            raise ValueError(f"it holds {found!r}, not {CHECKPOINT_KIND!r}")
+        return TrainConfig.from_dict(payload["train_config"])
+    except Exception as err:  # noqa: BLE001 - re-raised naming the file
+        raise ValueError(
+            f"--resume: {path} is not a readable training checkpoint ({_reason(err)}); "
+            "leave out --resume and pass --overwrite to start afresh"
+        ) from err
+
+
+def _train_config(checkpoint_path: Path, *, resume: bool, batch_size: int | None, precision: str | None):
+    """The :class:`~multidgd.TrainConfig` to train with (None: the checkpoint's).
+
+    A fresh run takes the defaults with the options given; a resumed run the checkpoint's
+    configuration with the options given, so that only those are compared to it.
+    """
+    import dataclasses
+
+    from .config import TrainConfig
+
+    given = {k: v for k, v in (("batch_size", batch_size), ("precision", precision)) if v is not None}
+    if resume and checkpoint_path.is_file():
+        return dataclasses.replace(_stored_train_config(checkpoint_path), **given) if given else None
+    return TrainConfig(**{"precision": "float32", **given})
+
+
+def _fit(model, folder: OutputFolder, *, checkpoint_path: Path, resume: bool, **train_kw: Any) -> None:
+    """Train; an interrupt before this run wrote a checkpoint raises :class:`RunInterrupted`."""
+    from .distributed import is_main
+
+    stale = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
+    if is_main() and os.environ.get("RANK", "0") == "0":  # a write killed midway; the checkpoint is whole
+        stale.unlink(missing_ok=True)
+    try:
+        model.train(checkpoint_path=checkpoint_path, resume=resume, **train_kw)
+    except ValueError as err:
+        text = str(err)
+        if not (resume and str(checkpoint_path) in text and "not a readable" in text):
+            raise
+        raise ValueError(
+            f"--resume: {_brief(text).rstrip('.')}; start afresh with --overwrite instead of --resume"
+        ) from err
+    except KeyboardInterrupt:
+        if not checkpoint_path.is_file() or (folder.unchanged(checkpoint_path) and not resume):
+            earlier = f"; the earlier run in {folder.path} is as it was" if folder.earlier else ""
+            raise RunInterrupted(
+                f"interrupted before this run wrote a checkpoint; nothing to resume{earlier}"
+            ) from None
+        raise
+
+
+def _write_training_outputs(data, model, out: Path, *, source: str, cell_type_key, seed: int, t0: float, t1: float):
+    """Model, annotated data, history, figures and ``summary.json``; returns the summary."""
+    model.save(out / "model.pt")
+    data_path = _write_annotated(data, model, out)
+    model.history.to_csv(out / "history.csv")
+    figures, cell_types, clusters = _train_figures(data, model, out, cell_type_key=cell_type_key, seed=seed)
+    summary = _train_summary(model, source=source, clusters=clusters, cell_types=cell_types, t0=t0, train_seconds=t1)
+    summary["outputs"] = sorted(str(p.name) for p in [data_path, out / "model.pt", out / "history.csv", *figures])
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -132,14 +902,22 @@ def train_and_report(
     cell_type_key: str | None = None,
     covariate_keys: list[str] | None = None,
     max_epochs: int = 1000,
-    seed: int = 0,
+    seed: int | None = 0,
     device: str = "auto",
     resume: bool = False,
     batch_size: int | None = None,
-    precision: str = "float32",
+    precision: str | None = "float32",
     progress_bar: bool = True,
+    overwrite: bool = False,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train on ``data`` and write model, annotated data, figures and a summary into ``out``.
+
+    Before training, ``out`` is checked (:class:`OutputFolder`: an earlier run in it needs
+    ``overwrite`` or ``resume``; it must be writable and have room for the estimated
+    checkpoint, model and results) and the data and options are validated; a failed start
+    removes the folder it created. A checkpoint's temporary file a killed write left is
+    removed.
 
     Parameters
     ----------
@@ -153,11 +931,18 @@ def train_and_report(
     rna_mod, atac_mod, layer, cell_type_key, covariate_keys
         As for :class:`~multidgd.DGD`.
     max_epochs, seed, device, resume
-        As for :meth:`~multidgd.DGD.train` (``resume`` continues from the checkpoint).
+        As for :meth:`~multidgd.DGD.train` (``resume`` continues from the checkpoint;
+        ``seed`` None: 0, or the checkpoint's when resuming).
     batch_size, precision
-        :class:`~multidgd.TrainConfig` settings (default batch size: the config's).
+        :class:`~multidgd.TrainConfig` settings (None: the default, or the checkpoint's
+        when resuming; given ones must equal the checkpoint's).
     progress_bar
         Show training progress.
+    overwrite
+        Replace an earlier run in ``out``: its files are written again, and those this run
+        does not write (e.g. figures of other covariates) are removed at the end.
+    inputs
+        Command-line name -> input file: never written over, and sized for the space check.
 
     Returns
     -------
@@ -165,12 +950,11 @@ def train_and_report(
         The summary, also written as ``summary.json``; empty on processes other than the
         main one of a distributed run.
     """
-    from .config import TrainConfig
     from .distributed import is_main
     from .model import DGD
 
-    covariate_keys = covariate_keys or []
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    folder = OutputFolder.check(out, overwrite=overwrite, resume=resume, inputs=inputs, writes=_TRAIN_WRITES)
     t0 = time.perf_counter()
     model = DGD(
         data,
@@ -178,30 +962,30 @@ def train_and_report(
         atac_mod=atac_mod,
         layer=layer,
         cell_type_key=cell_type_key,
-        covariate_keys=covariate_keys,
+        covariate_keys=covariate_keys or [],
     )
-    config = TrainConfig(precision=precision, **({} if batch_size is None else {"batch_size": batch_size}))
-    model.train(
-        max_epochs=max_epochs,
-        seed=seed,
-        device=device,
-        config=config,
-        checkpoint_path=out / "checkpoint.pt",
-        resume=resume,
-        progress_bar=progress_bar,
-    )
-    train_seconds = time.perf_counter() - t0
-    if not is_main():  # every process has the whole model; rank 0 writes the outputs
-        return {}
-    model.save(out / "model.pt")
-    data_path = _write_annotated(data, model, out)
-    model.history.to_csv(out / "history.csv")
-    figures, cell_types, clusters = _train_figures(data, model, out, cell_type_key=cell_type_key, seed=seed)
-    summary = _train_summary(
-        model, source=source, clusters=clusters, cell_types=cell_types, t0=t0, train_seconds=train_seconds
-    )
-    summary["outputs"] = sorted(str(p.name) for p in [data_path, out / "model.pt", out / "history.csv", *figures])
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    checkpoint_path = out / "checkpoint.pt"
+    resuming = resume and checkpoint_path.is_file()
+    config = _train_config(checkpoint_path, resume=resume, batch_size=batch_size, precision=precision)
+    seed = 0 if seed is None and not resuming else seed
+    data_bytes = sum(_input_bytes(p) for p in folder.inputs.values())
+    needed = _train_bytes(model, resume=resuming, backed=_is_backed(data), data_bytes=data_bytes)
+    with folder.run(needed if is_main() else 0):
+        train_kw = {"max_epochs": max_epochs, "seed": seed, "device": device, "progress_bar": progress_bar}
+        _fit(model, folder, checkpoint_path=checkpoint_path, resume=resume, config=config, **train_kw)
+        if not is_main():  # every process has the whole model; rank 0 writes the outputs
+            return {}
+        summary = _write_training_outputs(
+            data,
+            model,
+            out,
+            source=source,
+            cell_type_key=cell_type_key,
+            seed=model.seed if seed is None else seed,
+            t0=t0,
+            t1=time.perf_counter() - t0,
+        )
+    folder.finish()
     return summary
 
 
@@ -243,6 +1027,13 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
     return data, predicted
 
 
+def _embed_destination(out: Path, data: Any, predict: bool) -> Path:
+    """The file :func:`multidgd.io.write` writes for ``out``: ``.h5ad`` for an AnnData, else ``.h5mu``."""
+    import anndata as ad
+
+    return out.with_suffix(".h5ad" if isinstance(data, ad.AnnData) and not predict else ".h5mu")
+
+
 def embed_and_write(
     model_path: Path,
     data_path: Path,
@@ -252,9 +1043,15 @@ def embed_and_write(
     denoise: bool = False,
     threshold: float | None = None,
     model_out: Path | None = None,
+    overwrite: bool = False,
     **infer_kw: Any,
 ) -> dict[str, Any]:
     """Embed the cells of ``data_path`` into a saved model and write the annotated data.
+
+    The destinations are checked before any inference (:class:`OutputFiles`): not an
+    input, not a folder, not an existing file unless ``overwrite``, writable, with room
+    for about the input's size (plus the predictions). They are written under temporary
+    names and renamed into place at the end, so a failed or interrupted run leaves none.
 
     Parameters
     ----------
@@ -273,6 +1070,8 @@ def embed_and_write(
         Store predictions >= this, sparse (must be > 0).
     model_out
         Where a model with learned classes is written (default: next to ``out``).
+    overwrite
+        Replace existing output files.
     **infer_kw
         Passed to :meth:`~multidgd.DGD.infer`.
 
@@ -281,42 +1080,57 @@ def embed_and_write(
     dict
         Summary: cells, modalities present, mean NLL, seconds, outputs.
     """
-    from .io import read, write
-    from .model import DGD
+    from .io import write
 
     if threshold is not None and not threshold > 0:
         raise ValueError(f"--threshold must be > 0, got {threshold}")
-    model = DGD.load(model_path)
-    data = read(data_path)
-    t0 = time.perf_counter()
-    emb = model.infer(data, **infer_kw)
-    seconds = time.perf_counter() - t0
-    summary: dict[str, Any] = {
-        "data": data_path.name,
-        "cells": emb.n_cells,
-        "cells_with_rna": int(emb.observed[:, 0].sum()),
-        "cells_with_atac": int(emb.observed[:, 1].sum()),
-        "absent_features": emb.n_absent_features,
-        "mean_nll_rna": _nan_mean(emb.nll["nll_rna"]),
-        "mean_nll_atac": _nan_mean(emb.nll["nll_atac"]),
-        "seconds": round(seconds, 1),
-    }
-    if emb.learned_classes:
-        model_out = model_out or out.with_name(out.stem + ".model.pt")
-        model.save(model_out)
-        summary["learned_classes"] = emb.learned_classes
-        summary["model_out"] = str(model_out)
-    if predict:
-        data, summary["predicted_modalities"] = _add_predictions(data, model, emb, denoise=denoise, threshold=threshold)
-    emb.add_to(data)
-    summary["out"] = str(write(data, out))
+    out, data_path = Path(out), Path(data_path)
+    outputs = OutputFiles.of({"MODEL": model_path, "DATA": data_path}, overwrite=overwrite)
+    outputs.check(out, "--out", plan=False)
+    model_out = Path(model_out) if model_out else out.with_name(out.stem + ".model.pt")
+    if infer_kw.get("new_classes") == "learn":
+        outputs.check(model_out, "--model-out")
+    model = load_model_file(model_path)
+    data = read_input(data_path)
+    final = outputs.check(_embed_destination(out, data, predict), "--out")
+    n_features = sum(len(v) for v in model.var_names.values())
+    needed = _input_bytes(data_path) + (4 * data.n_obs * n_features if predict else 0) + _MARGIN_BYTES
+    with outputs.run(needed):
+        t0 = time.perf_counter()
+        emb = model.infer(data, **infer_kw)
+        seconds = time.perf_counter() - t0
+        summary: dict[str, Any] = {
+            "data": data_path.name,
+            "cells": emb.n_cells,
+            "cells_with_rna": int(emb.observed[:, 0].sum()),
+            "cells_with_atac": int(emb.observed[:, 1].sum()),
+            "absent_features": emb.n_absent_features,
+            "mean_nll_rna": _nan_mean(emb.nll["nll_rna"]),
+            "mean_nll_atac": _nan_mean(emb.nll["nll_atac"]),
+            "seconds": round(seconds, 1),
+        }
+        if emb.learned_classes:
+            model.save(outputs.temporary(model_out))
+            summary["learned_classes"] = emb.learned_classes
+            summary["model_out"] = str(model_out)
+        if predict:
+            data, summary["predicted_modalities"] = _add_predictions(
+                data, model, emb, denoise=denoise, threshold=threshold
+            )
+        emb.add_to(data)
+        write(data, outputs.temporary(final))
+        summary["out"] = str(final)
     return summary
 
 
 # ----------------------------------------------------------------------------- gene2peak
 
 
-def _write_tss_profiles(table, data, mods: dict[str, str], tss: str, out: Path) -> tuple[list[str], int]:
+def _tss_stem(out: Path) -> str:
+    return out.name.split(".")[0]
+
+
+def _write_tss_profiles(table, data, mods: dict[str, str], tss: str, out: Path, outputs: OutputFiles):
     """TSS profile table and figure per group next to ``out``; returns (paths, genes with peaks)."""
     from . import analysis
 
@@ -324,16 +1138,32 @@ def _write_tss_profiles(table, data, mods: dict[str, str], tss: str, out: Path) 
         raise ValueError("--tss needs a MuData with an ATAC modality for the peak coordinates")
     peaks, rna_var = data.mod[mods["atac"]].var, data.mod[mods["rna"]].var
     groups = table["group"].astype(str).unique()
-    stem = out.name.split(".")[0]
-    outputs = []
+    stem = _tss_stem(out)
+    written = []
     for grp in groups:
         profile = analysis.tss_profile(table, peaks, tss, group=grp, rna_var=rna_var)
         tag = "" if len(groups) == 1 else f"_{grp}".replace(" ", "_").replace("/", "_")
         base = out.with_name(f"{stem}_tss_profile{tag}")
-        outputs.append(str(_write_table(profile, base.with_suffix(".csv"))))
+        _write_table(profile, outputs.temporary(base.with_suffix(".csv")))
         title = f"{len(profile.attrs['genes_with_peaks_in_window'])} genes with a peak within 10 kb"
-        outputs.append(str(analysis.plot_tss_profile(profile, base.with_suffix(".png"), title=title)))
-    return outputs, len(profile.attrs["genes_with_peaks_in_window"])
+        analysis.plot_tss_profile(profile, outputs.temporary(base.with_suffix(".png")), title=title)
+        written += [str(base.with_suffix(".csv")), str(base.with_suffix(".png"))]
+    return written, len(profile.attrs["genes_with_peaks_in_window"])
+
+
+def _gene2peak_outputs(out: Path, plot, spearman, tss, outputs: OutputFiles) -> None:
+    """Check every destination of gene2peak (and a TSS file given) before any work."""
+    outputs.check(out, "--out")
+    if plot is not None:
+        outputs.check(plot, "--plot")
+    if spearman is not None:
+        outputs.check(spearman, "--spearman")
+    if tss is not None:
+        if str(tss).lower() not in ("grch38", "hg38"):
+            check_input_file(tss, "--tss", expected="'GRCh38' or a TSS table (.tsv/.csv) or a GTF file")
+            outputs.inputs["--tss"] = Path(tss)
+        outputs.claim(out.parent, f"{_tss_stem(out)}_tss_profile*.csv", "--tss")
+        outputs.claim(out.parent, f"{_tss_stem(out)}_tss_profile*.png", "--tss")
 
 
 def gene2peak_and_write(
@@ -351,9 +1181,14 @@ def gene2peak_and_write(
     layer: str | None = None,
     rna_mod: str | None = None,
     atac_mod: str | None = None,
+    overwrite: bool = False,
+    inputs: dict[str, Any] | None = None,
     **gene2peak_kw: Any,
 ) -> dict[str, Any]:
     """Silence ``genes`` in silico (:func:`multidgd.analysis.gene2peak`) and write the tables.
+
+    Every destination is checked before any work (:class:`OutputFiles`), written under a
+    temporary name and renamed into place at the end.
 
     Parameters
     ----------
@@ -374,6 +1209,10 @@ def gene2peak_and_write(
         (a ``.csv`` and a ``.png`` per group).
     groupby, modality, top_n, layer, rna_mod, atac_mod
         As for :func:`multidgd.analysis.gene2peak`, also used by the Spearman baseline.
+    overwrite
+        Replace existing outputs (and remove TSS profiles of an earlier run not written again).
+    inputs
+        Further input files (command-line name -> path), never written over.
     **gene2peak_kw
         Further arguments of :func:`multidgd.analysis.gene2peak` (``n_steps``, ``lr``,
         ``step_size``, ``scale``, ``min_cells``, ``device``, ``progress_bar``).
@@ -384,29 +1223,120 @@ def gene2peak_and_write(
         Summary: genes, skipped genes, rows, groups, outputs.
     """
     from . import analysis
-    from .io import read
-    from .model import DGD
 
-    model = DGD.load(model_path)
-    data = read(data_path)
+    out = Path(out)
+    outputs = OutputFiles.of({"MODEL": model_path, "DATA": data_path, **(inputs or {})}, overwrite=overwrite)
+    _gene2peak_outputs(out, plot, spearman, tss, outputs)
+    model = load_model_file(model_path)
+    data = read_input(data_path)
     shared = {"groupby": groupby, "modality": modality, "top_n": top_n, "layer": layer}
-    table = analysis.gene2peak(model, data, genes=genes, rna_mod=rna_mod, atac_mod=atac_mod, **shared, **gene2peak_kw)
-    mods = model.modality_names(rna_mod, atac_mod)
-    outputs = [str(_write_table(table, out))]
-    if plot is not None:
-        outputs.append(str(analysis.plot_gene2peak(table, plot)))
-    if spearman is not None:
-        tested = table["gene"].astype(str).unique().tolist()
-        baseline = analysis.spearman_gene2peak(data, genes=tested, rna_mod=mods["rna"], atac_mod=mods["atac"], **shared)
-        outputs.append(str(_write_table(baseline, spearman)))
-    summary = {
-        "genes": int(table["gene"].nunique()),
-        "skipped_genes": sorted(set(genes) - set(table["gene"].astype(str))),
-        "rows": len(table),
-        "groups": int(table["group"].nunique()),
-    }
-    if tss is not None:
-        paths, summary["tss_genes_with_peaks"] = _write_tss_profiles(table, data, mods, tss, out)
-        outputs += paths
-    summary["outputs"] = outputs
+    with outputs.run(_MARGIN_BYTES):
+        table = analysis.gene2peak(
+            model, data, genes=genes, rna_mod=rna_mod, atac_mod=atac_mod, **shared, **gene2peak_kw
+        )
+        mods = model.modality_names(rna_mod, atac_mod)
+        _write_table(table, outputs.temporary(out))
+        written = [str(out)]
+        if plot is not None:
+            analysis.plot_gene2peak(table, outputs.temporary(Path(plot)))
+            written.append(str(plot))
+        if spearman is not None:
+            tested = table["gene"].astype(str).unique().tolist()
+            baseline = analysis.spearman_gene2peak(
+                data, genes=tested, rna_mod=mods["rna"], atac_mod=mods["atac"], **shared
+            )
+            _write_table(baseline, outputs.temporary(Path(spearman)))
+            written.append(str(spearman))
+        summary = {
+            "genes": int(table["gene"].nunique()),
+            "skipped_genes": sorted(set(genes) - set(table["gene"].astype(str))),
+            "rows": len(table),
+            "groups": int(table["group"].nunique()),
+        }
+        if tss is not None:
+            paths, summary["tss_genes_with_peaks"] = _write_tss_profiles(table, data, mods, tss, out, outputs)
+            written += paths
+        summary["outputs"] = written
     return summary
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _read_split(path, data) -> np.ndarray:
+    """Split labels from ``--split-csv`` (:func:`multidgd.evaluation.read_split_csv`), refused naming the file."""
+    import pandas as pd
+
+    from .evaluation import read_split_csv
+
+    path = check_input_file(path, "--split-csv", expected="a CSV file with columns obs_name,split")
+    try:
+        return read_split_csv(path, pd.Index(data.obs_names.astype(str)))
+    except (ValueError, OSError) as err:
+        if isinstance(err, ValueError) and str(path) in str(err):
+            raise
+        raise ValueError(f"--split-csv {path}: cannot be read as a CSV of obs_name,split ({_reason(err)})") from err
+
+
+def _evaluation_bytes(data: Any, n_covariates: int) -> int:
+    """Room for the model file and the figures of an evaluation (:func:`estimate_model_bytes`)."""
+    from .config import ModelConfig
+
+    mods = getattr(data, "mod", None)
+    n_features = {k: a.n_vars for k, a in mods.items()} if mods is not None else {"all": data.n_vars}
+    return estimate_model_bytes(data.n_obs, n_features, ModelConfig(), n_covariates)[0] + _MARGIN_BYTES
+
+
+def evaluate_and_write(
+    data_path: Path,
+    out: Path,
+    *,
+    split_csv: Path | None = None,
+    model_path: Path | None = None,
+    overwrite: bool = False,
+    **evaluation_kw: Any,
+) -> dict[str, Any]:
+    """Check the inputs and ``out``, then run :func:`multidgd.evaluation.run_evaluation`.
+
+    ``out`` is checked like a training folder (:class:`OutputFolder`: an earlier run needs
+    ``overwrite``; writable; room for a model file). The evaluation writes into a hidden
+    folder inside ``out`` whose files are moved in when it ends: a failed or interrupted
+    evaluation leaves no partial output, and an earlier run stays as it was.
+
+    Parameters
+    ----------
+    data_path
+        ``.h5mu`` or ``.h5ad`` with raw counts.
+    out
+        Output directory.
+    split_csv
+        CSV with columns ``obs_name,split`` (None: the seeded stratified split).
+    model_path
+        Evaluate this ``model.pt`` instead of training one.
+    overwrite
+        Replace an earlier run in ``out`` (files not written again are removed).
+    **evaluation_kw
+        Further arguments of :func:`~multidgd.evaluation.run_evaluation`.
+
+    Returns
+    -------
+    dict
+        The metrics, as written to ``metrics.json``.
+    """
+    from .evaluation import run_evaluation
+
+    out, data_path = Path(out), Path(data_path)
+    inputs = {"DATA": data_path, "--model": model_path, "--split-csv": split_csv}
+    writes = ("metrics.json", "report.md") + (() if model_path is not None else ("model.pt",))
+    folder = OutputFolder.check(out, overwrite=overwrite, inputs=inputs, writes=writes)
+    if model_path is not None:
+        load_model_file(model_path, what="--model")  # refused before the data is read
+    data = read_input(data_path)
+    split = None if split_csv is None else _read_split(split_csv, data)
+    needed = _evaluation_bytes(data, 1 if evaluation_kw.get("batch_key") else 0)
+    with folder.run(needed), folder.staged() as stage:
+        metrics = run_evaluation(
+            data, stage, split=split, model_path=model_path, source=data_path.name, **evaluation_kw
+        )
+    folder.finish()
+    return metrics
