@@ -147,3 +147,19 @@ def test_duplicates_file_holds_duplicates(tmp_path):
     _duplicates().write(path)
     x = md.read_h5mu(path)["rna"].X
     assert x.nnz == make_mudata(n_cells=N_CELLS, seed=11)["rna"].X.nnz + 3
+
+
+def test_no_ari_when_every_cell_type_has_one_cell(tmp_path, caplog):
+    """With one cell per cell type the ARI would be 1.000 by construction: it is not reported."""
+    import json
+
+    m = make_mudata(n_cells=40, n_batches=1, seed=2)
+    m = _with_obs(m, "cell_type", pd.Categorical([f"c{i}" for i in range(40)]))
+    path = tmp_path / "unique.h5mu"
+    m.write(path)
+    args = ["train", str(path), "--out", str(tmp_path / "out"), "--cell-type-key", "cell_type"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--max-epochs", "1", "--batch-size", "16", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "ari_clusters_vs_cell_type" not in summary
+    assert "ARI against cell types is not reported" in caplog.text
