@@ -249,16 +249,17 @@ def write_atomic(payload: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def read(path: str | Path, *, kind: str) -> dict[str, Any]:
+def read(path: str | Path, *, kind: str, mmap: bool = False) -> dict[str, Any]:
     """Load a file written by :func:`write_atomic` and check that it holds ``kind``.
 
-    Only tensors and plain Python containers are unpickled (``weights_only=True``).
+    Only tensors and plain Python containers are unpickled (``weights_only=True``); with
+    ``mmap`` the tensors are memory-mapped, not read (for a look at a few entries).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"{path} is not a readable multidgd file: {reason}") from err

@@ -820,22 +820,14 @@ def _train_summary(model, *, source: str, clusters: np.ndarray, cell_types, t0: 
 
 def _stored_train_config(path: Path):
     """The :class:`~multidgd.TrainConfig` a training checkpoint was written with (memory-mapped read)."""
-    import torch
-
-    from .checkpoint import CHECKPOINT_KIND
+    from .checkpoint import CHECKPOINT_KIND, read
     from .config import TrainConfig
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        found = payload.get("kind") if isinstance(payload, dict) else None
-        if found != CHECKPOINT_KIND:
-            raise ValueError(f"it holds {found!r}, not {CHECKPOINT_KIND!r}")
-        return TrainConfig.from_dict(payload["train_config"])
-    except Exception as err:  # noqa: BLE001 - re-raised naming the file
-        raise ValueError(
-            f"--resume: {path} is not a readable training checkpoint ({_reason(err)}); "
-            "leave out --resume and pass --overwrite to start afresh"
-        ) from err
+        return TrainConfig.from_dict(read(path, kind=CHECKPOINT_KIND, mmap=True)["train_config"])
+    except (ValueError, KeyError) as err:  # re-raised as advice for the command line
+        reason = _reason(err).rstrip(".")
+        raise ValueError(f"--resume: {reason}; start afresh with --overwrite instead of --resume") from err
 
 
 def _train_config(checkpoint_path: Path, *, resume: bool, batch_size: int | None, precision: str | None):
@@ -851,17 +843,12 @@ def _train_config(checkpoint_path: Path, *, resume: bool, batch_size: int | None
     given = {k: v for k, v in (("batch_size", batch_size), ("precision", precision)) if v is not None}
     if resume and checkpoint_path.is_file():
         return dataclasses.replace(_stored_train_config(checkpoint_path), **given) if given else None
-    return TrainConfig(**{"precision": "float32", **given})
+    return TrainConfig(**given)
 
 
 def _fit(model, folder: OutputFolder, *, checkpoint_path: Path, resume: bool, **train_kw: Any) -> None:
     """Train; an interrupt before this run wrote a checkpoint raises :class:`RunInterrupted`."""
-    from .distributed import is_main
-
-    stale = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
-    if is_main() and os.environ.get("RANK", "0") == "0":  # a write killed midway; the checkpoint is whole
-        stale.unlink(missing_ok=True)
-    try:
+    try:  # DGD.train removes a checkpoint.pt.tmp a killed write left
         model.train(checkpoint_path=checkpoint_path, resume=resume, **train_kw)
     except ValueError as err:
         text = str(err)
