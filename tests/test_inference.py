@@ -14,6 +14,7 @@ from scipy.stats import nbinom
 
 from multidgd import DGD, ModelConfig, TrainConfig
 from multidgd.inference import candidate_scores
+from multidgd.prediction import DEFAULT_TEMPERATURE
 
 from .conftest import make_mudata
 
@@ -221,12 +222,28 @@ def test_single_modality_inference_and_prediction(model, all_data, present):
     assert emb.nll[f"nll_{missing}"].isna().all() and emb.nll[f"nll_{present}"].notna().all()
     assert (emb.library_size_source[:, 1 - j] == "estimated").all()
     getter = model.get_normalized_accessibility if missing == "atac" else model.get_normalized_expression
+    point = getter(emb, prediction="point")
+    with torch.no_grad():
+        logf = module.decode(torch.from_numpy(emb.latent), torch.from_numpy(emb.covariate))[missing]
+    np.testing.assert_allclose(point.to_numpy(), np.exp(logf.numpy()), rtol=1e-5)
+    # the default: candidates' profiles weighted by prior weight x likelihood^(1/T), brute force
+    T = DEFAULT_TEMPERATURE[present]
+    log_pi = (
+        module.basal.log_weights.detach().double().numpy()[:, None]
+        + (module.covariates[0].log_weights.detach().double().numpy()[None, :])
+    )
+    logw = -scores / T + log_pi.ravel()[None, :]
+    w = np.exp(logw - logw.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    np.testing.assert_allclose(emb.prediction_weights, w, rtol=1e-3, atol=1e-6)
+    with torch.no_grad():
+        cand = module.decode(module.basal.mean.repeat_interleave(C, 0), module.covariates[0].mean.repeat(K, 1))[
+            missing
+        ].exp()
     frac = getter(emb)
     assert frac.shape == (30, len(model.var_names[missing]))
     np.testing.assert_allclose(frac.sum(1), 1, rtol=1e-5)
-    with torch.no_grad():
-        logf = module.decode(torch.from_numpy(emb.latent), torch.from_numpy(emb.covariate))[missing]
-    np.testing.assert_allclose(frac.to_numpy(), np.exp(logf.numpy()), rtol=1e-5)
+    np.testing.assert_allclose(frac.to_numpy(), w @ cand.double().numpy(), rtol=1e-3, atol=1e-7)
     # the estimated library: the cell's own library of the present modality times the median
     # ratio (missing / present) over the 15 nearest trained cells
     ref = np.concatenate([model.state.tables[t].values.numpy() for t in ("train_basal", "val_basal")])
@@ -448,3 +465,54 @@ def test_a_zero_count_table_shared_by_blocks_matches_exact_scores():
     # float32: the series to float precision
     f32 = zero_count_table(log_p.float(), r.float(), log_lib.float(), budget_elements=10**6, grid_spacing=None)
     np.testing.assert_allclose(f32(log_lib.float()).numpy(), direct.numpy(), rtol=2e-6)
+
+
+def _candidate_profiles(model, m):
+    module, C = model.module, len(model.covariate_categories[0])
+    with torch.no_grad():
+        basal = module.basal.mean.repeat_interleave(C, 0)
+        cov = module.covariates[0].mean.repeat(module.basal.n_components, 1)
+        return module.decode(basal, cov)[m].exp().double().numpy()
+
+
+def test_prediction_commits_when_the_observation_is_informative(model, all_data):
+    query = _single(_query(all_data, n=10), "atac")
+    # deep cells; covariate classes from the labels (ATAC of these data carries no batch
+    # effect); the tiny model's components decode to similar profiles, so the temperature
+    # is set far below the candidates' NLL differences
+    query.mod["atac"].X = sp.csr_matrix(_dense(query.mod["atac"].X) * 300)
+    emb = model.infer(query, device="cpu", progress_bar=False, covariate_start="label", temperature=1e-4)
+    assert (np.isinf(emb.candidates.nll).sum(1) == emb.candidates.nll.shape[1] // 2).all()
+    gaps = np.sort(emb.candidates.nll, axis=1)[:, 1] - emb.candidates.nll.min(1)
+    assert (gaps / 1e-4 > 50).all()
+    w = emb.prediction_weights
+    assert (w.max(1) > 1 - 1e-6).all() and (emb.prediction_certainty > 0.999).all()
+    C = len(model.covariate_categories[0])
+    best = emb.start_candidate[:, 0] * C + emb.start_candidate[:, 1]
+    np.testing.assert_array_equal(w.argmax(1), best)  # the single best candidate
+    got = model.get_normalized_expression(emb, return_type="array")
+    np.testing.assert_allclose(got, _candidate_profiles(model, "rna")[best], rtol=1e-4)
+
+
+def test_prediction_without_information_is_the_prior_weighted_mean(model, all_data):
+    query = _single(_query(all_data, n=10), "rna")
+    emb = model.infer(query, device="cpu", progress_bar=False, temperature=1e12)
+    module = model.module
+    pi = np.exp(
+        module.basal.log_weights.detach().double().numpy()[:, None]
+        + module.covariates[0].log_weights.detach().double().numpy()[None, :]
+    ).ravel()
+    np.testing.assert_allclose(emb.prediction_weights, np.broadcast_to(pi, emb.prediction_weights.shape), rtol=1e-6)
+    got = model.get_normalized_accessibility(emb, return_type="array")
+    np.testing.assert_allclose(got, np.broadcast_to(pi @ _candidate_profiles(model, "atac"), got.shape), rtol=1e-4)
+    # peaks asked for by name: the same columns
+    names = model.var_names["atac"][[3, 1]]
+    sub = model.get_normalized_accessibility(emb, peaks=names, cells=[0, 2], return_type="array")
+    np.testing.assert_allclose(sub, got[[0, 2]][:, [3, 1]], rtol=1e-6)
+    # the certainty is written next to the other per-cell results
+    emb.add_to(query)
+    np.testing.assert_allclose(query.obs["multidgd_prediction_certainty"], emb.prediction_certainty)
+    with pytest.raises(ValueError, match="temperature"):
+        model.infer(query, device="cpu", progress_bar=False, temperature=0.0)
+    with pytest.raises(ValueError, match="prediction"):
+        model.get_normalized_accessibility(emb, prediction="mode")

@@ -57,3 +57,11 @@ def test_ari_asw_and_ratio_known_answers():
     assert loss_ratio([2.0, 3.0, 10.0], [2.0, 2.0, 5.0]) == pytest.approx(1.5)
     with pytest.raises(ValueError, match="two batches"):
         batch_1_minus_asw(latent, ["x"] * 4)
+
+
+def test_per_cell_rmse_by_hand():
+    from multidgd.metrics import per_cell_rmse
+
+    obs = sp.csr_matrix(np.array([[0.0, 2.0], [1.0, 1.0]]))
+    pred = np.array([[1.0, 0.0], [1.0, 4.0]])
+    np.testing.assert_allclose(per_cell_rmse(obs, pred), [np.sqrt(2.5), np.sqrt(4.5)])

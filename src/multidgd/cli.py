@@ -285,11 +285,25 @@ def _add_embed_parsers(sub) -> None:
         q.add_argument("--rna-library-key", default=None, help="obs column with RNA library sizes")
         q.add_argument("--atac-library-key", default=None, help="obs column with ATAC library sizes")
         q.add_argument("--model-out", type=Path, default=None, help="where a model with learned classes is written")
+        q.add_argument(
+            "--temperature",
+            type=float,
+            default=None,
+            help="temperature of the posterior weights that predict a missing modality "
+            "(default: by what each cell has; see multidgd.prediction)",
+        )
         _add_overwrite_option(q, "existing output files")
         _add_runtime_options(q)
         if name == "predict":
             q.add_argument("--denoise", action="store_true", help="also write decoded present modalities")
             q.add_argument("--threshold", type=float, default=None, help="store predictions >= this, sparse")
+            q.add_argument(
+                "--prediction",
+                choices=["posterior", "point"],
+                default="posterior",
+                help="a missing modality as the posterior-weighted mean of the best-start candidates' "
+                "profiles (default), or decoded from the cell's own representation",
+            )
 
 
 def _add_gene2peak_parser(sub) -> None:
@@ -429,11 +443,12 @@ def _embed(args: argparse.Namespace) -> str:
         "layer": args.layer,
         "rna_library_key": args.rna_library_key,
         "atac_library_key": args.atac_library_key,
+        "temperature": args.temperature,
         "device": args.device,
         "progress_bar": not args.quiet,
     }
     if args.command == "predict":
-        kw.update(denoise=args.denoise, threshold=args.threshold)
+        kw.update(denoise=args.denoise, threshold=args.threshold, prediction=args.prediction)
     return json.dumps(embed_and_write(args.model, args.data, args.out, **kw), indent=2)
 
 

@@ -41,6 +41,7 @@ from .representation import RepresentationTable
 from .results import Embedding
 
 __all__ = [
+    "Candidates",
     "Placed",
     "embed_cells",
     "candidate_scores",
@@ -408,6 +409,8 @@ class Placed:
         (n, 2) library size over all model features (NaN where absent).
     start
         (n, 2) the basal component and covariate-class combination each cell started from.
+    candidates
+        The best-start candidates and every cell's loss at each (:class:`Candidates`).
     """
 
     latent: np.ndarray
@@ -415,6 +418,31 @@ class Placed:
     nll: np.ndarray
     library_total: np.ndarray
     start: np.ndarray
+    candidates: Candidates | None = None
+
+
+@dataclass
+class Candidates:
+    """The best-start candidates: every (basal component mean, covariate class combination).
+
+    Attributes
+    ----------
+    latent
+        (J, L) basal representations (component means; ``j = k * C + c``).
+    covariate
+        (J, d * V) covariate representations (class means).
+    log_prior
+        (J,) log prior weight of each: the log mixture weight of its basal component plus
+        those of its covariate classes.
+    nll
+        (n, J) every cell's NB negative log-likelihood (all constants included) of the
+        modalities it has, at each candidate; ``inf`` where the candidate was not allowed.
+    """
+
+    latent: np.ndarray
+    covariate: np.ndarray
+    log_prior: np.ndarray
+    nll: np.ndarray
 
 
 @dataclass
@@ -494,7 +522,7 @@ def embed_cells(
     }
     learning = new_components is not None and any(len(c) for c in new_components)
     job = _Job(module, query, device, observed, dispersion, class_codes, new_components, learning)
-    start, basal0, cov0, chunks = _best_start(job, covariate_start, batch_size, memory_budget_mb)
+    start, basal0, cov0, chunks, candidates = _best_start(job, covariate_start, batch_size, memory_budget_mb)
     mixture_opt = _start_new_classes(job, cov0, mixture_lr, betas) if learning else None
     basal_t, cov_t = _optimise(job, chunks, basal0, cov0, supervised, n_steps, lr, betas, mixture_opt, progress_bar)
     nll_out, total_lib = _final_losses(job, chunks, basal_t, cov_t)
@@ -504,6 +532,7 @@ def embed_cells(
         nll=nll_out,
         library_total=total_lib,
         start=start,
+        candidates=candidates,
     )
 
 
@@ -554,6 +583,7 @@ def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_
     start = np.zeros((n, 2), dtype=np.int64)
     basal0 = torch.zeros(n, L)
     cov0 = torch.zeros(n, d * V)
+    cand_nll = np.empty((n, K * n_combo), dtype=np.float32)
     for chunk in chunks:
         batch = _gather(query, chunk, device)
         score = 0
@@ -574,13 +604,36 @@ def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_
             match = (combos[None, :, :] == codes[:, None, :]).all(axis=2)
             allowed[labelled] = torch.from_numpy(match[labelled])
         score = score.masked_fill(~allowed.to(device).unsqueeze(1), float("inf"))
+        constant = _count_constant(batch, chunk.modalities, job.dispersion)
+        cand_nll[chunk.cells] = (score.view(len(chunk.cells), -1) + constant.unsqueeze(1)).cpu().numpy()
         best = score.view(len(chunk.cells), -1).argmin(dim=1).cpu()
         k_best, c_best = best // n_combo, best % n_combo
         start[chunk.cells, 0] = k_best.numpy()
         start[chunk.cells, 1] = c_best.numpy()
         basal0[chunk.cells] = basal_means[k_best.to(device)].cpu()
         cov0[chunk.cells] = cov_vectors[c_best.to(device)].cpu()
-    return start, basal0, cov0, chunks
+    with torch.no_grad():
+        cand_prior = module.basal.log_weights.detach().cpu().numpy().repeat(n_combo)  # k major
+        for v, mix in enumerate(module.covariates):
+            cand_prior += np.tile(mix.log_weights.detach().cpu().numpy()[combos[:, v]], K)
+    candidates = Candidates(
+        latent=cand_basal.cpu().numpy(), covariate=cand_cov.cpu().numpy(), log_prior=cand_prior, nll=cand_nll
+    )
+    return start, basal0, cov0, chunks, candidates
+
+
+def _count_constant(batch: dict[str, Any], modalities: list[str], dispersion: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per cell, the candidate-independent part of the NB NLL that :func:`candidate_scores`
+    leaves out: ``sum over non-zeros of lgamma(x + 1) + lgamma(r) - lgamma(x + r)``.
+    """
+    n = next(iter(batch["log_library"].values())).shape[0]
+    out = torch.zeros(n, dtype=torch.float64)
+    for m in modalities:
+        rows, cols, values = batch["counts"][m]
+        r = dispersion[m][cols].double()
+        x = values.double()
+        out.index_add_(0, rows.cpu(), (torch.lgamma(x + 1) + torch.lgamma(r) - torch.lgamma(x + r)).cpu())
+    return out.to(next(iter(batch["log_library"].values())).device)
 
 
 def _start_new_classes(job: _Job, cov0: torch.Tensor, mixture_lr: float, betas) -> torch.optim.Optimizer:
@@ -739,9 +792,18 @@ def grow_covariates(
 
 # ----------------------------------------------------------------------------- the whole placement
 def check_infer_args(
-    new_classes: str, covariate_start: str, n_steps: int, lr: float, batch_size: int, memory_budget_mb: float
+    new_classes: str,
+    covariate_start: str,
+    n_steps: int,
+    lr: float,
+    batch_size: int,
+    memory_budget_mb: float,
+    temperature: float | None = None,
 ) -> None:
     """Refuse options of :meth:`multidgd.DGD.infer` outside their allowed values."""
+    from .prediction import cell_temperature
+
+    cell_temperature(np.zeros((0, 2), dtype=bool), temperature)
     if new_classes not in ("naive", "learn"):
         raise ValueError(f"new_classes must be 'naive' or 'learn', got {new_classes!r}")
     if covariate_start not in ("search", "label"):
@@ -813,10 +875,14 @@ def embedding_of(
     covariate_keys: list[str],
     learned: dict[str, list[str]],
     estimate: Callable[[np.ndarray], np.ndarray | None],
+    temperature: float | None = None,
 ) -> Embedding:
     """The :class:`~multidgd.results.Embedding` of placed cells: clusters under ``module``'s
-    basal mixture, library sizes completed by :func:`complete_library` with ``estimate``.
+    basal mixture, library sizes completed by :func:`complete_library` with ``estimate``,
+    prediction weights at ``temperature`` (None: the default for what each cell has).
     """
+    from .prediction import cell_temperature
+
     library, source = complete_library(placed.library_total, query.given_library_size, estimate)
     with torch.no_grad():
         logp = module.basal.to("cpu").log_responsibilities(torch.from_numpy(placed.latent)).numpy()
@@ -834,4 +900,6 @@ def embedding_of(
         n_absent_features={m: query.n_absent_features.get(m, len(var_names[m])) for m in MODALITIES},
         start_candidate=placed.start,
         learned_classes=learned,
+        candidates=placed.candidates,
+        temperature=cell_temperature(query.present, temperature),
     )

@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["rmse", "mae", "auprc", "nb_nll", "ari", "batch_1_minus_asw", "loss_ratio"]
+__all__ = [
+    "rmse",
+    "mae",
+    "auprc",
+    "per_cell_auprc",
+    "per_cell_rmse",
+    "per_cell_correlation",
+    "nb_nll",
+    "ari",
+    "batch_1_minus_asw",
+    "loss_ratio",
+]
 
 
 def _dense_rows(x, start: int, stop: int) -> np.ndarray:
@@ -38,6 +49,24 @@ def rmse(observed, predicted) -> float:
     float
     """
     return float(np.sqrt(_per_cell_error(observed, predicted, 2).mean()))
+
+
+def per_cell_rmse(observed, predicted) -> np.ndarray:
+    """Root of the squared error averaged over features, per cell.
+
+    Parameters
+    ----------
+    observed
+        (n, F) counts.
+    predicted
+        (n, F) predicted counts.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) RMSE of each cell.
+    """
+    return np.sqrt(_per_cell_error(observed, predicted, 2))
 
 
 def mae(observed, predicted) -> float:
@@ -81,6 +110,90 @@ def auprc(observed, predicted) -> float:
     if not labels.any():
         raise ValueError("no observed entry is >= 1; AUPRC is undefined")
     return float(average_precision_score(labels, score.ravel()))
+
+
+def _average_precision(labels: np.ndarray, score: np.ndarray) -> float:
+    """Average precision of one ranking: sum over distinct score thresholds of the recall
+    gained times the precision there (ties share one threshold, as in scikit-learn).
+    """
+    order = np.argsort(-score, kind="stable")
+    s, y = score[order], labels[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # end of each run of ties
+    tp = np.cumsum(y)[last]
+    precision = tp / (last + 1)
+    gained = np.diff(np.r_[0, tp])
+    return float((gained * precision).sum() / tp[-1])
+
+
+def per_cell_auprc(observed, predicted, chunk: int = 1024) -> np.ndarray:
+    """Average precision of each cell's features: ``predicted`` against ``observed >= 1``.
+
+    Unlike :func:`auprc` over the flattened matrix, which rewards ranking deep cells above
+    shallow ones, this asks how well each cell's own open peaks (or expressed genes) are
+    ranked above its others.
+
+    Parameters
+    ----------
+    observed
+        (n, F) counts; entries >= 1 are the positives.
+    predicted
+        (n, F) scores.
+    chunk
+        Rows made dense together.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) average precision per cell; NaN for a cell without any positive.
+    """
+    if observed.shape != predicted.shape:
+        raise ValueError(f"observed {observed.shape} and predicted {predicted.shape} differ in shape")
+    out = np.full(observed.shape[0], np.nan)
+    for i in range(0, observed.shape[0], chunk):
+        truth = _dense_rows(observed, i, i + chunk) >= 1
+        score = _dense_rows(predicted, i, i + chunk)
+        for j in range(len(truth)):
+            if truth[j].any():
+                out[i + j] = _average_precision(truth[j], score[j])
+    return out
+
+
+def per_cell_correlation(observed, predicted, method: str = "pearson", chunk: int = 1024) -> np.ndarray:
+    """Correlation over features of each cell's observed and predicted values.
+
+    Parameters
+    ----------
+    observed, predicted
+        (n, F) counts and predictions.
+    method
+        ``"pearson"`` (on log1p of both) or ``"spearman"`` (ranks, ties averaged).
+    chunk
+        Rows made dense together.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) correlation per cell; NaN where either row is constant.
+    """
+    from scipy.stats import rankdata
+
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}")
+    if observed.shape != predicted.shape:
+        raise ValueError(f"observed {observed.shape} and predicted {predicted.shape} differ in shape")
+    out = np.empty(observed.shape[0])
+    for i in range(0, observed.shape[0], chunk):
+        a, b = _dense_rows(observed, i, i + chunk), _dense_rows(predicted, i, i + chunk)
+        if method == "spearman":
+            a, b = rankdata(a, axis=1), rankdata(b, axis=1)
+        else:
+            a, b = np.log1p(a), np.log1p(b)
+        a = a - a.mean(axis=1, keepdims=True)
+        b = b - b.mean(axis=1, keepdims=True)
+        denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[i : i + chunk] = np.where(denom > 0, (a * b).sum(axis=1) / denom, np.nan)
+    return out
 
 
 def nb_nll(observed, mu, r) -> np.ndarray:

@@ -18,7 +18,7 @@ from .data import MODALITIES, MultiomeData, read_multiome
 from .inference import check_infer_args, embedding_of, estimate_library, place_cells
 from .initialization import initial_state
 from .module import DGDModule
-from .profiles import ProfileRequest, decoded_fractions, normalized_profiles
+from .profiles import CandidateMixture, ProfileRequest, decoded_fractions, normalized_profiles
 from .query import read_query
 from .results import Clustering, Embedding, covariate_index
 from .train import fit, per_cell_nll
@@ -407,6 +407,7 @@ class DGD:
         min_feature_fraction: float = 0.5,
         batch_size: int = 512,
         memory_budget_mb: float = 512,
+        temperature: float | None = None,
         device: str | torch.device = "auto",
         progress_bar: bool = True,
     ) -> Embedding:
@@ -447,7 +448,10 @@ class DGD:
         memory_budget_mb
             Working memory of one block of cells (MB): bounds the best-start search's
             largest temporary and the cells per block of the steps (about 16 bytes per cell
-            and feature). The default keeps the blocks' buffers near 0.5 GB.
+            and feature).
+        temperature
+            Of the posterior weights over the best-start candidates that predict a modality a
+            cell lacks (:mod:`multidgd.prediction`); None: the default for what it has.
         device
             ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         progress_bar
@@ -455,11 +459,10 @@ class DGD:
 
         Returns
         -------
-        :class:`~multidgd.results.Embedding` with representations, clusters, per-cell NLL
-        and library sizes. ``Embedding.add_to(data)`` writes them into ``data``.
+        :class:`~multidgd.results.Embedding`; ``Embedding.add_to(data)`` writes it into ``data``.
         """
         self.state  # noqa: B018 - raises when untrained
-        check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb)
+        check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb, temperature)
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
         query = read_query(
             data,
@@ -482,14 +485,12 @@ class DGD:
             mixture_lr=train_config.lr_covariate_mixture,
             device=resolve_device(device),
             progress_bar=progress_bar,
-            n_steps=int(n_steps),
-            lr=lr,
-            batch_size=int(batch_size),
-            memory_budget_mb=memory_budget_mb,
+            **{"n_steps": int(n_steps), "lr": lr, "batch_size": int(batch_size), "memory_budget_mb": memory_budget_mb},
         )
         learned = {} if grown is None else self._adopt_classes(grown, unseen)
         estimate = lambda lib: self._estimate_library(placed.latent, lib)  # noqa: E731
-        return embedding_of(query, placed, self.module, self.var_names, self.covariate_keys, learned, estimate)
+        args = (query, placed, self.module, self.var_names, self.covariate_keys, learned, estimate, temperature)
+        return embedding_of(*args)
 
     def _adopt_classes(self, module: DGDModule, unseen: dict[str, list[str]]) -> dict[str, list[str]]:
         """Keep the grown network and its new classes; returns the classes learned."""
@@ -533,6 +534,7 @@ class DGD:
         threshold: float = 0.0,
         batch_size: int = 1024,
         max_dense_elements: int = 50_000_000,
+        prediction: str = "posterior",
     ):
         """Decoded RNA for trained cells or for new cells (an :class:`Embedding`).
 
@@ -558,9 +560,16 @@ class DGD:
             Cells decoded together.
         max_dense_elements
             Largest default (DataFrame) result, in values.
+        prediction
+            For new cells that lack the modality: ``"posterior"`` (default), the mean of the
+            best-start candidates' profiles weighted by their posterior given what the cell
+            has (:mod:`multidgd.prediction`; how sure it is:
+            ``Embedding.prediction_certainty``); ``"point"``, the profile decoded from the
+            cell's own optimised representation. Cells that have the modality are always
+            decoded from their own representation.
         """
         return self._normalized(
-            "rna", embedding, genes, cells, scale, return_type, threshold, batch_size, max_dense_elements
+            "rna", embedding, genes, cells, scale, return_type, threshold, batch_size, max_dense_elements, prediction
         )
 
     def get_normalized_accessibility(
@@ -574,23 +583,35 @@ class DGD:
         threshold: float = 0.0,
         batch_size: int = 1024,
         max_dense_elements: int = 50_000_000,
+        prediction: str = "posterior",
     ):
         """Decoded ATAC for trained or new cells; the same parameters as
         :meth:`get_normalized_expression`, with ``peaks`` instead of ``genes``.
         """
         return self._normalized(
-            "atac", embedding, peaks, cells, scale, return_type, threshold, batch_size, max_dense_elements
+            "atac", embedding, peaks, cells, scale, return_type, threshold, batch_size, max_dense_elements, prediction
         )
 
-    def _normalized(self, modality, embedding, features, cells, scale, return_type, threshold, batch_size, max_dense):
+    def _normalized(
+        self, modality, embedding, features, cells, scale, return_type, threshold, batch_size, max_dense, prediction
+    ):
         self.state  # noqa: B018 - raises when untrained
         if scale not in ("fraction", "counts"):
             raise ValueError(f"scale must be 'fraction' or 'counts', got {scale!r}")
+        if prediction not in ("posterior", "point"):
+            raise ValueError(f"prediction must be 'posterior' or 'point', got {prediction!r}")
         request = ProfileRequest(features, cells, return_type, threshold, batch_size, max_dense)
-        names, latent, cov, library = self._decoder_inputs(embedding, MODALITIES.index(modality), scale)
+        j = MODALITIES.index(modality)
+        names, latent, cov, library = self._decoder_inputs(embedding, j, scale)
         library = library if scale == "counts" else None
+        mixture = None
+        if embedding is not None and prediction == "posterior" and embedding.candidates is not None:
+            lacking = ~embedding.observed[:, j]
+            if lacking.any():
+                c = embedding.candidates
+                mixture = CandidateMixture(lacking, embedding.prediction_weights, c.latent, c.covariate)
         features = self.var_names[modality]
-        return normalized_profiles(self.module, modality, names, latent, cov, library, features, request)
+        return normalized_profiles(self.module, modality, names, latent, cov, library, features, request, mixture)
 
     def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
         """(names, latent, covariate, library of modality ``j`` or None) of the trained cells

@@ -20,6 +20,7 @@ __all__ = [
     "plot_model_covariates",
     "plot_confusion",
     "plot_loss_ratios",
+    "plot_certainty",
     "umap_coordinates",
 ]
 
@@ -314,6 +315,39 @@ def plot_loss_ratios(
     ax.set_ylabel("test NLL / reference NLL (median over cells)")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_certainty(table: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
+    """Per-cell prediction quality by certainty bin, model against the average profile.
+
+    Parameters
+    ----------
+    table
+        :func:`multidgd.evaluation.certainty_table`.
+    path
+        PNG file to write.
+    title
+        Figure title.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    plt = pyplot()
+    metrics = list(dict.fromkeys(table["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        t = table[table["metric"] == metric]
+        source = t["prediction"].iloc[0].split("_")[-1].upper()
+        ax.plot(t["bin"], t["model"], marker="o", label=f"multidgd, from {source}")
+        ax.plot(t["bin"], t["baseline"], marker="s", ls="--", color="grey", label="average profile")
+        ax.set_xlabel("certainty bin (1 = least sure)")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
 

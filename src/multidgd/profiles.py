@@ -20,7 +20,7 @@ import torch
 from .data import positions
 from .module import DGDModule
 
-__all__ = ["ProfileRequest", "decoded_fractions", "normalized_profiles"]
+__all__ = ["CandidateMixture", "ProfileRequest", "decoded_fractions", "normalized_profiles"]
 
 
 @torch.no_grad()
@@ -98,6 +98,27 @@ class ProfileRequest:
             raise ValueError("return_type='sparse' needs threshold > 0 (values below it become 0)")
 
 
+@dataclass(frozen=True)
+class CandidateMixture:
+    """Cells whose profile is the weighted mean of candidates' decoded profiles.
+
+    Attributes
+    ----------
+    cells
+        (n,) bool: the cells predicted this way (the others are decoded from their own
+        representations).
+    weights
+        (n, J) each cell's weights over the candidates (rows sum to 1).
+    latent, covariate
+        (J, L) and (J, d * V) representations of the candidates.
+    """
+
+    cells: np.ndarray
+    weights: np.ndarray
+    latent: np.ndarray
+    covariate: np.ndarray
+
+
 def normalized_profiles(
     module: DGDModule,
     modality: str,
@@ -107,6 +128,7 @@ def normalized_profiles(
     library: np.ndarray | None,
     feature_names: pd.Index,
     request: ProfileRequest,
+    mixture: CandidateMixture | None = None,
 ):
     """Decoded profiles of some cells and features.
 
@@ -124,6 +146,8 @@ def normalized_profiles(
         The modality's features, in decoder order.
     request
         Which cells and features, and the form of the result.
+    mixture
+        Cells predicted as a weighted mean of candidates' profiles instead.
 
     Returns
     -------
@@ -144,17 +168,25 @@ def normalized_profiles(
         return_type = "dataframe"
     full = f_out == len(feature_names) and (cols == np.arange(f_out)).all()
     lib_rows = None if library is None else library[rows]
+    sub_cols = None if full else cols
+    mixed = None
+    if mixture is not None and mixture.cells[rows].any():
+        candidates = decoded_fractions(module, mixture.latent, mixture.covariate, modality, sub_cols, batch_size)
+        mixed = (mixture.cells[rows], mixture.weights[rows].astype(np.float32), np.concatenate(candidates))
 
     def finish(values: np.ndarray, start: int):
+        if mixed is not None:
+            use, weights, profiles = mixed
+            block = np.flatnonzero(use[start : start + len(values)])
+            if len(block):
+                values[block] = weights[start + block] @ profiles
         if lib_rows is not None:
             values = values * lib_rows[start : start + len(values), None]
         if return_type == "sparse":
             values = sp.csr_matrix(np.where(values >= threshold, values, 0).astype(np.float32))
         return values
 
-    parts = decoded_fractions(
-        module, latent[rows], covariate[rows], modality, None if full else cols, batch_size, finish
-    )
+    parts = decoded_fractions(module, latent[rows], covariate[rows], modality, sub_cols, batch_size, finish)
     if return_type == "sparse":
         return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, f_out), dtype=np.float32)
     out = np.concatenate(parts) if parts else np.zeros((0, f_out), dtype=np.float32)

@@ -151,6 +151,12 @@ class Embedding:
         started from.
     learned_classes
         Covariate key -> classes added to the model by this call.
+    candidates
+        The best-start candidates and each cell's NLL at each
+        (:class:`multidgd.inference.Candidates`): a modality a cell lacks is predicted as the
+        posterior-weighted mean of the candidates' decoded profiles.
+    temperature
+        (n,) temperature of each cell's posterior weights (:mod:`multidgd.prediction`).
     """
 
     obs_names: pd.Index
@@ -166,11 +172,33 @@ class Embedding:
     n_absent_features: dict[str, int]
     start_candidate: np.ndarray
     learned_classes: dict[str, list[str]] = field(default_factory=dict)
+    candidates: Any = None
+    temperature: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
         """Number of cells."""
         return len(self.obs_names)
+
+    @property
+    def prediction_weights(self) -> np.ndarray:
+        """(n, J) posterior weight of each best-start candidate given what each cell has
+        (see :mod:`multidgd.prediction`); rows sum to 1.
+        """
+        from .prediction import posterior_weights
+
+        if self.candidates is None:
+            raise ValueError("this embedding holds no best-start candidates")
+        return posterior_weights(self.candidates.nll, self.candidates.log_prior, self.temperature)
+
+    @property
+    def prediction_certainty(self) -> np.ndarray:
+        """(n,) how sure the prediction of a missing modality is: 1 minus the normalised
+        entropy of :attr:`prediction_weights` (1: one candidate; 0: all equally likely).
+        """
+        from .prediction import prediction_certainty
+
+        return prediction_certainty(self.prediction_weights)
 
     def covariate_representation(self, key: str | None = None) -> np.ndarray:
         """Return the (n, d) representation of one covariate (default: the only one).
@@ -194,7 +222,8 @@ class Embedding:
 
         Sets ``obsm["X_<prefix>"]``, ``obsm["X_<prefix>_<covariate>"]``,
         ``obs["<prefix>_cluster"]``, ``obs["<prefix>_cluster_probability"]``,
-        ``obs["<prefix>_nll_rna"]`` and ``obs["<prefix>_nll_atac"]``.
+        ``obs["<prefix>_nll_rna"]``, ``obs["<prefix>_nll_atac"]`` and
+        ``obs["<prefix>_prediction_certainty"]`` (:attr:`prediction_certainty`).
 
         Parameters
         ----------
@@ -216,5 +245,8 @@ class Embedding:
             covariates={key: self.covariate_representation(key) for key in self.covariate_keys},
             clustering=Clustering(labels=self.cluster, probabilities=self.cluster_probabilities),
             prefix=prefix,
-            obs={f"nll_{m}": self.nll[f"nll_{m}"].to_numpy() for m in MODALITIES},
+            obs={
+                **{f"nll_{m}": self.nll[f"nll_{m}"].to_numpy() for m in MODALITIES},
+                **({} if self.candidates is None else {"prediction_certainty": self.prediction_certainty}),
+            },
         )

@@ -979,7 +979,7 @@ def train_and_report(
 # ----------------------------------------------------------------------------- embed, predict
 
 
-def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None):
+def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None, prediction: str = "posterior"):
     """Add a ``<modality>_predicted`` modality for every modality some cells lack.
 
     Returns the (MuData) data and the names of the modalities added.
@@ -1000,7 +1000,7 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
             continue
         getter = model.get_normalized_expression if m == "rna" else model.get_normalized_accessibility
         kw = {"return_type": "sparse", "threshold": threshold} if threshold else {"return_type": "array"}
-        x = getter(emb, scale="counts", **kw)
+        x = getter(emb, scale="counts", prediction=prediction, **kw)
         if not sp.issparse(x):
             x = x.astype(np.float32)
         key = f"{model.source_modality.get(m, m)}_predicted"
@@ -1029,6 +1029,7 @@ def embed_and_write(
     predict: bool = False,
     denoise: bool = False,
     threshold: float | None = None,
+    prediction: str = "posterior",
     model_out: Path | None = None,
     overwrite: bool = False,
     **infer_kw: Any,
@@ -1055,6 +1056,9 @@ def embed_and_write(
         With ``predict``, add the present modalities too.
     threshold
         Store predictions >= this, sparse (must be > 0).
+    prediction
+        How a missing modality is predicted: ``"posterior"`` or ``"point"`` (see
+        :meth:`~multidgd.DGD.get_normalized_expression`).
     model_out
         Where a model with learned classes is written (default: next to ``out``).
     overwrite
@@ -1071,6 +1075,8 @@ def embed_and_write(
 
     if threshold is not None and not threshold > 0:
         raise ValueError(f"--threshold must be > 0, got {threshold}")
+    if prediction not in ("posterior", "point"):
+        raise ValueError(f"--prediction must be 'posterior' or 'point', got {prediction!r}")
     out, data_path = Path(out), Path(data_path)
     outputs = OutputFiles.of({"MODEL": model_path, "DATA": data_path}, overwrite=overwrite)
     outputs.check(out, "--out", plan=False)
@@ -1102,8 +1108,10 @@ def embed_and_write(
             summary["model_out"] = str(model_out)
         if predict:
             data, summary["predicted_modalities"] = _add_predictions(
-                data, model, emb, denoise=denoise, threshold=threshold
+                data, model, emb, denoise=denoise, threshold=threshold, prediction=prediction
             )
+            summary["prediction"] = prediction
+            summary["median_prediction_certainty"] = round(float(np.median(emb.prediction_certainty)), 4)
         emb.add_to(data)
         write(data, outputs.temporary(final))
         summary["out"] = str(final)

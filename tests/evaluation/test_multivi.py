@@ -59,6 +59,12 @@ def test_multivi_metrics_on_bmmc():
         "atac_from_rna_auprc",
         "rna_from_atac_rmse",
         "rna_from_atac_mae",
+        "rna_pearson",
+        "rna_spearman",
+        "atac_cell_auprc",
+        "rna_from_atac_pearson",
+        "rna_from_atac_spearman",
+        "atac_from_rna_cell_auprc",
         "ari",
         "clusters",
         "leiden_resolution",
@@ -72,7 +78,22 @@ def test_multivi_metrics_on_bmmc():
 def test_multivi_metrics_entries_without_batches():
     from multidgd.evaluation import MultiVIComparison, MultiVIMetrics
 
-    values = dict.fromkeys(["rna_rmse", "rna_mae", "atac_auprc", "atac_from_rna_auprc", "rna_from_atac_rmse"], 0.5)
+    values = dict.fromkeys(
+        [
+            "rna_rmse",
+            "rna_mae",
+            "atac_auprc",
+            "atac_from_rna_auprc",
+            "rna_from_atac_rmse",
+            "rna_pearson",
+            "rna_spearman",
+            "atac_cell_auprc",
+            "rna_from_atac_pearson",
+            "rna_from_atac_spearman",
+            "atac_from_rna_cell_auprc",
+        ],
+        0.5,
+    )
     mv = MultiVIMetrics(
         version="1.4.2",
         n_latent=20,

@@ -29,6 +29,8 @@ __all__ = [
     "single_modality",
     "HeldoutMetrics",
     "heldout_metrics",
+    "prediction_metrics",
+    "certainty_table",
     "TrainSettings",
     "TrainedModel",
     "train_on_split",
@@ -197,28 +199,70 @@ class HeldoutMetrics:
     atac_from_rna_auprc: float
     rna_from_atac_rmse: float
     rna_from_atac_mae: float
+    rna_pearson: float
+    rna_spearman: float
+    atac_cell_auprc: float
+    rna_from_atac_pearson: float
+    rna_from_atac_spearman: float
+    atac_from_rna_cell_auprc: float
+    baseline_rna_pearson: float
+    baseline_rna_spearman: float
+    baseline_atac_cell_auprc: float
     nll: pd.DataFrame
     embedding: Any
+    per_cell: pd.DataFrame | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the scalar metrics, keyed by field name, in field order."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("nll", "embedding")}
+        skip = ("nll", "embedding", "per_cell")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
-def _baseline(x: dict, lib: dict, train, names: dict[str, str]) -> dict[str, float]:
+def prediction_metrics(x: dict[str, Any], predicted: dict[str, Any]) -> tuple[dict[str, float], pd.DataFrame]:
+    """The paper's metrics and the per-cell ones of predictions of the test cells.
+
+    Parameters
+    ----------
+    x
+        ``{"rna": (n, G), "atac": (n, P)}`` observed counts.
+    predicted
+        Any of ``"rna"``, ``"atac"`` (paired), ``"rna_from_atac"``, ``"atac_from_rna"``:
+        (n, F) predicted counts (or, for ATAC, scores).
+
+    Returns
+    -------
+    The scalar metrics (flattened RMSE / MAE / AUPRC as the paper computes them; per-cell
+    Pearson on log1p, Spearman and average precision, averaged over cells) and a table of
+    the per-cell values (one row per cell).
+    """
+    from ..metrics import auprc, mae, per_cell_auprc, per_cell_correlation, per_cell_rmse, rmse
+
+    out: dict[str, float] = {}
+    cells: dict[str, np.ndarray] = {}
+    for name, pred in predicted.items():
+        m = name.split("_")[0]
+        if m == "rna":
+            out[f"{name}_rmse"] = rmse(x[m], pred)
+            out[f"{name}_mae"] = mae(x[m], pred)
+            for method in ("pearson", "spearman"):
+                cells[f"{name}_{method}"] = per_cell_correlation(x[m], pred, method)
+                out[f"{name}_{method}"] = float(np.nanmean(cells[f"{name}_{method}"]))
+            cells[f"{name}_rmse"] = per_cell_rmse(x[m], pred)
+        else:
+            out[f"{name}_auprc"] = auprc(x[m], pred)
+            cells[f"{name}_cell_auprc"] = per_cell_auprc(x[m], pred)
+            out[f"{name}_cell_auprc"] = float(np.nanmean(cells[f"{name}_cell_auprc"]))
+    return out, pd.DataFrame(cells)
+
+
+def _baseline(x: dict, lib: dict, train, names: dict[str, str]) -> tuple[dict[str, float], pd.DataFrame]:
     """Average-profile baseline: the pooled training profile times each cell's library."""
-    from ..metrics import auprc, mae, rmse
-
-    out = {}
+    predicted = {}
     for m in MODALITIES:
         profile = np.asarray(_counts(train.mod[names[m]]).sum(axis=0)).ravel()
-        pred = lib[m][:, None] * (profile / profile.sum())[None, :]
-        if m == "rna":
-            out["baseline_rna_rmse"] = rmse(x["rna"], pred)
-            out["baseline_rna_mae"] = mae(x["rna"], pred)
-        else:
-            out["baseline_atac_auprc"] = auprc(x["atac"], pred)
-    return out
+        predicted[m] = lib[m][:, None] * (profile / profile.sum())[None, :]
+    scores, cells = prediction_metrics(x, predicted)
+    return {f"baseline_{k}": v for k, v in scores.items()}, cells.add_prefix("baseline_")
 
 
 def heldout_metrics(model, test, train, *, rna_mod: str = "rna", atac_mod: str = "atac", **infer_kw) -> HeldoutMetrics:
@@ -244,8 +288,6 @@ def heldout_metrics(model, test, train, *, rna_mod: str = "rna", atac_mod: str =
         one modality only (scaled by the hidden modality's true library size), the baseline,
         the embedding time, the per-cell NLL table and the paired embedding.
     """
-    from ..metrics import auprc, mae, rmse
-
     names = {"rna": rna_mod, "atac": atac_mod}
     x = {m: _counts(test.mod[names[m]]) for m in MODALITIES}
     lib = {m: np.asarray(x[m].sum(axis=1)).ravel() for m in MODALITIES}
@@ -254,28 +296,88 @@ def heldout_metrics(model, test, train, *, rna_mod: str = "rna", atac_mod: str =
     t0 = time.perf_counter()
     emb = model.infer(test, **kw)
     embed_seconds = round(time.perf_counter() - t0, 2)
-    rna = model.get_normalized_expression(emb, scale="counts", return_type="array")
-    atac = model.get_normalized_accessibility(emb, scale="counts", return_type="array")
-    paired = {"rna_rmse": rmse(x["rna"], rna), "rna_mae": mae(x["rna"], rna), "atac_auprc": auprc(x["atac"], atac)}
-    baseline = _baseline(x, lib, train, names)
+    predicted = {
+        "rna": model.get_normalized_expression(emb, scale="counts", return_type="array"),
+        "atac": model.get_normalized_accessibility(emb, scale="counts", return_type="array"),
+    }
+    baseline, baseline_cells = _baseline(x, lib, train, names)
 
     e_rna = model.infer(single_modality(test, rna_mod, atac_mod), atac_library_key="_true_library", **kw)
-    atac_from_rna = model.get_normalized_accessibility(e_rna, scale="counts", return_type="array")
+    predicted["atac_from_rna"] = model.get_normalized_accessibility(e_rna, scale="counts", return_type="array")
     e_atac = model.infer(single_modality(test, atac_mod, rna_mod), rna_library_key="_true_library", **kw)
-    rna_from_atac = model.get_normalized_expression(e_atac, scale="counts", return_type="array")
+    predicted["rna_from_atac"] = model.get_normalized_expression(e_atac, scale="counts", return_type="array")
+    scores, cells = prediction_metrics(x, predicted)
+    cells = pd.concat([cells, baseline_cells], axis=1)
+    cells.index = emb.obs_names
+    cells["certainty_from_rna"] = e_rna.prediction_certainty
+    cells["certainty_from_atac"] = e_atac.prediction_certainty
+    cells["certainty_paired"] = emb.prediction_certainty
     return HeldoutMetrics(
         test_cells=int(test.n_obs),
         embed_seconds=embed_seconds,
-        **paired,
+        **{k: scores[k] for k in ("rna_rmse", "rna_mae", "atac_auprc")},
         nll_rna=float(emb.nll["nll_rna"].mean()),
         nll_atac=float(emb.nll["nll_atac"].mean()),
-        **baseline,
-        atac_from_rna_auprc=auprc(x["atac"], atac_from_rna),
-        rna_from_atac_rmse=rmse(x["rna"], rna_from_atac),
-        rna_from_atac_mae=mae(x["rna"], rna_from_atac),
+        **{k: baseline[k] for k in ("baseline_rna_rmse", "baseline_rna_mae", "baseline_atac_auprc")},
+        **{k: scores[k] for k in ("atac_from_rna_auprc", "rna_from_atac_rmse", "rna_from_atac_mae")},
+        **{k: scores[k] for k in ("rna_pearson", "rna_spearman", "atac_cell_auprc")},
+        **{k: scores[k] for k in ("rna_from_atac_pearson", "rna_from_atac_spearman", "atac_from_rna_cell_auprc")},
+        **{k: baseline[k] for k in ("baseline_rna_pearson", "baseline_rna_spearman", "baseline_atac_cell_auprc")},
         nll=emb.nll,
         embedding=emb,
+        per_cell=cells,
     )
+
+
+#: What the certainty table compares, per prediction: (certainty column, per-cell metric of
+#: the model, of the average-profile baseline, metric name).
+_CERTAINTY_ROWS = (
+    ("rna_from_atac", "certainty_from_atac", "rna_from_atac_pearson", "baseline_rna_pearson", "RNA Pearson per cell"),
+    ("rna_from_atac", "certainty_from_atac", "rna_from_atac_rmse", "baseline_rna_rmse", "RNA RMSE per cell"),
+    (
+        "atac_from_rna",
+        "certainty_from_rna",
+        "atac_from_rna_cell_auprc",
+        "baseline_atac_cell_auprc",
+        "ATAC AUPRC per cell",
+    ),
+)
+
+
+def certainty_table(per_cell: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
+    """Prediction quality of test cells by bins of the model's certainty.
+
+    Parameters
+    ----------
+    per_cell
+        :attr:`HeldoutMetrics.per_cell`.
+    n_bins
+        Equal-count bins of certainty (deciles by default), 1 = least sure.
+
+    Returns
+    -------
+    DataFrame with one row per prediction, metric and bin: ``prediction``, ``metric``,
+    ``bin``, ``cells``, ``certainty`` (mean), ``model`` and ``baseline`` (mean of the
+    per-cell metric over the bin's cells).
+    """
+    rows = []
+    for prediction, cert, model_col, base_col, metric in _CERTAINTY_ROWS:
+        c = per_cell[cert].to_numpy()
+        bins = pd.qcut(pd.Series(c).rank(method="first"), min(n_bins, len(c)), labels=False).to_numpy()
+        for b in np.unique(bins):
+            take = bins == b
+            rows.append(
+                {
+                    "prediction": prediction,
+                    "metric": metric,
+                    "bin": int(b) + 1,
+                    "cells": int(take.sum()),
+                    "certainty": float(c[take].mean()),
+                    "model": float(np.nanmean(per_cell[model_col].to_numpy()[take])),
+                    "baseline": float(np.nanmean(per_cell[base_col].to_numpy()[take])),
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,12 @@ class MultiVIMetrics:
     atac_from_rna_auprc: float
     rna_from_atac_rmse: float
     rna_from_atac_mae: float
+    rna_pearson: float
+    rna_spearman: float
+    atac_cell_auprc: float
+    rna_from_atac_pearson: float
+    rna_from_atac_spearman: float
+    atac_from_rna_cell_auprc: float
     ari: float
     clusters: int
     leiden_resolution: float
@@ -217,7 +223,7 @@ def _train(scvi, layout: _Layout, *, batched: bool, seed: int, max_epochs: int |
 
 def _prediction_metrics(model, layout: _Layout, x: dict[str, sp.csr_matrix]) -> dict[str, float]:
     """RNA RMSE / MAE and ATAC AUPRC of the three copies of the test cells."""
-    from ..metrics import auprc, mae, rmse
+    from .heldout import prediction_metrics
 
     lib_rna = np.asarray(x["rna"].sum(axis=1)).ravel()
 
@@ -230,19 +236,17 @@ def _prediction_metrics(model, layout: _Layout, x: dict[str, sp.csr_matrix]) -> 
             indices=layout.where[copy], normalize_cells=cells, normalize_regions=True, return_numpy=True
         )
 
-    out = {}
-    rna = expression("paired")
-    out["rna_rmse"] = rmse(x["rna"], rna)
-    out["rna_mae"] = mae(x["rna"], rna)
     atac = accessibility("paired", True)
-    out["atac_auprc"] = auprc(x["atac"], atac)
     # the cell factor of the paired embedding, applied to the RNA-only prediction
     cell_factor = np.median(atac / np.maximum(accessibility("paired", False), 1e-30), axis=1)
-    out["atac_from_rna_auprc"] = auprc(x["atac"], accessibility("rna_only", False) * cell_factor[:, None])
-    rna_x = expression("atac_only")
-    out["rna_from_atac_rmse"] = rmse(x["rna"], rna_x)
-    out["rna_from_atac_mae"] = mae(x["rna"], rna_x)
-    return out
+    predicted = {
+        "rna": expression("paired"),
+        "atac": atac,
+        "atac_from_rna": accessibility("rna_only", False) * cell_factor[:, None],
+        "rna_from_atac": expression("atac_only"),
+    }
+    scores, _ = prediction_metrics(x, predicted)
+    return scores
 
 
 def multivi_metrics(

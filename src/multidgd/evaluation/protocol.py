@@ -368,13 +368,20 @@ def run_experiments(
     return Experiments(holdout, [row.as_dict() for row in fractions], multivi)
 
 
-def _write_outputs(out: Path, metrics, model, inputs, scores, experiments, settings) -> None:
-    """Write ``metrics.json``, the figures and ``report.md``."""
+def _write_outputs(out: Path, metrics, model, inputs, scores, experiments, settings, held=None) -> None:
+    """Write ``metrics.json``, the per-cell and certainty tables, the figures and ``report.md``."""
     import json
 
+    from ..plotting import plot_certainty
+    from .heldout import certainty_table
     from .report import draw_figures, report_markdown
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    certainty = None
+    if held is not None and held.per_cell is not None:
+        held.per_cell.to_csv(out / "per_cell.csv", index_label="cell")
+        certainty = certainty_table(held.per_cell)
+        certainty.to_csv(out / "certainty.csv", index=False)
     figures = draw_figures(
         out,
         model,
@@ -388,7 +395,9 @@ def _write_outputs(out: Path, metrics, model, inputs, scores, experiments, setti
         holdout_figure=None if experiments.holdout is None else experiments.holdout.figure,
         fraction_rows=experiments.fraction_rows,
     )
-    (out / "report.md").write_text(report_markdown(metrics, [Path(f).name for f in figures]))
+    if certainty is not None:
+        figures.append(plot_certainty(certainty, out / "certainty.png", title="test cells by prediction certainty"))
+    (out / "report.md").write_text(report_markdown(metrics, [Path(f).name for f in figures], certainty))
 
 
 def _base_metrics(source: str, seed: int, trained: TrainedModel, split: np.ndarray, held, scores) -> dict[str, Any]:
@@ -503,5 +512,5 @@ def run_evaluation(
     metrics["total_seconds"] = time.perf_counter() - t_start
     metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metrics = {k: round_metric(v) for k, v in metrics.items()}
-    _write_outputs(out, metrics, trained.model, inputs, scores, experiments, settings)
+    _write_outputs(out, metrics, trained.model, inputs, scores, experiments, settings, held)
     return metrics

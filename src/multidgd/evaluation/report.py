@@ -52,6 +52,30 @@ REPORT_ROWS: tuple[ReportRow, ...] = (
     ReportRow(
         "ATAC AUPRC from RNA only", "atac_from_rna_auprc", "baseline_atac_auprc", "atac_from_rna_auprc", "higher"
     ),
+    ReportRow("RNA Pearson per cell (log1p, test)", "rna_pearson", "baseline_rna_pearson", "rna_pearson", "higher"),
+    ReportRow("RNA Spearman per cell (test)", "rna_spearman", "baseline_rna_spearman", "rna_spearman", "higher"),
+    ReportRow("ATAC AUPRC per cell (test)", "atac_cell_auprc", "baseline_atac_cell_auprc", "atac_cell_auprc", "higher"),
+    ReportRow(
+        "RNA Pearson per cell from ATAC only",
+        "rna_from_atac_pearson",
+        "baseline_rna_pearson",
+        "rna_from_atac_pearson",
+        "higher",
+    ),
+    ReportRow(
+        "RNA Spearman per cell from ATAC only",
+        "rna_from_atac_spearman",
+        "baseline_rna_spearman",
+        "rna_from_atac_spearman",
+        "higher",
+    ),
+    ReportRow(
+        "ATAC AUPRC per cell from RNA only",
+        "atac_from_rna_cell_auprc",
+        "baseline_atac_cell_auprc",
+        "atac_from_rna_cell_auprc",
+        "higher",
+    ),
     ReportRow("test NLL per cell, RNA", "nll_rna", None, None, "lower"),
     ReportRow("test NLL per cell, ATAC", "nll_atac", None, None, "lower"),
     ReportRow("ARI clusters vs cell types (train)", "ari", None, None, "higher"),
@@ -148,7 +172,23 @@ def _fraction_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def report_markdown(metrics: dict[str, Any], figures: list[str]) -> str:
+def _certainty_lines(table) -> list[str]:
+    lines = [
+        "",
+        "Predictions from one modality by certainty bin (1 = least sure; `certainty.csv`):",
+        "",
+        "| prediction | metric | bin | cells | certainty | multidgd | average profile |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.prediction} | {r.metric} | {r.bin} | {r.cells} | {r.certainty:.3f} | "
+            f"{format_value(r.model)} | {format_value(r.baseline)} |"
+        )
+    return lines
+
+
+def report_markdown(metrics: dict[str, Any], figures: list[str], certainty=None) -> str:
     """Compose the text of ``report.md``.
 
     Parameters
@@ -157,6 +197,8 @@ def report_markdown(metrics: dict[str, Any], figures: list[str]) -> str:
         The metrics of one run, as written to ``metrics.json``.
     figures
         File names of the figures, linked at the end.
+    certainty
+        :func:`~multidgd.evaluation.certainty_table` of the test cells, if any.
 
     Returns
     -------
@@ -165,6 +207,8 @@ def report_markdown(metrics: dict[str, Any], figures: list[str]) -> str:
     lines = _header(metrics) + _metric_table(metrics)
     if metrics.get("data_fraction"):
         lines += _fraction_table(metrics["data_fraction"])
+    if certainty is not None:
+        lines += _certainty_lines(certainty)
     lines.append("")
     lines += [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
