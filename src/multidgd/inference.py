@@ -434,6 +434,8 @@ class Candidates:
     log_prior
         (J,) log prior weight of each: the log mixture weight of its basal component plus
         those of its covariate classes.
+    combos
+        (C, V) the covariate class of each covariate in each combination (``J = K * C``).
     nll
         (n, J) every cell's NB negative log-likelihood (all constants included) of the
         modalities it has, at each candidate; ``inf`` where the candidate was not allowed.
@@ -442,6 +444,7 @@ class Candidates:
     latent: np.ndarray
     covariate: np.ndarray
     log_prior: np.ndarray
+    combos: np.ndarray
     nll: np.ndarray
 
 
@@ -617,7 +620,11 @@ def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_
         for v, mix in enumerate(module.covariates):
             cand_prior += np.tile(mix.log_weights.detach().cpu().numpy()[combos[:, v]], K)
     candidates = Candidates(
-        latent=cand_basal.cpu().numpy(), covariate=cand_cov.cpu().numpy(), log_prior=cand_prior, nll=cand_nll
+        latent=cand_basal.cpu().numpy(),
+        covariate=cand_cov.cpu().numpy(),
+        log_prior=cand_prior,
+        combos=combos,
+        nll=cand_nll,
     )
     return start, basal0, cov0, chunks, candidates
 

@@ -18,6 +18,7 @@ from .data import MODALITIES, MultiomeData, read_multiome
 from .inference import check_infer_args, embedding_of, estimate_library, place_cells
 from .initialization import initial_state
 from .module import DGDModule
+from .prediction import candidate_profiles
 from .profiles import CandidateMixture, ProfileRequest, decoded_fractions, normalized_profiles
 from .query import read_query
 from .results import Clustering, Embedding, covariate_index
@@ -608,10 +609,17 @@ class DGD:
         if embedding is not None and prediction == "posterior" and embedding.candidates is not None:
             lacking = ~embedding.observed[:, j]
             if lacking.any():
-                c = embedding.candidates
-                mixture = CandidateMixture(lacking, embedding.prediction_weights, c.latent, c.covariate)
+                mixture = CandidateMixture(lacking, embedding.prediction_weights, self._profiles_of(embedding, j))
         features = self.var_names[modality]
         return normalized_profiles(self.module, modality, names, latent, cov, library, features, request, mixture)
+
+    def _profiles_of(self, embedding: Embedding, j: int):
+        """``profiles(cols)`` of the embedding's candidates over the training cells (modality ``j``)."""
+        train = (self.split == "train").to_numpy()
+        library = None if self._table_library is None else self.get_library_size()[train, j]
+        latent, cov = self.get_latent_representation()[train], self.get_covariate_matrix()[train]
+        c = embedding.candidates
+        return lambda cols: candidate_profiles(self.module, c, latent, cov, library, MODALITIES[j], cols)
 
     def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
         """(names, latent, covariate, library of modality ``j`` or None) of the trained cells

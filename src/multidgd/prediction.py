@@ -8,7 +8,9 @@ negative log-likelihood of what it has. Its posterior weight on candidate ``j`` 
 
 where ``pi_j`` is the product of the candidate's basal-component and covariate-class mixture
 weights and ``T`` a temperature (``T = 1``: the plain posterior). The missing modality is
-predicted as the weighted mean of the candidates' decoded profiles: when the observation
+predicted as the weighted mean of the candidates' profiles, each the library-weighted mean
+decoded profile of the training cells the candidate stands for (responsibility of its
+component times that of its covariate classes): when the observation
 says little (a few ATAC fragments) the weights spread and the prediction falls back towards
 what the model believes over all plausible cells; when it says much, the weights
 concentrate on one candidate. The temperature flattens a likelihood that is too sure of
@@ -22,8 +24,18 @@ Modalities a cell has are decoded from its optimised representation, as before.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["DEFAULT_TEMPERATURE", "posterior_weights", "prediction_certainty", "cell_temperature"]
+from .module import DGDModule
+from .profiles import decoded_fractions
+
+__all__ = [
+    "DEFAULT_TEMPERATURE",
+    "posterior_weights",
+    "prediction_certainty",
+    "cell_temperature",
+    "candidate_profiles",
+]
 
 #: Default temperature by what a cell has: ``"rna"`` (RNA only), ``"atac"`` (ATAC only),
 #: ``"both"``. Chosen on the development files (``docs/design.md``).
@@ -91,3 +103,73 @@ def prediction_certainty(weights: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(w > 0, w * np.log(w), 0.0).sum(axis=1)
     return np.clip(1.0 - h / np.log(w.shape[1]), 0.0, 1.0)
+
+
+@torch.no_grad()
+def candidate_profiles(
+    module: DGDModule,
+    candidates,
+    latent: np.ndarray,
+    covariate: np.ndarray,
+    library: np.ndarray | None,
+    modality: str,
+    cols: np.ndarray | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Each candidate's profile: the mean decoded fractions of the reference cells it stands for.
+
+    A reference cell's share in candidate ``j = k * C + c`` is its responsibility under basal
+    component ``k`` times those of its covariate representations under the classes of
+    combination ``c``, times its library size (so that, like the average-profile baseline,
+    deep cells weigh more). A candidate with less than a millionth of the total share (a
+    class learned after training, an empty component) takes the profile decoded at its own
+    representations.
+
+    Parameters
+    ----------
+    module
+        The trained network.
+    candidates
+        :class:`multidgd.inference.Candidates`.
+    latent, covariate
+        (m, L) and (m, d * V) representations of the reference (training) cells.
+    library
+        (m,) their library sizes in ``modality`` (None: equal weights).
+    modality
+        ``"rna"`` or ``"atac"``.
+    cols
+        Feature positions to keep (default all).
+    batch_size
+        Cells decoded together.
+
+    Returns
+    -------
+    numpy.ndarray
+        (J, F) float32 profiles.
+    """
+    module = module.to("cpu").eval()
+    d = module.config.covariate_dim
+    log_r = module.basal.log_responsibilities(torch.from_numpy(latent)).double()  # (m, K)
+    log_c = torch.zeros(len(latent), len(candidates.combos), dtype=torch.float64)
+    for v, mix in enumerate(module.covariates):
+        resp = mix.log_responsibilities(torch.from_numpy(covariate[:, v * d : (v + 1) * d])).double()
+        log_c += resp[:, torch.from_numpy(candidates.combos[:, v])]
+    share = (log_r[:, :, None] + log_c[:, None, :]).exp().reshape(len(latent), -1).numpy()
+    if library is not None:
+        share = share * np.asarray(library, dtype=np.float64)[:, None]
+    mass = share.sum(axis=0)
+    n_feat = len(module.dispersion_rho[modality]) if cols is None else len(cols)
+    total = np.zeros((share.shape[1], n_feat))
+
+    def add(values: np.ndarray, start: int) -> None:
+        total[:] += share[start : start + len(values)].T @ values
+
+    decoded_fractions(module, latent, covariate, modality, cols, batch_size, add)
+    empty = mass <= 1e-6 * max(mass.sum(), 1e-300)
+    out = (total / np.where(empty, 1.0, mass)[:, None]).astype(np.float32)
+    if empty.any():
+        own = decoded_fractions(
+            module, candidates.latent[empty], candidates.covariate[empty], modality, cols, batch_size
+        )
+        out[empty] = np.concatenate(own)
+    return out

@@ -109,14 +109,14 @@ class CandidateMixture:
         representations).
     weights
         (n, J) each cell's weights over the candidates (rows sum to 1).
-    latent, covariate
-        (J, L) and (J, d * V) representations of the candidates.
+    profiles
+        ``profiles(cols)``: the (J, F) fractions of the candidates over feature positions
+        ``cols`` (None: all).
     """
 
     cells: np.ndarray
     weights: np.ndarray
-    latent: np.ndarray
-    covariate: np.ndarray
+    profiles: Callable[[np.ndarray | None], np.ndarray]
 
 
 def normalized_profiles(
@@ -171,8 +171,7 @@ def normalized_profiles(
     sub_cols = None if full else cols
     mixed = None
     if mixture is not None and mixture.cells[rows].any():
-        candidates = decoded_fractions(module, mixture.latent, mixture.covariate, modality, sub_cols, batch_size)
-        mixed = (mixture.cells[rows], mixture.weights[rows].astype(np.float32), np.concatenate(candidates))
+        mixed = (mixture.cells[rows], mixture.weights[rows].astype(np.float32), mixture.profiles(sub_cols))
 
     def finish(values: np.ndarray, start: int):
         if mixed is not None:
