@@ -39,7 +39,7 @@ __all__ = [
 
 #: Default temperature by what a cell has: ``"rna"`` (RNA only), ``"atac"`` (ATAC only),
 #: ``"both"``. Chosen on the development files (``docs/design.md``).
-DEFAULT_TEMPERATURE = {"rna": 50.0, "atac": 3.0, "both": 50.0}
+DEFAULT_TEMPERATURE = {"rna": 50.0, "atac": 2.0, "both": 50.0}
 
 
 def cell_temperature(observed: np.ndarray, temperature: float | None) -> np.ndarray:
