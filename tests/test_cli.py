@@ -167,6 +167,25 @@ def test_predict_missing_modality(saved_model, tmp_path, capsys):
     np.testing.assert_allclose(x.sum(1), pred.obs["library_size"], rtol=1e-4)
     assert (pred.obs["library_size_source"] == "estimated").all()
     assert result.obs["multidgd_nll_atac"].isna().all()
+    # the default prediction is the posterior one, the same as the Python API's
+    assert summary["prediction"] == "posterior"
+    from multidgd import DGD
+
+    model = DGD.load(model_path)
+    emb = model.infer(read(tmp_path / "rna.h5ad"), device="cpu", progress_bar=False)
+    posterior = model.get_normalized_accessibility(emb, scale="counts", return_type="array")
+    np.testing.assert_allclose(x, posterior, rtol=1e-4)
+    np.testing.assert_allclose(result.obs["multidgd_prediction_certainty"], emb.prediction_certainty, rtol=1e-6)
+    assert summary["median_prediction_certainty"] == pytest.approx(np.median(emb.prediction_certainty), abs=1e-4)
+    # --prediction point decodes each cell's own representation; a bad temperature is refused
+    args = ["predict", str(model_path), str(tmp_path / "rna.h5ad"), "--quiet", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "point.h5mu"), "--prediction", "point"]) == 0
+    point = read(tmp_path / "point.h5mu").mod["atac_predicted"].X
+    expected = model.get_normalized_accessibility(emb, scale="counts", return_type="array", prediction="point")
+    np.testing.assert_allclose(point.toarray() if sp.issparse(point) else point, expected, rtol=1e-4)
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "t.h5mu"), "--temperature", "0"]) == 2
+    assert "temperature" in capsys.readouterr().err and not (tmp_path / "t.h5mu").exists()
 
 
 def test_embed_bad_input_exits_with_a_message(saved_model, tmp_path, capsys):
