@@ -526,3 +526,14 @@ def test_prediction_without_information_is_the_prior_weighted_mean(model, all_da
         model.infer(query, device="cpu", progress_bar=False, temperature=0.0)
     with pytest.raises(ValueError, match="prediction"):
         model.get_normalized_accessibility(emb, prediction="mode")
+
+
+def test_candidate_profiles_are_kept_per_embedding(model, all_data):
+    emb = model.infer(_single(_query(all_data, n=8), "rna"), device="cpu", progress_bar=False)
+    assert emb.candidates.profiles == {}
+    full = model.get_normalized_accessibility(emb, return_type="array")
+    kept = emb.candidates.profiles["atac"]
+    np.testing.assert_allclose(kept, _candidate_profiles(model, "atac"), rtol=1e-4)
+    sub = model.get_normalized_accessibility(emb, peaks=[5, 2], return_type="array")
+    assert emb.candidates.profiles["atac"] is kept  # not computed again
+    np.testing.assert_allclose(sub, full[:, [5, 2]], rtol=1e-6)

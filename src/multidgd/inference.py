@@ -24,7 +24,7 @@ import copy
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -439,6 +439,9 @@ class Candidates:
     nll
         (n, J) every cell's NB negative log-likelihood (all constants included) of the
         modalities it has, at each candidate; ``inf`` where the candidate was not allowed.
+    profiles
+        Modality -> (J, F) predicted profiles of the candidates over all features, kept
+        once computed (:func:`multidgd.prediction.candidate_profiles`).
     """
 
     latent: np.ndarray
@@ -446,6 +449,7 @@ class Candidates:
     log_prior: np.ndarray
     combos: np.ndarray
     nll: np.ndarray
+    profiles: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 @dataclass

@@ -618,8 +618,14 @@ class DGD:
         train = (self.split == "train").to_numpy()
         library = None if self._table_library is None else self.get_library_size()[train, j]
         latent, cov = self.get_latent_representation()[train], self.get_covariate_matrix()[train]
-        c = embedding.candidates
-        return lambda cols: candidate_profiles(self.module, c, latent, cov, library, MODALITIES[j], cols)
+        c, m = embedding.candidates, MODALITIES[j]
+
+        def profiles(cols: np.ndarray | None) -> np.ndarray:
+            if m not in c.profiles:  # all features once per embedding; later calls take columns
+                c.profiles[m] = candidate_profiles(self.module, c, latent, cov, library, m)
+            return c.profiles[m] if cols is None else c.profiles[m][:, cols]
+
+        return profiles
 
     def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
         """(names, latent, covariate, library of modality ``j`` or None) of the trained cells
