@@ -537,3 +537,22 @@ def test_candidate_profiles_are_kept_per_embedding(model, all_data):
     sub = model.get_normalized_accessibility(emb, peaks=[5, 2], return_type="array")
     assert emb.candidates.profiles["atac"] is kept  # not computed again
     np.testing.assert_allclose(sub, full[:, [5, 2]], rtol=1e-6)
+
+
+def test_prediction_for_a_learned_class_uses_its_own_decoded_profile(model, all_data):
+    query = _single(_query(all_data, ["b2"], n=20), "rna")
+    emb = model.infer(query, new_classes="learn", device="cpu", progress_bar=False)
+    assert emb.learned_classes == {"batch": ["b2"]}
+    K, C = model.n_components, 3
+    assert emb.candidates.nll.shape == (20, K * C)
+    # cells of the learned class are scored under it (label start): only its candidates count
+    w = emb.prediction_weights
+    assert np.allclose(w.reshape(20, K, C)[:, :, :2].sum((1, 2)), 0)
+    got = model.get_normalized_accessibility(emb, return_type="array")
+    # no training cell stands for the new class: its candidates take their own decoded profiles
+    with torch.no_grad():
+        own = model.module.decode(torch.from_numpy(emb.candidates.latent), torch.from_numpy(emb.candidates.covariate))
+    own = own["atac"].exp().double().numpy()
+    new = np.arange(K * C) % C == 2
+    np.testing.assert_allclose(emb.candidates.profiles["atac"][new], own[new], rtol=1e-5)
+    np.testing.assert_allclose(got, w[:, new] @ own[new], rtol=1e-4)

@@ -21,6 +21,7 @@ renormalised over the features present, so that the observed library size scales
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -439,6 +440,8 @@ class Candidates:
     nll
         (n, J) every cell's NB negative log-likelihood (all constants included) of the
         modalities it has, at each candidate; ``inf`` where the candidate was not allowed.
+        When classes were learned, the candidates are scored again after learning, each
+        labelled cell under its own class only.
     profiles
         Modality -> (J, F) predicted profiles of the candidates over all features, kept
         once computed (:func:`multidgd.prediction.candidate_profiles`).
@@ -532,6 +535,8 @@ def embed_cells(
     start, basal0, cov0, chunks, candidates = _best_start(job, covariate_start, batch_size, memory_budget_mb)
     mixture_opt = _start_new_classes(job, cov0, mixture_lr, betas) if learning else None
     basal_t, cov_t = _optimise(job, chunks, basal0, cov0, supervised, n_steps, lr, betas, mixture_opt, progress_bar)
+    if learning:  # the new classes have means now: score the candidates again, labelled cells under their own class
+        *_, candidates = _best_start(dataclasses.replace(job, learning=False), "label", batch_size, memory_budget_mb)
     nll_out, total_lib = _final_losses(job, chunks, basal_t, cov_t)
     return Placed(
         latent=basal_t.values.cpu().numpy(),
