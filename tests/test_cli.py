@@ -393,3 +393,10 @@ def test_every_command_takes_device_and_quiet():
     ):
         args = parser.parse_args([*argv, "--device", "cpu", "--quiet"])
         assert args.device == "cpu" and args.quiet
+
+
+def test_version(capsys):
+    import multidgd
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"multidgd {multidgd.__version__}"

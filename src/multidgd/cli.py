@@ -343,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
         With the subcommands ``demo``, ``train``, ``evaluate``, ``embed``, ``predict`` and
         ``gene2peak``.
     """
+    from . import __version__
+
     parser = _Parser(prog="multidgd", description="multiDGD for paired RNA + ATAC counts")
+    parser.add_argument("--version", action="version", version=f"multidgd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parsers(sub)
     _add_evaluate_parser(sub)
