@@ -1,7 +1,8 @@
 """Figures: training curves, UMAP of the basal latent, covariate spaces.
 
-matplotlib (Agg backend) and scanpy are imported only when a figure is made. :func:`pyplot`
-and :func:`save_figure` are the two steps every figure of the package goes through.
+matplotlib and scanpy are imported only when a figure is made, and the backend is never
+changed. :func:`pyplot` and :func:`save_figure` are the two steps every figure of the
+package goes through.
 """
 
 from __future__ import annotations
@@ -26,16 +27,14 @@ __all__ = [
 
 
 def pyplot():
-    """Import matplotlib's pyplot, on the Agg backend unless one was chosen before.
+    """Import matplotlib's pyplot, leaving the backend as the user or matplotlib chose it
+    (without a display matplotlib picks Agg itself; a notebook keeps its inline figures).
 
     Returns
     -------
     module
         ``matplotlib.pyplot``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
