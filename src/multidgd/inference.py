@@ -642,14 +642,14 @@ def _count_constant(batch: dict[str, Any], modalities: list[str], dispersion: di
     """Per cell, the candidate-independent part of the NB NLL that :func:`candidate_scores`
     leaves out: ``sum over non-zeros of lgamma(x + 1) + lgamma(r) - lgamma(x + r)``.
     """
-    n = next(iter(batch["log_library"].values())).shape[0]
-    out = torch.zeros(n, dtype=torch.float64)
+    log_library = next(iter(batch["log_library"].values()))
+    out = torch.zeros(log_library.shape[0], dtype=torch.float64, device=log_library.device)
     for m in modalities:
         rows, cols, values = batch["counts"][m]
         r = dispersion[m][cols].double()
         x = values.double()
-        out.index_add_(0, rows.cpu(), (torch.lgamma(x + 1) + torch.lgamma(r) - torch.lgamma(x + r)).cpu())
-    return out.to(next(iter(batch["log_library"].values())).device)
+        out.index_add_(0, rows, torch.lgamma(x + 1) + torch.lgamma(r) - torch.lgamma(x + r))
+    return out
 
 
 def _start_new_classes(job: _Job, cov0: torch.Tensor, mixture_lr: float, betas) -> torch.optim.Optimizer:
@@ -817,9 +817,9 @@ def check_infer_args(
     temperature: float | None = None,
 ) -> None:
     """Refuse options of :meth:`multidgd.DGD.infer` outside their allowed values."""
-    from .prediction import cell_temperature
+    from .prediction import check_temperature
 
-    cell_temperature(np.zeros((0, 2), dtype=bool), temperature)
+    check_temperature(temperature)
     if new_classes not in ("naive", "learn"):
         raise ValueError(f"new_classes must be 'naive' or 'learn', got {new_classes!r}")
     if covariate_start not in ("search", "label"):

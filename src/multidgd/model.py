@@ -18,7 +18,7 @@ from .data import MODALITIES, MultiomeData, read_multiome
 from .inference import check_infer_args, embedding_of, estimate_library, place_cells
 from .initialization import initial_state
 from .module import DGDModule
-from .prediction import candidate_profiles
+from .prediction import candidate_profiles, check_prediction
 from .profiles import CandidateMixture, ProfileRequest, decoded_fractions, normalized_profiles
 from .query import read_query
 from .results import Clustering, Embedding, covariate_index
@@ -449,7 +449,7 @@ class DGD:
         memory_budget_mb
             Working memory of one block of cells (MB): bounds the best-start search's
             largest temporary and the cells per block of the steps (about 16 bytes per cell
-            and feature).
+            and feature). The default keeps the blocks' buffers near 0.5 GB.
         temperature
             Of the posterior weights over the best-start candidates that predict a modality a
             cell lacks (:mod:`multidgd.prediction`); None: the default for what it has.
@@ -460,20 +460,13 @@ class DGD:
 
         Returns
         -------
-        :class:`~multidgd.results.Embedding`; ``Embedding.add_to(data)`` writes it into ``data``.
+        :class:`~multidgd.results.Embedding` with representations, clusters, per-cell NLL,
+        library sizes and prediction weights. ``Embedding.add_to(data)`` writes them into ``data``.
         """
         self.state  # noqa: B018 - raises when untrained
         check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb, temperature)
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
-        query = read_query(
-            data,
-            var_names=self.var_names,
-            modality_names=self.modality_names(rna_mod, atac_mod),
-            covariate_keys=self.covariate_keys,
-            layer=layer,
-            library_size_keys=library_keys,
-            min_feature_fraction=min_feature_fraction,
-        )
+        query = self._read_query(data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction)
         train_config = self.train_config or TrainConfig()
         placed, grown, unseen = place_cells(
             self.module,
@@ -486,12 +479,28 @@ class DGD:
             mixture_lr=train_config.lr_covariate_mixture,
             device=resolve_device(device),
             progress_bar=progress_bar,
-            **{"n_steps": int(n_steps), "lr": lr, "batch_size": int(batch_size), "memory_budget_mb": memory_budget_mb},
+            n_steps=int(n_steps),
+            lr=lr,
+            batch_size=int(batch_size),
+            memory_budget_mb=memory_budget_mb,
         )
         learned = {} if grown is None else self._adopt_classes(grown, unseen)
         estimate = lambda lib: self._estimate_library(placed.latent, lib)  # noqa: E731
-        args = (query, placed, self.module, self.var_names, self.covariate_keys, learned, estimate, temperature)
-        return embedding_of(*args)
+        return embedding_of(
+            query, placed, self.module, self.var_names, self.covariate_keys, learned, estimate, temperature
+        )
+
+    def _read_query(self, data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction):
+        """New cells of ``data`` checked against the model's features and covariates (:func:`read_query`)."""
+        return read_query(
+            data,
+            var_names=self.var_names,
+            modality_names=self.modality_names(rna_mod, atac_mod),
+            covariate_keys=self.covariate_keys,
+            layer=layer,
+            library_size_keys=library_keys,
+            min_feature_fraction=min_feature_fraction,
+        )
 
     def _adopt_classes(self, module: DGDModule, unseen: dict[str, list[str]]) -> dict[str, list[str]]:
         """Keep the grown network and its new classes; returns the classes learned."""
@@ -599,8 +608,7 @@ class DGD:
         self.state  # noqa: B018 - raises when untrained
         if scale not in ("fraction", "counts"):
             raise ValueError(f"scale must be 'fraction' or 'counts', got {scale!r}")
-        if prediction not in ("posterior", "point"):
-            raise ValueError(f"prediction must be 'posterior' or 'point', got {prediction!r}")
+        check_prediction(prediction)
         request = ProfileRequest(features, cells, return_type, threshold, batch_size, max_dense)
         j = MODALITIES.index(modality)
         names, latent, cov, library = self._decoder_inputs(embedding, j, scale)

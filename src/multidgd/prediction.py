@@ -31,6 +31,9 @@ from .profiles import decoded_fractions
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
+    "PREDICTIONS",
+    "check_prediction",
+    "check_temperature",
     "posterior_weights",
     "prediction_certainty",
     "cell_temperature",
@@ -42,14 +45,30 @@ __all__ = [
 DEFAULT_TEMPERATURE = {"rna": 50.0, "atac": 2.0, "both": 50.0}
 
 
+#: How a modality a cell lacks can be predicted: from the posterior over the candidates, or
+#: decoded from the cell's own optimised representation.
+PREDICTIONS = ("posterior", "point")
+
+
+def check_prediction(prediction: str, option: str = "prediction") -> None:
+    """Refuse a value of ``option`` that is not one of :data:`PREDICTIONS`."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{option} must be 'posterior' or 'point', got {prediction!r}")
+
+
+def check_temperature(temperature: float | None) -> None:
+    """Refuse a temperature that is neither None nor a finite number > 0."""
+    if temperature is not None and (not np.isfinite(temperature) or not temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
 def cell_temperature(observed: np.ndarray, temperature: float | None) -> np.ndarray:
     """Per-cell temperature: ``temperature`` for every cell, or (None) the default for what
     each cell has (``observed``: (n, 2) bool, columns rna, atac).
     """
     observed = np.asarray(observed, dtype=bool)
+    check_temperature(temperature)
     if temperature is not None:
-        if not np.isfinite(temperature) or not temperature > 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         return np.full(len(observed), float(temperature))
     kind = np.where(observed.all(axis=1), "both", np.where(observed[:, 0], "rna", "atac"))
     return np.array([DEFAULT_TEMPERATURE[k] for k in kind], dtype=np.float64)

@@ -1072,11 +1072,11 @@ def embed_and_write(
         Summary: cells, modalities present, mean NLL, seconds, outputs.
     """
     from .io import write
+    from .prediction import check_prediction
 
     if threshold is not None and not threshold > 0:
         raise ValueError(f"--threshold must be > 0, got {threshold}")
-    if prediction not in ("posterior", "point"):
-        raise ValueError(f"--prediction must be 'posterior' or 'point', got {prediction!r}")
+    check_prediction(prediction, "--prediction")
     out, data_path = Path(out), Path(data_path)
     outputs = OutputFiles.of({"MODEL": model_path, "DATA": data_path}, overwrite=overwrite)
     outputs.check(out, "--out", plan=False)
