@@ -29,6 +29,7 @@ import torch
 
 from ..data import MODALITIES, positions
 from ..representation import adam_rows
+from .cells import CellSource, cell_representations
 from .tables import FEATURE_COLUMN, cell_groups, check_genes, check_modality, check_size, check_top_n
 
 __all__ = ["gene2peak"]
@@ -176,19 +177,6 @@ class _Request:
 
 # ----------------------------------------------------------------------------- the cells
 @dataclass(frozen=True)
-class _CellSource:
-    """Where the cells come from: :func:`gene2peak`'s arguments of the same names."""
-
-    cells: Any
-    groupby: str | None
-    embedding: Any
-    rna_mod: str | None
-    atac_mod: str | None
-    layer: str | None
-    infer_kwargs: dict | None
-
-
-@dataclass(frozen=True)
 class _Cells:
     """The selected cells with what silencing needs of them."""
 
@@ -201,16 +189,7 @@ class _Cells:
     group_names: list[str]
 
 
-@dataclass(frozen=True)
-class _Representations:
-    """Representations and library sizes of the selected cells."""
-
-    latent: np.ndarray
-    covariate: np.ndarray
-    library: np.ndarray
-
-
-def _prepare_cells(model, data, genes: list[str], source: _CellSource) -> _Cells:
+def _prepare_cells(model, data, genes: list[str], source: CellSource) -> _Cells:
     """Collect the counts of the genes, representations and library sizes of the selected cells."""
     from ..query import read_query
 
@@ -237,58 +216,9 @@ def _prepare_cells(model, data, genes: list[str], source: _CellSource) -> _Cells
     keep = codes >= 0
     rows, codes = rows[keep], codes[keep]
     obs = query.obs_names[rows]
-    reps = _representations(model, data, query, rows, source)
+    reps = cell_representations(model, data, query, rows, source)
     rna = query.counts["rna"][rows][:, col].tocsc()
     return _Cells(obs, reps.latent, reps.covariate, reps.library, rna, codes, group_names)
-
-
-def _representations(model, data, query, rows: np.ndarray, source: _CellSource) -> _Representations:
-    """Look up the model's own representations of its cells, the others' in the embedding."""
-    obs = query.obs_names[rows]
-    n = len(rows)
-    latent = np.empty((n, model.config.latent_dim), dtype=np.float32)
-    cov_dim = model.config.covariate_dim * len(model.covariate_keys)
-    covariate = np.empty((n, cov_dim), dtype=np.float32)
-    library = query.library_size[rows].astype(np.float64)
-    pos = model.obs_names.get_indexer(obs)
-    known = pos >= 0
-    known[known] = (model.split != "none").to_numpy()[pos[known]]
-    if known.any():
-        latent[known] = model.get_latent_representation()[pos[known]]
-        covariate[known] = model.get_covariate_matrix()[pos[known]]
-        try:
-            library[known] = model.get_library_size()[pos[known]]
-        except ValueError:  # a model file without library sizes
-            pass
-    unknown = np.flatnonzero(~known)
-    if len(unknown):
-        embedding = _new_cells_embedding(model, data, query, obs[unknown], source)
-        epos = embedding.obs_names.get_indexer(obs[unknown])
-        if (epos < 0).any():
-            raise ValueError(
-                f"{int((epos < 0).sum())} cells are neither cells of the model nor in the embedding, "
-                f"e.g. {obs[unknown][epos < 0][:3].tolist()}"
-            )
-        latent[unknown] = embedding.latent[epos]
-        covariate[unknown] = embedding.covariate[epos]
-        library[unknown] = embedding.library_size[epos]
-    return _Representations(latent, covariate, library)
-
-
-def _new_cells_embedding(model, data, query, new_cells: pd.Index, source: _CellSource):
-    """Return the given embedding, or place the cells the model lacks with :meth:`~multidgd.DGD.infer`."""
-    from ..results import Embedding
-
-    embedding = source.embedding
-    if embedding is None:
-        logger.info("%d cells are not cells of the model: placing them with infer()", len(new_cells))
-        sub = data[np.asarray(query.obs_names.isin(new_cells))]
-        embedding = model.infer(
-            sub, rna_mod=source.rna_mod, atac_mod=source.atac_mod, layer=source.layer, **(source.infer_kwargs or {})
-        )
-    if not isinstance(embedding, Embedding):
-        raise TypeError(f"embedding must be an Embedding from DGD.infer(), got {type(embedding).__name__}")
-    return embedding
 
 
 @dataclass(frozen=True)
@@ -713,7 +643,7 @@ def gene2peak(
     step = _Step.checked(n_steps, lr, step_size)
     budget = _Budget.checked(top_n, min_cells, batch_size, memory_budget_mb, max_rows)
     request = _Request.checked(model, target, step, budget, features, device)
-    source = _CellSource(cells, groupby, embedding, rna_mod, atac_mod, layer, infer_kwargs)
+    source = CellSource(cells, groupby, embedding, rna_mod, atac_mod, layer, infer_kwargs)
     prepared = _prepare_cells(model, data, target.genes, source)
     pairs = _expressing_pairs(prepared, target.genes, budget.min_cells)
     _check_result_size(pairs, prepared, len(request.cols), budget, return_cells)
