@@ -3,7 +3,8 @@
 Each command calls one library function and prints what it returns: ``demo`` and
 ``train`` :func:`multidgd.workflows.train_and_report`, ``embed`` and ``predict``
 :func:`multidgd.workflows.embed_and_write`, ``gene2peak``
-:func:`multidgd.workflows.gene2peak_and_write`, ``evaluate``
+:func:`multidgd.workflows.gene2peak_and_write`, ``differential``
+:func:`multidgd.workflows.differential_and_write`, ``evaluate``
 :func:`multidgd.workflows.evaluate_and_write`. A user error (bad data, option, file or
 destination) ends the command with one line ``multidgd: error: ...`` on stderr and exit
 status 2, with the library's Python argument names replaced by the command-line options
@@ -60,6 +61,13 @@ CLI_OPTIONS: dict[str, str] = {
     "batch_key": "--batch-key",
     "train_fraction": "--train-fraction",
     "compare_max_epochs": "--compare-max-epochs",
+    "group1": "--group1",
+    "group2": "--group2",
+    "delta": "--delta",
+    "fdr": "--fdr",
+    "batch_correction": "--batch-correction",
+    "n_cells": "--n-cells",
+    "n_bootstrap": "--n-bootstrap",
 }
 
 #: Advice naming Python calls, or settings the command line does not have, rephrased
@@ -82,6 +90,8 @@ CLI_PHRASES: dict[str, str] = {
     "Drop backed or the layer": "Drop --backed or --layer",
     "pass top_n= or features=, or fewer genes": "pass --top-n, or fewer --genes",
     " or None, got": ", got",
+    "batch_correction must be True, False or one of": "batch_correction must be one of",
+    "group2 must be one group (or None for the rest)": "group2 must be one group (or left out for the rest)",
 }
 
 _NOT_OPTION = r"(?<![\w\-/.])"  # not inside a word, an option or a path
@@ -334,14 +344,45 @@ def _add_gene2peak_parser(sub) -> None:
     _add_runtime_options(g)
 
 
+def _add_differential_parser(sub) -> None:
+    d = sub.add_parser(
+        "differential",
+        help="genes or peaks that differ between groups of cells, from the decoded batch-corrected profiles",
+    )
+    d.add_argument("model", type=Path, help="model file written by train (model.pt)")
+    d.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts and the --groupby column")
+    d.add_argument("--groupby", required=True, help="obs column of the groups (e.g. cell type or cluster)")
+    d.add_argument("--group1", nargs="+", default=None, help="group(s), each tested in turn (default: every group)")
+    d.add_argument("--group2", default=None, help="the group compared against (default: all other cells)")
+    d.add_argument("--modality", choices=["rna", "atac"], default="rna", help="genes (default) or peaks")
+    d.add_argument("--out", type=Path, required=True, help="output table (.csv, .csv.gz or .tsv)")
+    d.add_argument("--plot", type=Path, default=None, help="PNG: fold change against level per comparison")
+    d.add_argument("--delta", type=float, default=0.25, help="smallest |log2 fold change| that counts (default 0.25)")
+    d.add_argument("--fdr", type=float, default=0.05, help="expected false discovery proportion (default 0.05)")
+    d.add_argument(
+        "--batch-correction",
+        choices=["both", "covariate", "within", "none"],
+        default="both",
+        help="decode at the covariates' class means and/or compare within batches (default both)",
+    )
+    d.add_argument("--n-cells", type=int, default=1000, help="most cells decoded per group and batch (default 1000)")
+    d.add_argument("--n-bootstrap", type=int, default=200, help="resamples of the cells (default 200)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the cells drawn and resampled (default 0)")
+    d.add_argument("--rna-mod", default=None, help="RNA modality name (default: the one used in training)")
+    d.add_argument("--atac-mod", default=None, help="ATAC modality name (default: the one used in training)")
+    d.add_argument("--layer", default=None, help="layer with raw counts (default X)")
+    _add_overwrite_option(d, "existing output files")
+    _add_runtime_options(d)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``multidgd`` command.
 
     Returns
     -------
     argparse.ArgumentParser
-        With the subcommands ``demo``, ``train``, ``evaluate``, ``embed``, ``predict`` and
-        ``gene2peak``.
+        With the subcommands ``demo``, ``train``, ``evaluate``, ``embed``, ``predict``,
+        ``gene2peak`` and ``differential``.
     """
     from . import __version__
 
@@ -352,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_embed_parsers(sub)
     _add_gene2peak_parser(sub)
+    _add_differential_parser(sub)
     return parser
 
 
@@ -511,6 +553,36 @@ def _gene2peak(args: argparse.Namespace) -> str:
     return json.dumps(summary, indent=2)
 
 
+def _differential(args: argparse.Namespace) -> str:
+    from .workflows import differential_and_write
+
+    if args.out.suffix not in (".csv", ".tsv", ".gz"):
+        raise ValueError(f"--out must end in .csv, .csv.gz or .tsv, got {args.out.name}")
+    summary = differential_and_write(
+        args.model,
+        args.data,
+        args.out,
+        plot=args.plot,
+        overwrite=args.overwrite,
+        groupby=args.groupby,
+        group1=args.group1,
+        group2=args.group2,
+        modality=args.modality,
+        delta=args.delta,
+        fdr=args.fdr,
+        batch_correction=args.batch_correction,
+        n_cells=args.n_cells,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        rna_mod=args.rna_mod,
+        atac_mod=args.atac_mod,
+        layer=args.layer,
+        progress_bar=not args.quiet,
+        infer_kwargs={"device": args.device, "progress_bar": not args.quiet},
+    )
+    return json.dumps(summary, indent=2)
+
+
 #: Each command: the function that runs it (returns the text printed) and the exceptions,
 #: besides :data:`USER_ERRORS`, that it reports as input errors.
 _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], str | None], tuple[type[Exception], ...]]] = {
@@ -520,6 +592,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], str | None], tuple[typ
     "embed": (_embed, (RuntimeError,)),
     "predict": (_embed, (RuntimeError,)),
     "gene2peak": (_gene2peak, (KeyError,)),
+    "differential": (_differential, ()),
 }
 
 

@@ -88,6 +88,10 @@ class Decoder(nn.Module):
             out[m] = torch.nn.functional.linear(x, last.weight).float() + last.bias
         return out
 
+    def penultimate(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        """Input of ``modality``'s last layer, (n, w): its logits are ``heads[modality][-1]`` of it."""
+        return self.heads[modality][:-1](self.trunk(z))
+
     def _weight_blocks(self, chunk_elements: int, grads_only: bool = False):
         """(Linear, first row, block of its weight rows, same-shaped scratch view) for every
         weight matrix. The scratch is one small kept buffer: a fresh allocation the size of

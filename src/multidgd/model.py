@@ -651,6 +651,58 @@ class DGD:
             library = self.get_library_size()[have, j]
         return self.obs_names[have], self.get_latent_representation()[have], self.get_covariate_matrix()[have], library
 
+    # ------------------------------------------------------------------ differential tests
+    def differential_expression(self, data: Any = None, *, groupby, group1=None, group2=None, **kwargs) -> pd.DataFrame:
+        """Genes that differ between groups of cells, from the decoded, batch-corrected profiles.
+
+        Parameters
+        ----------
+        data
+            None: the model's training and validation cells, with the counts it was trained
+            on. Else a MuData or AnnData of raw counts (not modified): the model's own cells
+            keep their representations, others are placed with :meth:`infer` (or taken from
+            ``embedding=``).
+        groupby
+            ``obs`` column of the groups (with ``data=None``: the cell-type key or a covariate
+            key), or the labels themselves (a Series by cell name, or one per cell).
+        group1
+            A group, or a list of groups each compared in turn; None: every group.
+        group2
+            The group compared against; None: all other cells ("rest").
+        **kwargs
+            ``features`` (names, positions or mask; default all), ``cells`` (of ``data``),
+            ``embedding``, ``delta`` (smallest |log2 fold change| that counts, 0.25), ``fdr``
+            (0.05), ``pseudocount`` (counts at the median library size, 0.1),
+            ``batch_correction`` (True), ``n_cells`` (most cells decoded per group, 1000),
+            ``n_bootstrap`` (200), ``seed``, ``memory_budget_mb`` (512), ``rna_mod``,
+            ``atac_mod``, ``layer``, ``infer_kwargs``, ``progress_bar``; see
+            :func:`multidgd.analysis.differential`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by feature, one block of rows per comparison (most likely changes first),
+            columns :data:`multidgd.analysis.DIFFERENTIAL_COLUMNS`: ``proba_de`` (probability
+            that |LFC| >= delta), ``bayes_factor``, ``is_de_fdr``, ``lfc_*`` (log2 fold change of
+            the groups' mean normalised profiles), ``scale1/2`` (those means), ``raw_mean1/2``,
+            ``non_zeros_proportion1/2`` and ``raw_normalized_mean1/2`` (counts per 10,000) over
+            each side's cells. :func:`multidgd.analysis.rank_genes_groups` turns a
+            one-against-rest table into scanpy's form.
+        """
+        from .analysis.differential import differential
+
+        return differential(self, data, groupby=groupby, group1=group1, group2=group2, modality="rna", **kwargs)
+
+    def differential_accessibility(
+        self, data: Any = None, *, groupby, group1=None, group2=None, **kwargs
+    ) -> pd.DataFrame:
+        """Peaks that differ between groups of cells; the arguments and table of
+        :meth:`differential_expression`, over peaks.
+        """
+        from .analysis.differential import differential
+
+        return differential(self, data, groupby=groupby, group1=group1, group2=group2, modality="atac", **kwargs)
+
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
         """Write the trained model to one file that :meth:`load` reads without any data."""

@@ -12,10 +12,10 @@ from .decoder import Decoder
 from .distributions import nb_log_prob_sparse, nb_nll_from_logits
 from .mixture import GaussianMixture
 
-__all__ = ["DGDModule", "SparseCounts", "autocast", "frozen"]
+__all__ = ["DGDModule", "SparseCounts", "autocast", "decoder_input", "frozen"]
 
 
-def _decoder_input(basal: torch.Tensor, covariate: torch.Tensor | None) -> torch.Tensor:
+def decoder_input(basal: torch.Tensor, covariate: torch.Tensor | None) -> torch.Tensor:
     """(n, L + 2V) decoder input: basal rows, then covariate rows when there are any."""
     return basal if covariate is None or covariate.shape[1] == 0 else torch.cat([basal, covariate], dim=1)
 
@@ -110,7 +110,7 @@ class DGDModule(nn.Module):
         self, basal: torch.Tensor, covariate: torch.Tensor | None, modalities: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
         """Log-fractions per modality, (n, F_m), from (n, L) basal and (n, 2V) covariate rows."""
-        z = _decoder_input(basal, covariate)
+        z = decoder_input(basal, covariate)
         return self.decoder(z, modalities)
 
     def reconstruction_nll(
@@ -173,7 +173,7 @@ class DGDModule(nn.Module):
         -------
         Modality -> (n,) negative log-likelihood.
         """
-        z = _decoder_input(basal, covariate)
+        z = decoder_input(basal, covariate)
         mods = [m for m in self.modalities if m in counts]
         with autocast(z.device.type, precision):
             logits = self.decoder.logits(z, mods)

@@ -18,9 +18,9 @@ import scipy.sparse as sp
 import torch
 
 from .data import positions
-from .module import DGDModule
+from .module import DGDModule, decoder_input
 
-__all__ = ["CandidateMixture", "ProfileRequest", "decoded_fractions", "normalized_profiles"]
+__all__ = ["CandidateMixture", "FeatureBlocks", "ProfileRequest", "decoded_fractions", "normalized_profiles"]
 
 
 @torch.no_grad()
@@ -63,6 +63,66 @@ def decoded_fractions(
         values = torch.exp(logf if col_t is None else logf[:, col_t]).numpy()
         parts.append(values if each is None else each(values, i))
     return parts
+
+
+class FeatureBlocks:
+    """Decoded fractions of a fixed set of cells, a block of features at a time.
+
+    Keeps the (n, w) input of the modality's last layer and each cell's log normaliser (one
+    pass over all features), so a block of fractions costs one (n, w) x (w, f) product and no
+    (n, F) matrix is held.
+
+    Parameters
+    ----------
+    module
+        The trained network (moved to the CPU and put in eval mode).
+    latent, covariate
+        (n, L) basal and (n, d * V) covariate representations.
+    modality
+        ``"rna"`` or ``"atac"``.
+    batch_size
+        Cells through the trunk together.
+    block_features
+        Features per block of the normaliser's pass.
+    """
+
+    @torch.no_grad()
+    def __init__(
+        self,
+        module: DGDModule,
+        latent: np.ndarray,
+        covariate: np.ndarray,
+        modality: str,
+        *,
+        batch_size: int = 1024,
+        block_features: int = 4096,
+    ) -> None:
+        module = module.to("cpu").eval()
+        decoder = module.decoder
+        parts = []
+        for i in range(0, len(latent), batch_size):
+            z = decoder_input(
+                torch.from_numpy(latent[i : i + batch_size]), torch.from_numpy(covariate[i : i + batch_size])
+            )
+            parts.append(decoder.penultimate(z, modality))
+        last = decoder.heads[modality][-1]
+        self.hidden = torch.cat(parts) if parts else torch.zeros((0, last.in_features))  # (n, w)
+        self.weight, self.bias = last.weight.detach(), last.bias.detach()  # (F, w), (F,)
+        n_features = len(self.bias)
+        log_norm = torch.full((len(self.hidden),), -torch.inf)
+        for start in range(0, n_features, block_features):
+            logits = self._logits(slice(start, start + block_features))
+            log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, dim=1))
+        self.log_norm = log_norm  # (n,)
+
+    def _logits(self, cols) -> torch.Tensor:
+        return torch.addmm(self.bias[cols], self.hidden, self.weight[cols].T)
+
+    @torch.no_grad()
+    def fractions(self, cols: np.ndarray) -> np.ndarray:
+        """(n, len(cols)) float32 decoded fractions of features at positions ``cols``."""
+        index = torch.from_numpy(np.asarray(cols, dtype=np.int64))
+        return torch.exp(self._logits(index) - self.log_norm[:, None]).numpy()
 
 
 @dataclass(frozen=True)

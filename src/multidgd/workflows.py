@@ -1255,6 +1255,69 @@ def gene2peak_and_write(
     return summary
 
 
+def differential_and_write(
+    model_path: Path,
+    data_path: Path,
+    out: Path,
+    *,
+    plot: Path | None = None,
+    overwrite: bool = False,
+    **differential_kw: Any,
+) -> dict[str, Any]:
+    """Test genes or peaks between groups (:func:`multidgd.analysis.differential`) and write the table.
+
+    Every destination is checked before any work; files are written under temporary names
+    and renamed into place at the end.
+
+    Parameters
+    ----------
+    model_path
+        The trained model (``model.pt``).
+    data_path
+        ``.h5mu`` or ``.h5ad`` with raw counts and the ``groupby`` column.
+    out
+        Output table (``.csv``, ``.csv.gz`` or ``.tsv``), one row per feature and comparison,
+        the feature in column ``feature``.
+    plot
+        PNG of fold change against level per comparison (:func:`~multidgd.analysis.plot_differential`).
+    overwrite
+        Replace existing outputs.
+    **differential_kw
+        Arguments of :func:`multidgd.analysis.differential` (``groupby``, ``group1``,
+        ``group2``, ``modality``, ``delta``, ...).
+
+    Returns
+    -------
+    dict
+        Summary: modality, comparisons with the cells and calls of each, outputs.
+    """
+    from . import analysis
+
+    out = Path(out)
+    outputs = OutputFiles.of({"MODEL": model_path, "DATA": data_path}, overwrite=overwrite)
+    outputs.check(out, "--out")
+    if plot is not None:
+        outputs.check(plot, "--plot")
+    model = load_model_file(model_path)
+    data = read_input(data_path)
+    with outputs.run(_MARGIN_BYTES):
+        table = analysis.differential(model, data, **differential_kw)
+        _write_table(table.reset_index(), outputs.temporary(out))
+        written = [str(out)]
+        if plot is not None:
+            analysis.plot_differential(table, outputs.temporary(Path(plot)))
+            written.append(str(plot))
+    calls = table.groupby("comparison", sort=False)["is_de_fdr"].sum()
+    return {
+        "modality": table.attrs["modality"],
+        "features": int(len(table) // max(len(calls), 1)),
+        "batch_correction": table.attrs["batch_correction"],
+        "cells_per_group": table.attrs["n_cells"],
+        f"called_at_fdr_{table.attrs['fdr']:g}": {k: int(v) for k, v in calls.items()},
+        "outputs": written,
+    }
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 

@@ -9,8 +9,16 @@ Tables are tidy: one row per (gene, peak, group). The Spearman baseline
 (:func:`spearman_gene2peak`) gives the same rows, so both can go through
 :func:`link_enrichment`, :func:`tss_profile` and :func:`motif_enrichment`.
 
+Between groups of cells, :func:`differential` tests each gene or peak on the decoded,
+batch-corrected profiles (:meth:`multidgd.DGD.differential_expression` /
+``differential_accessibility``); :func:`rank_genes_groups` gives its table scanpy's form.
+
 Modules
 -------
+differential
+    :func:`differential`, :func:`rank_genes_groups`.
+cells
+    The representations of an analysis's cells (the model's own, or new cells').
 silencing
     :func:`gene2peak`.
 baselines
@@ -30,6 +38,7 @@ tables
 """
 
 from .baselines import spearman_gene2peak
+from .differential import DIFFERENTIAL_COLUMNS, differential, rank_genes_groups
 from .enrichment import LinkEvaluation, link_enrichment, motif_enrichment, tss_profile
 from .fasta import read_fasta_regions
 from .genome import (
@@ -52,11 +61,16 @@ from .motifs import (
     read_jaspar,
     scan_motifs,
 )
-from .plots import plot_gene2peak, plot_motif_enrichment, plot_tss_profile
+from .plots import plot_differential, plot_gene2peak, plot_motif_enrichment, plot_tss_profile
 from .silencing import gene2peak
 from .tables import SCORE_COLUMNS
 
 __all__ = [
+    # differential expression and accessibility
+    "DIFFERENTIAL_COLUMNS",
+    "differential",
+    "rank_genes_groups",
+    "plot_differential",
     # gene-to-peak tables
     "gene2peak",
     "spearman_gene2peak",

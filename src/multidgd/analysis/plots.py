@@ -10,7 +10,7 @@ import pandas as pd
 from ..plotting import pyplot, save_figure
 from .tables import feature_column, score_column
 
-__all__ = ["plot_gene2peak", "plot_tss_profile", "plot_motif_enrichment"]
+__all__ = ["plot_differential", "plot_gene2peak", "plot_tss_profile", "plot_motif_enrichment"]
 
 
 def plot_gene2peak(table: pd.DataFrame, path, *, top: int = 10, score: str | None = None, max_genes: int = 12) -> Path:
@@ -124,3 +124,54 @@ def plot_motif_enrichment(result: pd.DataFrame, path, *, max_tfs: int = 30) -> P
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_differential(table: pd.DataFrame, path=None, *, top: int = 5, max_comparisons: int = 12):
+    """Log2 fold change against mean level, one panel per comparison of a differential table.
+
+    Each feature is a point at x = log10 of the two sides' mean normalised level, y =
+    ``lfc_mean``; features called at the table's FDR are red (up in group1) or blue (down),
+    and the ``top`` called features each way (in the table's order) are named.
+
+    Parameters
+    ----------
+    table
+        Output of :func:`~multidgd.analysis.differential`.
+    path
+        PNG file to write; None returns the figure instead.
+    top
+        Features named per direction and panel.
+    max_comparisons
+        Most comparisons (panels) drawn, in the table's order.
+
+    Returns
+    -------
+    pathlib.Path or matplotlib.figure.Figure
+        ``path`` when given, else the figure.
+    """
+    plt = pyplot()
+    comparisons = list(dict.fromkeys(table["comparison"]))[:max_comparisons]
+    ncol = min(3, len(comparisons))
+    nrow = int(np.ceil(len(comparisons) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.8 * nrow), squeeze=False)
+    for ax, name in zip(axes.ravel(), comparisons, strict=False):
+        part = table[table["comparison"] == name]
+        level = np.log10(np.maximum((part["scale1"] + part["scale2"]).to_numpy() / 2, 1e-12))
+        lfc = part["lfc_mean"].to_numpy()
+        called = part["is_de_fdr"].to_numpy()
+        colours = np.where(~called, "#b0b0b0", np.where(lfc > 0, "#c0392b", "#2e6da4"))
+        ax.scatter(level, lfc, s=3, c=colours, linewidths=0, rasterized=True)
+        ax.axhline(0, color="k", lw=0.6)
+        for direction in (1, -1):
+            pick = np.flatnonzero(called & (np.sign(lfc) == direction))[:top]
+            for i in pick:
+                ax.annotate(
+                    str(part.index[i]), (level[i], lfc[i]), fontsize=6, xytext=(2, 2), textcoords="offset points"
+                )
+        ax.set_title(f"{name}: {int(called.sum())} called", fontsize=9)
+        ax.set_xlabel("log10 mean normalised level", fontsize=8)
+        ax.set_ylabel("log2 fold change", fontsize=8)
+    for ax in axes.ravel()[len(comparisons) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig if path is None else save_figure(fig, path)
