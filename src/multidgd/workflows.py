@@ -38,6 +38,7 @@ __all__ = [
     "train_and_report",
     "embed_and_write",
     "gene2peak_and_write",
+    "differential_and_write",
     "evaluate_and_write",
     "RUN_FILES",
     "TEMP_PREFIX",
