@@ -676,7 +676,7 @@ class DGD:
             ``batch_correction`` (True), ``n_cells`` (most cells decoded per group, 1000),
             ``n_bootstrap`` (200), ``seed``, ``memory_budget_mb`` (512), ``rna_mod``,
             ``atac_mod``, ``layer``, ``infer_kwargs``, ``progress_bar``; see
-            :func:`multidgd.analysis.differential`.
+            :func:`multidgd.analysis.differential_test`.
 
         Returns
         -------
@@ -689,9 +689,9 @@ class DGD:
             each side's cells. :func:`multidgd.analysis.rank_genes_groups` turns a
             one-against-rest table into scanpy's form.
         """
-        from .analysis.differential import differential
+        from .analysis.differential import differential_test
 
-        return differential(self, data, groupby=groupby, group1=group1, group2=group2, modality="rna", **kwargs)
+        return differential_test(self, data, groupby=groupby, group1=group1, group2=group2, modality="rna", **kwargs)
 
     def differential_accessibility(
         self, data: Any = None, *, groupby, group1=None, group2=None, **kwargs
@@ -699,9 +699,9 @@ class DGD:
         """Peaks that differ between groups of cells; the arguments and table of
         :meth:`differential_expression`, over peaks.
         """
-        from .analysis.differential import differential
+        from .analysis.differential import differential_test
 
-        return differential(self, data, groupby=groupby, group1=group1, group2=group2, modality="atac", **kwargs)
+        return differential_test(self, data, groupby=groupby, group1=group1, group2=group2, modality="atac", **kwargs)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:

@@ -1265,7 +1265,7 @@ def differential_and_write(
     overwrite: bool = False,
     **differential_kw: Any,
 ) -> dict[str, Any]:
-    """Test genes or peaks between groups (:func:`multidgd.analysis.differential`) and write the table.
+    """Test genes or peaks between groups (:func:`multidgd.analysis.differential_test`) and write the table.
 
     Every destination is checked before any work; files are written under temporary names
     and renamed into place at the end.
@@ -1284,7 +1284,7 @@ def differential_and_write(
     overwrite
         Replace existing outputs.
     **differential_kw
-        Arguments of :func:`multidgd.analysis.differential` (``groupby``, ``group1``,
+        Arguments of :func:`multidgd.analysis.differential_test` (``groupby``, ``group1``,
         ``group2``, ``modality``, ``delta``, ...).
 
     Returns
@@ -1302,7 +1302,7 @@ def differential_and_write(
     model = load_model_file(model_path)
     data = read_input(data_path)
     with outputs.run(_MARGIN_BYTES):
-        table = analysis.differential(model, data, **differential_kw)
+        table = analysis.differential_test(model, data, **differential_kw)
         _write_table(table.reset_index(), outputs.temporary(out))
         written = [str(out)]
         if plot is not None:

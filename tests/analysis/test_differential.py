@@ -149,7 +149,7 @@ def test_identical_groups_give_no_calls(trained):
         one = np.flatnonzero(data.obs["cell_type"].to_numpy() == "type0")
         halves = pd.Series(np.where(rng.random(data.n_obs) < 0.5, "x", "y"), index=data.obs_names)
         halves[~data.obs_names.isin(data.obs_names[one])] = None
-        table = analysis.differential(
+        table = analysis.differential_test(
             model, data, groupby=halves, group1="x", group2="y", modality=modality, progress_bar=False
         )
         assert not table["is_de_fdr"].any()

@@ -9,14 +9,14 @@ Tables are tidy: one row per (gene, peak, group). The Spearman baseline
 (:func:`spearman_gene2peak`) gives the same rows, so both can go through
 :func:`link_enrichment`, :func:`tss_profile` and :func:`motif_enrichment`.
 
-Between groups of cells, :func:`differential` tests each gene or peak on the decoded,
+Between groups of cells, :func:`differential_test` tests each gene or peak on the decoded,
 batch-corrected profiles (:meth:`multidgd.DGD.differential_expression` /
 ``differential_accessibility``); :func:`rank_genes_groups` gives its table scanpy's form.
 
 Modules
 -------
 differential
-    :func:`differential`, :func:`rank_genes_groups`.
+    :func:`differential_test`, :func:`rank_genes_groups`.
 cells
     The representations of an analysis's cells (the model's own, or new cells').
 silencing
@@ -38,7 +38,7 @@ tables
 """
 
 from .baselines import spearman_gene2peak
-from .differential import DIFFERENTIAL_COLUMNS, differential, rank_genes_groups
+from .differential import DIFFERENTIAL_COLUMNS, differential_test, rank_genes_groups
 from .enrichment import LinkEvaluation, link_enrichment, motif_enrichment, tss_profile
 from .fasta import read_fasta_regions
 from .genome import (
@@ -68,7 +68,7 @@ from .tables import SCORE_COLUMNS
 __all__ = [
     # differential expression and accessibility
     "DIFFERENTIAL_COLUMNS",
-    "differential",
+    "differential_test",
     "rank_genes_groups",
     "plot_differential",
     # gene-to-peak tables

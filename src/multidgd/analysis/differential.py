@@ -43,11 +43,11 @@ from ..profiles import FeatureBlocks
 from .cells import CellSource, cell_representations
 from .tables import cell_groups, check_modality
 
-__all__ = ["DIFFERENTIAL_COLUMNS", "change_statistics", "differential", "expected_fdr_calls", "rank_genes_groups"]
+__all__ = ["DIFFERENTIAL_COLUMNS", "change_statistics", "differential_test", "expected_fdr_calls", "rank_genes_groups"]
 
 logger = logging.getLogger(__name__)
 
-#: Columns of :func:`differential`'s table, in order (the index holds the feature names).
+#: Columns of :func:`differential_test`'s table, in order (the index holds the feature names).
 DIFFERENTIAL_COLUMNS = [
     "comparison",
     "group1",
@@ -111,7 +111,7 @@ def change_statistics(mean1: np.ndarray, mean2: np.ndarray, *, delta: float, eps
     proba = hits / n_boot
     low, median, high = np.quantile(boot, [0.025, 0.5, 0.975], axis=0)
     return {
-        "lfc_mean": lfc[0],
+        "lfc_mean": lfc[0].copy(),  # a copy: a view would keep all resamples alive
         "lfc_median": median,
         "lfc_std": boot.std(axis=0, ddof=1),
         "lfc_low": low,
@@ -462,16 +462,18 @@ def _test_blocks(blocks: FeatureBlocks, draw: _Draw, comparisons, cols, settings
     n_groups = len(draw.groups)
     size = _block_size(len(draw.rows), n_groups, settings.n_bootstrap, settings.memory_budget_mb)
     out = [{} for _ in comparisons]
+    sides = np.stack([w for c in comparisons for w in (c.weights1, c.weights2)]).astype(np.float32)  # (2C, U)
     bar = tqdm(total=len(cols), desc="Differential", unit="feature", disable=None if progress_bar else True)
     for start in range(0, len(cols), size):
         block = cols[start : start + size]
         fractions = blocks.fractions(block)  # (n_drawn, f)
-        means = np.stack([w @ fractions[span] for w, span in zip(draw.weights, draw.groups, strict=True)])
-        for c, comparison in enumerate(comparisons):
-            m1 = np.tensordot(comparison.weights1, means, axes=1)  # (B + 1, f)
-            m2 = np.tensordot(comparison.weights2, means, axes=1)
+        means = np.empty((len(draw.groups), settings.n_bootstrap + 1, len(block)), dtype=np.float32)
+        for u, (w, span) in enumerate(zip(draw.weights, draw.groups, strict=True)):
+            np.matmul(w, fractions[span], out=means[u])
+        both = (sides @ means.reshape(len(means), -1)).reshape(len(comparisons), 2, *means.shape[1:])
+        for c, (m1, m2) in enumerate(both):  # each (B + 1, f)
             stats = change_statistics(m1, m2, delta=settings.delta, epsilon=epsilon)
-            stats["scale1"], stats["scale2"] = m1[0], m2[0]
+            stats["scale1"], stats["scale2"] = m1[0].astype(np.float64), m2[0].astype(np.float64)
             for key, values in stats.items():
                 out[c].setdefault(key, []).append(values)
         bar.update(len(block))
@@ -505,7 +507,7 @@ def _table(comparisons, stats, cells: _Cells, cols, feature_names: pd.Index, set
     return pd.concat(frames)
 
 
-def differential(
+def differential_test(
     model,
     data: Any = None,
     *,
@@ -573,7 +575,7 @@ def differential(
 
 
 def rank_genes_groups(table: pd.DataFrame) -> dict:
-    """:func:`differential`'s one-against-rest table in the form of scanpy's ``rank_genes_groups``.
+    """:func:`differential_test`'s one-against-rest table in the form of scanpy's ``rank_genes_groups``.
 
     Store the result in ``adata.uns[key]`` and pass ``key=`` to ``sc.pl.rank_genes_groups_*``
     (the AnnData must hold the same features). Per group the features are ordered by

@@ -136,7 +136,7 @@ def plot_differential(table: pd.DataFrame, path=None, *, top: int = 5, max_compa
     Parameters
     ----------
     table
-        Output of :func:`~multidgd.analysis.differential`.
+        Output of :func:`~multidgd.analysis.differential_test`.
     path
         PNG file to write; None returns the figure instead.
     top
