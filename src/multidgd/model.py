@@ -673,7 +673,8 @@ class DGD:
             ``features`` (names, positions or mask; default all), ``cells`` (of ``data``),
             ``embedding``, ``delta`` (smallest |log2 fold change| that counts, 0.25), ``fdr``
             (0.05), ``pseudocount`` (counts at the median library size, 0.1),
-            ``batch_correction`` (True), ``n_cells`` (most cells decoded per group, 1000),
+            ``batch_correction`` (True = "both"; "covariate", "within", False = "none"),
+            ``n_cells`` (most cells decoded per group and batch, 1000),
             ``n_bootstrap`` (200), ``seed``, ``memory_budget_mb`` (512), ``rna_mod``,
             ``atac_mod``, ``layer``, ``infer_kwargs``, ``progress_bar``; see
             :func:`multidgd.analysis.differential_test`.

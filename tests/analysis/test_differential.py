@@ -289,3 +289,28 @@ def test_command_line_writes_what_the_api_gives(trained, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "x.csv"), "--group1", "nope", "--quiet"]) == 2
     assert "--group1: no group 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_within_batch_comparison_weights_batches_alike(trained):
+    model, data = trained
+    table = model.differential_expression(groupby="cell_type", batch_correction="within", progress_bar=False)
+    decoded = model.decode("rna")
+    labels = data.obs["cell_type"].astype(str).to_numpy()
+    batches = data.obs["batch"].astype(str).to_numpy()
+    for g in model.cell_type_categories:
+        one, rest = labels == g, labels != g
+        n1 = np.array([(one & (batches == b)).sum() for b in ("b0", "b1")])
+        n2 = np.array([(rest & (batches == b)).sum() for b in ("b0", "b1")])
+        w = n1 * n2 / (n1 + n2)
+        w = w / w.sum()
+        side1 = sum(w[k] * decoded[one & (batches == b)].mean(axis=0) for k, b in enumerate(("b0", "b1")))
+        side2 = sum(w[k] * decoded[rest & (batches == b)].mean(axis=0) for k, b in enumerate(("b0", "b1")))
+        part = table[table["group1"] == g].loc[model.var_names["rna"]]
+        np.testing.assert_allclose(part["scale1"], side1, rtol=1e-4)
+        np.testing.assert_allclose(part["scale2"], side2, rtol=1e-4)
+    # a side with no cells in any batch of the other is refused
+    only_b0 = pd.Series(np.where(data.obs["batch"].to_numpy() == "b0", "x", "y"), index=data.obs_names)
+    with pytest.raises(ValueError, match="no batch .* holds cells of both sides"):
+        model.differential_expression(groupby=only_b0, group1="x", batch_correction="within", progress_bar=False)
+    with pytest.raises(ValueError, match="batch_correction must be True, False or one of"):
+        model.differential_expression(groupby="cell_type", batch_correction="some", progress_bar=False)

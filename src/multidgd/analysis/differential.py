@@ -6,12 +6,16 @@ quantity tested is the log2 ratio of the groups' mean normalised profiles,
     LFC_f = log2(mean_{i in A} x̂_if + ε) − log2(mean_{i in B} x̂_if + ε),
 
 where x̂_i is cell i's decoded profile (fractions summing to 1 over the modality's
-features). With ``batch_correction=True`` (default) every cell is decoded with its covariate
-representations replaced by the mean of one known class of each covariate, the classes
-taken in turn within each group, so both groups are decoded equally under every batch and a
-batch effect does not count as a difference. ε is ``pseudocount`` counts at the median
-library size of the modality, so features a typical cell would not detect do not get large
-ratios.
+features). ε is ``pseudocount`` counts at the median library size of the modality, so
+features a typical cell would not detect do not get large ratios.
+
+Batch is set aside in two ways (``batch_correction``, :data:`BATCH_CORRECTIONS`; default
+``"both"``): every cell is decoded with its covariate representations replaced by the mean
+of one known class of each covariate, the classes taken in turn within each group and
+batch, so both sides are decoded equally under every batch (``"covariate"``); and each
+side's mean is taken within each batch (covariate class combination), the batches weighted
+alike on both sides by n1 n2 / (n1 + n2), so a batch difference the model kept in the basal
+representation cannot make a difference between the sides (``"within"``).
 
 The uncertainty is that of the cells drawn: each group's cells are resampled with
 replacement (``n_bootstrap`` times), and
@@ -22,8 +26,8 @@ replacement (``n_bootstrap`` times), and
   mean ``1 − proba_de`` (the posterior expected false discovery proportion) is at most
   ``fdr``, the rule scvi-tools' ``differential_expression`` uses.
 
-At most ``n_cells`` cells of each group are decoded (drawn without replacement); the rest
-of a one-against-rest comparison is the mean of the other groups weighted by their sizes.
+At most ``n_cells`` cells of each group and batch are decoded (drawn without replacement);
+the rest of a one-against-rest comparison pools the other groups by their sizes.
 Features are processed in blocks, so no cells × all-features matrix is ever held.
 """
 
@@ -533,6 +537,9 @@ def differential_test(
     progress_bar: bool = True,
 ) -> pd.DataFrame:
     """Differential expression (``modality="rna"``) or accessibility (``"atac"``) between groups of cells.
+
+    ``batch_correction`` is ``True`` (``"both"``), ``False`` (``"none"``), ``"covariate"`` or
+    ``"within"``; ``n_cells`` bounds the cells decoded per group and batch.
 
     The method is described in :mod:`multidgd.analysis.differential`; the arguments are those of
     :meth:`multidgd.DGD.differential_expression`.
