@@ -37,16 +37,35 @@ def test_train_bmmc_with_batch(tmp_path, capsys):
     assert "ARI clusters vs cell types" in capsys.readouterr().out
 
 
-def test_train_10x_layout_without_labels(tmp_path):
+def test_train_10x_layout_without_labels(tmp_path, capsys):
     path = shared_file("muon_test_pbmc_multiome", "test_rna_atac.h5mu")
     out = tmp_path / "pbmc"
     assert _run(["train", str(path), "--out", str(out)]) == 0
     result = read(out / "multidgd.h5mu")
     z = result.obsm["X_multidgd"]
-    # 19 cells have no ATAC counts over these 174 peaks: dropped, NaN outputs
-    assert np.isnan(z).any(axis=1).sum() == 19
-    assert result.obs["multidgd_cluster"].isna().sum() == 19
-    assert json.loads((out / "summary.json").read_text())["components"] == 1
+    # 19 cells have no ATAC counts over these 174 peaks: left out of training, placed afterwards from their RNA
+    assert not np.isnan(z).any()
+    assert result.obs["multidgd_cluster"].notna().all()
+    split = result.obs["multidgd_split"].astype(str)
+    assert (split == "placed").sum() == 19 and set(split) == {"train", "validation", "placed"}
+    placed = result.obs_names[split == "placed"]
+    assert (np.asarray(result["atac"][placed].X.sum(axis=1)).ravel() == 0).all()
+    # scanpy runs on the written latent
+    import scanpy as sc
+
+    sc.pp.neighbors(result, use_rep="X_multidgd")
+    sc.tl.umap(result)
+    assert np.isfinite(result.obsm["X_umap"]).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["components"] > 1  # chosen from the data, and said how
+    assert summary["components_chosen"].startswith(f"K = {summary['components']} chosen from the data: Leiden")
+    assert "chosen from the data: Leiden" in capsys.readouterr().out
+    out4 = tmp_path / "pbmc4"
+    assert _run(["train", str(path), "--out", str(out4), "--n-components", "4"]) == 0
+    summary = json.loads((out4 / "summary.json").read_text())
+    assert summary["components"] == 4 and "components_chosen" not in summary
+    assert _run(["train", str(path), "--out", str(tmp_path / "bad"), "--n-components", "0"]) == 2
+    assert "--n-components must be >= 1" in capsys.readouterr().err
 
 
 def test_train_single_anndata_with_feature_types(tmp_path):

@@ -51,3 +51,36 @@ def test_subset_fit_projects_all_cells_onto_the_same_components():
         coef, *_ = np.linalg.lstsq(design, full, rcond=None)
         r2 = 1 - (full - design @ coef).var(axis=0) / full.var(axis=0)
         assert np.all(r2 > least), (fit_cells, r2)
+
+
+def test_k_is_chosen_from_well_separated_clusters():
+    from multidgd import DGD, ModelConfig
+
+    from .conftest import make_mudata
+
+    data = make_mudata(n_cells=300, n_genes=60, n_peaks=90, n_types=3, n_batches=1, seed=2)
+    for m in data.mod.values():  # strongly separated types: each has its own block of features
+        x = m.X.toarray()
+        t = data.obs["cell_type"].cat.codes.to_numpy()
+        width = m.n_vars // 3
+        for k in range(3):
+            x[np.ix_(t == k, np.arange(k * width, (k + 1) * width))] += 20
+        m.X = sp.csr_matrix(x)
+    model = DGD(data)
+    k = model.n_components
+    assert k >= 3 and model.config.n_components == k  # every type found (Leiden at resolution 1 may split one)
+    assert model.n_components_choice.startswith(f"K = {k} chosen from the data: Leiden clusters")
+    # the same count computed directly: clusters of at least 1 % of the cells on the start's 15-NN graph
+    import anndata as ad
+    import scanpy as sc
+
+    emb = spectral_embedding(model.data.counts, np.arange(300), 20, radius=1.0, groups=model.data.covariate_codes)
+    a = ad.AnnData(obs={"i": np.arange(300)})
+    a.obsm["e"] = emb
+    sc.pp.neighbors(a, use_rep="e", n_neighbors=15, random_state=0)
+    sc.tl.leiden(a, resolution=1.0, flavor="igraph", n_iterations=2, directed=False, random_state=0)
+    assert k == int((np.bincount(a.obs["leiden"].astype(int)) >= 3).sum())
+    given = DGD(data, config=ModelConfig(n_components=5))
+    assert given.n_components == 5 and given.n_components_choice is None
+    typed = DGD(data, cell_type_key="cell_type")
+    assert typed.n_components == 3 and typed.n_components_choice is None

@@ -47,6 +47,7 @@ CLI_OPTIONS: dict[str, str] = {
     "layer": "--layer",
     "covariate_keys": "--covariate-keys",
     "cell_type_key": "--cell-type-key",
+    "n_components": "--n-components",
     "backed": "--backed",
     "new_classes": "--new-classes",
     "covariate_start": "--covariate-start",
@@ -180,6 +181,8 @@ def _train_summary_text(summary: dict[str, Any], out: Path) -> str:
         pad = " " * len("  per-cell NLL at best epoch: ")
         lines.append(f"{pad}validation RNA {summary['val_nll_rna']:.2f}, ATAC {summary['val_nll_atac']:.2f}")
     lines.append(f"  mixture components used: {summary['components_used']} of {summary['components']}")
+    if "components_chosen" in summary:
+        lines.append(f"  {summary['components_chosen']}")
     if "ari_clusters_vs_cell_type" in summary:
         lines.append(f"  ARI clusters vs cell types (training cells): {summary['ari_clusters_vs_cell_type']:.3f}")
     lines.append(f"  outputs in {out}: {', '.join(summary['outputs'])}")
@@ -234,7 +237,17 @@ def _add_train_parsers(sub) -> None:
     train.add_argument("--rna-mod", default="rna")
     train.add_argument("--atac-mod", default="atac")
     train.add_argument("--layer", default=None, help="layer with raw counts (default X)")
-    train.add_argument("--cell-type-key", default=None)
+    train.add_argument(
+        "--cell-type-key",
+        default=None,
+        help="obs column of cell types: sets K (unless --n-components) and stratifies the validation split",
+    )
+    train.add_argument(
+        "--n-components",
+        type=int,
+        default=None,
+        help="basal mixture components K (default: the cell types' number, else chosen from the data by Leiden)",
+    )
     train.add_argument("--covariate-keys", nargs="*", default=[])
     train.add_argument(
         "--backed",
@@ -423,6 +436,7 @@ def _train(args: argparse.Namespace) -> str | None:
             "layer": args.layer,
             "cell_type_key": args.cell_type_key,
             "covariate_keys": args.covariate_keys,
+            "n_components": args.n_components,
         }
     out = _train_out(args)
     OutputFolder.check(out, overwrite=args.overwrite, resume=args.resume, inputs=inputs)  # before reading the data

@@ -33,7 +33,8 @@ class ModelConfig:
         Number of layers in each modality head (3 = H->H, H->W, W->F).
     n_components
         Number of basal mixture components ``K``. ``None`` takes the number of classes of
-        the cell-type key, or 1 without one.
+        the cell-type key, or without one a number chosen from the data (Leiden clusters of
+        the PCA start, :func:`multidgd.initialization.choose_n_components`).
     basal_sd_init
         Numerator of the initial component standard deviation, ``sigma_0 = basal_sd_init / K``.
     basal_radius, softball_sharpness

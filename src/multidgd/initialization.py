@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from .config import ModelConfig, TrainConfig
     from .data import MultiomeData
 
-__all__ = ["initial_state", "spectral_embedding", "kmeans_centres"]
+__all__ = ["initial_state", "spectral_embedding", "kmeans_centres", "choose_n_components", "AUTO_K"]
 
 
 def initial_state(
@@ -274,3 +275,45 @@ def kmeans_centres(points: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
         extra = centres[rng.integers(0, k_eff, k - k_eff)] + 0.01 * rng.standard_normal((k - k_eff, points.shape[1]))
         centres = np.vstack([centres, extra])
     return centres.astype(np.float32)
+
+
+#: How K is chosen without a cell-type key (:func:`choose_n_components`).
+AUTO_K = {"resolution": 1.0, "n_neighbors": 15, "min_fraction": 0.01}
+
+
+def choose_n_components(data: MultiomeData, latent_dim: int, *, seed: int = 0) -> tuple[int, str]:
+    """The number of basal components for data without cell types: Leiden clusters of the start.
+
+    Every cell is embedded as the PCA start does (:func:`spectral_embedding`, centred within
+    covariate classes), a 15-nearest-neighbour graph is built on it and clustered by Leiden
+    at resolution 1 (scanpy's defaults); K is the number of clusters holding at least 1 % of
+    the cells (at least 1).
+
+    Returns
+    -------
+    tuple[int, str]
+        K and a sentence saying how it was chosen.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    n = data.n_cells
+    if n < 3:
+        return 1, f"K = 1: {n} cells are too few to cluster"
+    rows = np.arange(n)
+    emb = spectral_embedding(data.counts, rows, latent_dim, radius=1.0, groups=data.covariate_codes, seed=seed)
+    graph = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in rows]))
+    graph.obsm["X_start"] = emb
+    k_nn = min(AUTO_K["n_neighbors"], n - 1)
+    sc.pp.neighbors(graph, use_rep="X_start", n_neighbors=k_nn, random_state=seed)
+    sc.tl.leiden(
+        graph, resolution=AUTO_K["resolution"], flavor="igraph", n_iterations=2, directed=False, random_state=seed
+    )
+    sizes = np.bincount(graph.obs["leiden"].astype(int).to_numpy())
+    k = max(1, int((sizes >= AUTO_K["min_fraction"] * n).sum()))
+    how = (
+        f"K = {k} chosen from the data: Leiden clusters (resolution {AUTO_K['resolution']:g}, "
+        f"{k_nn} neighbours) of the PCA start holding at least {AUTO_K['min_fraction']:.0%} of the "
+        f"{n} cells ({len(sizes)} clusters in all); set n_components to choose K yourself"
+    )
+    return k, how

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from .results import write_results
+from .results import Clustering, write_results
 
 __all__ = ["read", "write", "add_results", "mudata_options"]
 
@@ -185,12 +185,14 @@ def write(data: Any, path: str | Path) -> Path:
     return path
 
 
-def add_results(data: Any, model, *, prefix: str = "multidgd") -> None:
+def add_results(data: Any, model, *, prefix: str = "multidgd", embedding=None) -> None:
     """Store a trained model's results in ``data`` (aligned by ``obs_names``).
 
     Writes ``obsm["X_<prefix>"]`` (basal latent), ``obsm["X_<prefix>_<covariate>"]`` for
-    each covariate, ``obs["<prefix>_cluster"]`` (categorical, NaN for cells not trained)
-    and ``obs["<prefix>_cluster_probability"]``.
+    each covariate, ``obs["<prefix>_cluster"]`` (categorical),
+    ``obs["<prefix>_cluster_probability"]`` and ``obs["<prefix>_split"]``: ``train``,
+    ``validation``, ``placed`` (a cell the model left out, placed afterwards by
+    :meth:`~multidgd.DGD.infer`: ``embedding``) or ``none`` (no results: NaN rows).
 
     Parameters
     ----------
@@ -200,16 +202,36 @@ def add_results(data: Any, model, *, prefix: str = "multidgd") -> None:
         A trained :class:`multidgd.DGD`.
     prefix
         Prefix of the keys written.
+    embedding
+        :class:`~multidgd.results.Embedding` of cells the model left out (e.g. those with
+        counts in one modality only); their rows come from it.
     """
     index = pd.Index(data.obs_names.astype(str))
     missing = index.difference(model.obs_names)
     if len(missing):
         raise ValueError(f"{len(missing)} cells of the data are unknown to the model, e.g. {missing[:3].tolist()}")
+    latent = model.get_latent_representation()
+    covariates = {key: model.get_covariate_representation(key) for key in model.covariate_keys}
+    clustering = model.cluster()
+    split = model.split.astype(str).to_numpy().astype(object)
+    if embedding is not None:
+        pos = model.obs_names.get_indexer(embedding.obs_names)
+        if (pos < 0).any() or (split[pos] != "none").any():
+            raise ValueError("embedding must hold cells the model knows but left out of training")
+        latent, clustering = latent.copy(), Clustering(clustering.labels.copy(), clustering.probabilities.copy())
+        latent[pos] = embedding.latent
+        for key in covariates:
+            covariates[key] = covariates[key].copy()
+            covariates[key][pos] = embedding.covariate_representation(key)
+        clustering.labels[pos] = embedding.cluster
+        clustering.probabilities[pos] = embedding.cluster_probabilities
+        split[pos] = "placed"
     write_results(
         data,
         model.obs_names.get_indexer(index),
-        latent=model.get_latent_representation(),
-        covariates={key: model.get_covariate_representation(key) for key in model.covariate_keys},
-        clustering=model.cluster(),
+        latent=latent,
+        covariates=covariates,
+        clustering=clustering,
         prefix=prefix,
+        obs={"split": pd.Categorical(split, categories=["train", "validation", "placed", "none"])},
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from .checkpoint import ModelDescription, TrainingState
 from .config import ModelConfig, TrainConfig
 from .data import MODALITIES, MultiomeData, read_multiome
 from .inference import check_infer_args, embedding_of, estimate_library, place_cells
-from .initialization import initial_state
+from .initialization import choose_n_components, initial_state
 from .module import DGDModule
 from .prediction import candidate_profiles, check_prediction
 from .profiles import CandidateMixture, ProfileRequest, decoded_fractions, normalized_profiles
@@ -57,6 +58,9 @@ class DGD:
     cell_type_key
         ``obs`` column of cell types; its number of classes sets the basal components K
         unless ``config.n_components`` is given. Also stratifies the validation split.
+        Without either, K is chosen from the data
+        (:func:`~multidgd.initialization.choose_n_components`: Leiden clusters of the PCA
+        start) and ``n_components_choice`` says how.
     covariate_keys
         ``obs`` columns of categorical covariates (batch, sample, donor, ...), each with its
         own supervised 2-D representation and mixture.
@@ -103,6 +107,12 @@ class DGD:
             split_key=split_key,
             drop_empty_cells=drop_empty_cells,
         )
+        #: how K was chosen when neither ``config.n_components`` nor a cell-type key gave it
+        self.n_components_choice: str | None = None
+        if config.n_components is None and self.data.cell_type_categories is None:
+            k, self.n_components_choice = choose_n_components(self.data, config.latent_dim)
+            logger.info("%s", self.n_components_choice)
+            self.config = config = replace(config, n_components=k)
         #: names, labels and K: all the model knows of its data without holding it
         self.description = ModelDescription.of_data(self.data, config)
         self.module: DGDModule | None = None

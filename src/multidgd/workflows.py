@@ -747,8 +747,30 @@ def _write_annotated(data: Any, model, out: Path) -> Path:
         results = ad.AnnData(obs=_obs_frame(data.obs_names))
         add_results(results, model)
         return write(results, out / "multidgd_results")
-    add_results(data, model)
+    add_results(data, model, embedding=_place_left_out(data, model))
     return write(data, out / "multidgd")
+
+
+def _place_left_out(data: Any, model):
+    """Embedding of the cells training left out that have counts in some modality (None if none)."""
+    from .query import read_query
+
+    left_out = (model.split == "none").to_numpy()
+    if not left_out.any():
+        return None
+    sub = data[left_out]
+    query = read_query(
+        sub,
+        var_names=model.var_names,
+        modality_names=model.modality_names(),
+        covariate_keys=model.covariate_keys,
+        min_feature_fraction=0,
+    )
+    has = query.present.any(axis=1)
+    if not has.any():
+        return None
+    logger.info("placing %d cells left out of training (e.g. with one modality) with infer()", int(has.sum()))
+    return model.infer(sub[has].copy(), progress_bar=False)
 
 
 def _train_figures(data: Any, model, out: Path, *, cell_type_key: str | None, seed: int):
@@ -797,6 +819,7 @@ def _train_summary(model, *, source: str, clusters: np.ndarray, cell_types, t0: 
         "genes": len(model.var_names["rna"]),
         "peaks": len(model.var_names["atac"]),
         "components": model.n_components,
+        **({"components_chosen": model.n_components_choice} if model.n_components_choice else {}),
         "components_used": int(len(np.unique(clusters[train_cells]))),
         "epochs": int(model.state.epoch),
         "best_epoch": int(model.best_epoch),
@@ -889,6 +912,7 @@ def train_and_report(
     layer: str | None = None,
     cell_type_key: str | None = None,
     covariate_keys: list[str] | None = None,
+    n_components: int | None = None,
     max_epochs: int = 1000,
     seed: int | None = 0,
     device: str = "auto",
@@ -916,8 +940,8 @@ def train_and_report(
         Output directory; ``checkpoint.pt`` there is written during training.
     source
         Name of the data in the summary.
-    rna_mod, atac_mod, layer, cell_type_key, covariate_keys
-        As for :class:`~multidgd.DGD`.
+    rna_mod, atac_mod, layer, cell_type_key, covariate_keys, n_components
+        As for :class:`~multidgd.DGD` (``n_components``: :class:`~multidgd.ModelConfig`'s).
     max_epochs, seed, device, resume
         As for :meth:`~multidgd.DGD.train` (``resume`` continues from the checkpoint;
         ``seed`` None: 0, or the checkpoint's when resuming).
@@ -938,6 +962,7 @@ def train_and_report(
         The summary, also written as ``summary.json``; empty on processes other than the
         main one of a distributed run.
     """
+    from .config import ModelConfig
     from .distributed import is_main
     from .model import DGD
 
@@ -951,6 +976,7 @@ def train_and_report(
         layer=layer,
         cell_type_key=cell_type_key,
         covariate_keys=covariate_keys or [],
+        config=None if n_components is None else ModelConfig(n_components=n_components),
     )
     checkpoint_path = out / "checkpoint.pt"
     resuming = resume and checkpoint_path.is_file()
