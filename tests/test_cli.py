@@ -419,3 +419,23 @@ def test_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"multidgd {multidgd.__version__}"
+
+
+def test_every_option_is_described_with_its_default():
+    import argparse
+
+    from multidgd.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert sub.description, name
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.option_strings or action.dest)
+            valued = action.option_strings and action.nargs != 0 and action.default not in (None, [])
+            if valued:
+                assert "default" in sub._get_formatter()._get_help_string(action), (name, action.option_strings)
+        assert "--quiet" in text

@@ -192,8 +192,24 @@ def _train_summary_text(summary: dict[str, Any], out: Path) -> str:
 # ----------------------------------------------------------------------------- parser
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to an option's help when it has a default and the help names none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        no_default = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if "default" in text or no_default or not action.option_strings:
+            return text
+        return f"{text} (default: {default})"
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (exit status 2)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -201,8 +217,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--quiet``, taken by every command."""
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute: auto = CUDA if available"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    """``--rna-mod``, ``--atac-mod`` and ``--layer`` of commands reading data for a trained model."""
+    p.add_argument("--rna-mod", default=None, help="name of the RNA modality (default: the one used in training)")
+    p.add_argument("--atac-mod", default=None, help="name of the ATAC modality (default: the one used in training)")
+    p.add_argument("--layer", default=None, help="layer with raw counts (default X)")
 
 
 def _add_overwrite_option(p, what: str) -> None:
@@ -211,7 +236,9 @@ def _add_overwrite_option(p, what: str) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser, *, default_epochs: int) -> None:
     p.add_argument("--out", type=Path, default=None, help="output directory")
-    p.add_argument("--max-epochs", type=int, default=default_epochs, help="upper bound on epochs")
+    p.add_argument(
+        "--max-epochs", type=int, default=default_epochs, help="upper bound on epochs (early stopping may end sooner)"
+    )
     p.add_argument("--seed", type=int, default=None, help="default 0; when resuming, the checkpoint's")
     earlier = p.add_mutually_exclusive_group()
     earlier.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -234,8 +261,8 @@ def _add_train_parsers(sub) -> None:
     _add_train_options(demo, default_epochs=1000)
     train = sub.add_parser("train", help="train on a .h5mu or .h5ad file")
     train.add_argument("data", type=Path, help=".h5mu (MuData), .h5ad (AnnData with var['feature_types']) or .zarr")
-    train.add_argument("--rna-mod", default="rna")
-    train.add_argument("--atac-mod", default="atac")
+    train.add_argument("--rna-mod", default="rna", help="name of the RNA modality in a MuData")
+    train.add_argument("--atac-mod", default="atac", help="name of the ATAC modality in a MuData")
     train.add_argument("--layer", default=None, help="layer with raw counts (default X)")
     train.add_argument(
         "--cell-type-key",
@@ -248,7 +275,9 @@ def _add_train_parsers(sub) -> None:
         default=None,
         help="basal mixture components K (default: the cell types' number, else chosen from the data by Leiden)",
     )
-    train.add_argument("--covariate-keys", nargs="*", default=[])
+    train.add_argument(
+        "--covariate-keys", nargs="*", default=[], help="obs columns of batch-like covariates (default none)"
+    )
     train.add_argument(
         "--backed",
         action="store_true",
@@ -262,11 +291,11 @@ def _add_evaluate_parser(sub) -> None:
     ev = sub.add_parser("evaluate", help="train on a split, embed the test cells and report the paper's metrics")
     ev.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts")
     ev.add_argument("--out", type=Path, required=True, help="output directory")
-    ev.add_argument("--cell-type-key", required=True)
+    ev.add_argument("--cell-type-key", required=True, help="obs column of cell types (stratifies the split; ARI)")
     ev.add_argument("--batch-key", default=None, help="obs column of batches (the covariate)")
     ev.add_argument("--split-csv", type=Path, default=None, help="CSV with columns obs_name,split")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--max-epochs", type=int, default=1000)
+    ev.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
+    ev.add_argument("--max-epochs", type=int, default=1000, help="upper bound on training epochs")
     ev.add_argument("--holdout-batch", default=None, help="also train without this batch; report loss ratios")
     ev.add_argument(
         "--train-fraction",
@@ -299,12 +328,20 @@ def _add_embed_parsers(sub) -> None:
         q.add_argument("model", type=Path, help="model file written by train (model.pt)")
         q.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts")
         q.add_argument("--out", type=Path, required=True, help="output .h5mu (or .h5ad for embed of an AnnData)")
-        q.add_argument("--new-classes", choices=["naive", "learn"], default="naive")
-        q.add_argument("--covariate-start", choices=["search", "label"], default="search")
+        q.add_argument(
+            "--new-classes",
+            choices=["naive", "learn"],
+            default="naive",
+            help="unseen covariate labels: inferred under the known classes, or learned as new classes",
+        )
+        q.add_argument(
+            "--covariate-start",
+            choices=["search", "label"],
+            default="search",
+            help="start from the best (component, class) pair, or at the class of the cell's label",
+        )
         q.add_argument("--steps", type=int, default=50, help="representation steps after the best start")
-        q.add_argument("--rna-mod", default=None)
-        q.add_argument("--atac-mod", default=None)
-        q.add_argument("--layer", default=None)
+        _add_source_options(q)
         q.add_argument("--rna-library-key", default=None, help="obs column with RNA library sizes")
         q.add_argument("--atac-library-key", default=None, help="obs column with ATAC library sizes")
         q.add_argument("--model-out", type=Path, default=None, help="where a model with learned classes is written")
@@ -341,7 +378,7 @@ def _add_gene2peak_parser(sub) -> None:
     g.add_argument("--steps", type=int, default=1, help="Adam steps on the silenced gene's loss (default 1)")
     g.add_argument("--lr", type=float, default=1e-2, help="learning rate of those steps (default 0.01)")
     g.add_argument("--step-size", type=float, default=None, help="instead: steps of this length along the gradient")
-    g.add_argument("--scale", choices=["fraction", "counts"], default="fraction")
+    g.add_argument("--scale", choices=["fraction", "counts"], default="fraction", help="ΔX̂ as fractions or as counts")
     g.add_argument("--top-n", type=int, default=None, help="keep the top N features per gene and group")
     g.add_argument("--min-cells", type=int, default=1, help="skip genes expressed in fewer cells")
     g.add_argument("--spearman", type=Path, default=None, help="also write the Spearman baseline table here")
@@ -350,9 +387,7 @@ def _add_gene2peak_parser(sub) -> None:
         default=None,
         help="'GRCh38' (bundled) or a TSS TSV/GTF: also write the TSS profile next to --out (.csv and .png)",
     )
-    g.add_argument("--rna-mod", default=None)
-    g.add_argument("--atac-mod", default=None)
-    g.add_argument("--layer", default=None)
+    _add_source_options(g)
     _add_overwrite_option(g, "existing output files")
     _add_runtime_options(g)
 
@@ -381,9 +416,7 @@ def _add_differential_parser(sub) -> None:
     d.add_argument("--n-cells", type=int, default=1000, help="most cells decoded per group and batch (default 1000)")
     d.add_argument("--n-bootstrap", type=int, default=200, help="resamples of the cells (default 200)")
     d.add_argument("--seed", type=int, default=0, help="seed of the cells drawn and resampled (default 0)")
-    d.add_argument("--rna-mod", default=None, help="RNA modality name (default: the one used in training)")
-    d.add_argument("--atac-mod", default=None, help="ATAC modality name (default: the one used in training)")
-    d.add_argument("--layer", default=None, help="layer with raw counts (default X)")
+    _add_source_options(d)
     _add_overwrite_option(d, "existing output files")
     _add_runtime_options(d)
 
@@ -407,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed_parsers(sub)
     _add_gene2peak_parser(sub)
     _add_differential_parser(sub)
+    for choice in sub._choices_actions:  # each command's own --help opens with its one-line help
+        sub.choices[choice.dest].description = sub.choices[choice.dest].description or choice.help
     return parser
 
 
