@@ -343,3 +343,25 @@ def test_load_names_a_missing_section(mdata, tmp_path):
     torch.save(payload, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match=r"broken.pt: the model file lacks its 'tables' section"):
         DGD.load(tmp_path / "broken.pt")
+
+
+def test_training_without_a_terminal_logs_progress_lines(mdata, caplog):
+    import logging
+
+    from multidgd import train as train_module
+
+    with caplog.at_level(logging.INFO, logger="multidgd.train"):  # pytest's output is not a terminal
+        model = DGD(mdata, cell_type_key="cell_type", config=ModelConfig(hidden_dim=16))
+        model.train(max_epochs=23, seed=0, progress_bar=True, config=TrainConfig(batch_size=32, patience=100))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 10/23", "epoch 20/23", "epoch 23/23"]
+    history = model.history
+    best = int(history["val_reconstruction"].loc[:20].idxmin())
+    assert f"best {best}, wait {20 - best}/100" in lines[1] and "s/epoch" in lines[1]
+    assert train_module.LOG_EVERY == 10
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="multidgd.train"):
+        DGD(mdata, cell_type_key="cell_type", config=ModelConfig(hidden_dim=16)).train(
+            max_epochs=12, seed=0, progress_bar=False, config=TrainConfig(batch_size=32)
+        )
+    assert not [r for r in caplog.records if r.getMessage().startswith("epoch ")]

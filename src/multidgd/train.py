@@ -302,10 +302,7 @@ def fit(
         state.epoch = epoch
         metric = row.get("val_reconstruction", float("nan"))
         run.track_best(epoch, metric)
-        postfix = {"loss": f"{row['train_loss']:.4g}"}
-        if run.has_val:
-            postfix["val_rec"] = f"{metric:.4g}"
-        bar.set_postfix(postfix, refresh=False)
+        _show_progress(bar, row, state, config, max_epochs, log_lines=progress_bar and run.main and bar.disable)
         if epoch % config.checkpoint_every == 0 or state.stopped_early or epoch == max_epochs:
             run.save_checkpoint(checkpoint_path, checkpoint_extra)
     bar.close()
@@ -313,6 +310,31 @@ def fit(
         logger.info("early stopping at epoch %d; best epoch %d", state.epoch, state.best_epoch)
     run.finish(keep_training_state)
     return state
+
+
+#: Without a terminal (batch jobs), training logs a line every this many epochs.
+LOG_EVERY = 10
+
+
+def _show_progress(bar, row: dict, state: TrainingState, config: TrainConfig, max_epochs: int, *, log_lines: bool):
+    """Update the bar (loss, best epoch, epochs without improvement); log a line when there is no terminal.
+
+    When early stopping ends training, the bar's total becomes the last epoch, so it ends full.
+    """
+    shown = {"loss": f"{row['train_loss']:.4g}"}
+    if "val_reconstruction" in row:
+        shown["val_rec"] = f"{row['val_reconstruction']:.4g}"
+        shown["best"] = str(state.best_epoch)
+        if config.early_stopping:
+            shown["wait"] = f"{state.epoch - state.best_epoch}/{config.patience}"
+    bar.set_postfix(shown, refresh=False)
+    if state.stopped_early and not bar.disable:
+        bar.total = state.epoch
+        bar.refresh()
+    if log_lines and (state.epoch % LOG_EVERY == 0 or state.stopped_early or state.epoch == max_epochs):
+        text = ", ".join(f"{k} {v}" for k, v in shown.items())
+        stop = "; stopping early" if state.stopped_early else ""
+        logger.info("epoch %d/%d: %s (%.2f s/epoch)%s", state.epoch, max_epochs, text, row["seconds"], stop)
 
 
 def _check_precision(precision: str, device: torch.device) -> None:
