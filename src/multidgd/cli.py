@@ -223,6 +223,11 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
 
 
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's name
+    """A subcommand whose own --help opens with its one-line help."""
+    return sub.add_parser(name, help=help, description=help)
+
+
 def _add_source_options(p: argparse.ArgumentParser) -> None:
     """``--rna-mod``, ``--atac-mod`` and ``--layer`` of commands reading data for a trained model."""
     p.add_argument("--rna-mod", default=None, help="name of the RNA modality (default: the one used in training)")
@@ -257,9 +262,9 @@ def _add_train_options(p: argparse.ArgumentParser, *, default_epochs: int) -> No
 
 
 def _add_train_parsers(sub) -> None:
-    demo = sub.add_parser("demo", help="train on the bundled SNARE-seq demo data")
+    demo = _command(sub, "demo", help="train on the bundled SNARE-seq demo data")
     _add_train_options(demo, default_epochs=1000)
-    train = sub.add_parser("train", help="train on a .h5mu or .h5ad file")
+    train = _command(sub, "train", help="train on a .h5mu or .h5ad file")
     train.add_argument("data", type=Path, help=".h5mu (MuData), .h5ad (AnnData with var['feature_types']) or .zarr")
     train.add_argument("--rna-mod", default="rna", help="name of the RNA modality in a MuData")
     train.add_argument("--atac-mod", default="atac", help="name of the ATAC modality in a MuData")
@@ -288,7 +293,7 @@ def _add_train_parsers(sub) -> None:
 
 
 def _add_evaluate_parser(sub) -> None:
-    ev = sub.add_parser("evaluate", help="train on a split, embed the test cells and report the paper's metrics")
+    ev = _command(sub, "evaluate", help="train on a split, embed the test cells and report the paper's metrics")
     ev.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts")
     ev.add_argument("--out", type=Path, required=True, help="output directory")
     ev.add_argument("--cell-type-key", required=True, help="obs column of cell types (stratifies the split; ARI)")
@@ -324,7 +329,7 @@ def _add_embed_parsers(sub) -> None:
         ("embed", "place new cells into a trained model (no retraining)"),
         ("predict", "embed new cells and predict the modality they lack"),
     ):
-        q = sub.add_parser(name, help=text)
+        q = _command(sub, name, help=text)
         q.add_argument("model", type=Path, help="model file written by train (model.pt)")
         q.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts")
         q.add_argument("--out", type=Path, required=True, help="output .h5mu (or .h5ad for embed of an AnnData)")
@@ -367,7 +372,7 @@ def _add_embed_parsers(sub) -> None:
 
 
 def _add_gene2peak_parser(sub) -> None:
-    g = sub.add_parser("gene2peak", help="peaks (or genes) that change when a gene is silenced in silico")
+    g = _command(sub, "gene2peak", help="peaks (or genes) that change when a gene is silenced in silico")
     g.add_argument("model", type=Path, help="model file written by train (model.pt)")
     g.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts of the cells to use")
     g.add_argument("--genes", nargs="+", required=True, help="genes to silence, or @FILE with one gene per line")
@@ -393,7 +398,8 @@ def _add_gene2peak_parser(sub) -> None:
 
 
 def _add_differential_parser(sub) -> None:
-    d = sub.add_parser(
+    d = _command(
+        sub,
         "differential",
         help="genes or peaks that differ between groups of cells, from the decoded batch-corrected profiles",
     )
@@ -440,8 +446,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed_parsers(sub)
     _add_gene2peak_parser(sub)
     _add_differential_parser(sub)
-    for choice in sub._choices_actions:  # each command's own --help opens with its one-line help
-        sub.choices[choice.dest].description = sub.choices[choice.dest].description or choice.help
     return parser
 
 
