@@ -46,6 +46,7 @@ def test_train_10x_layout_without_labels(tmp_path, capsys):
     # 19 cells have no ATAC counts over these 174 peaks: left out of training, placed afterwards from their RNA
     assert not np.isnan(z).any()
     assert result.obs["multidgd_cluster"].notna().all()
+    assert result.uns["multidgd"]["run"] == "train" and "train_config" in result.uns["multidgd"]
     split = result.obs["multidgd_split"].astype(str)
     assert (split == "placed").sum() == 19 and set(split) == {"train", "validation", "placed"}
     placed = result.obs_names[split == "placed"]
@@ -186,6 +187,15 @@ def test_predict_missing_modality(saved_model, tmp_path, capsys):
     np.testing.assert_allclose(x.sum(1), pred.obs["library_size"], rtol=1e-4)
     assert (pred.obs["library_size_source"] == "estimated").all()
     assert result.obs["multidgd_nll_atac"].isna().all()
+    # the peaks' coordinates, from their names (chr1:100j-100j+50)
+    assert pred.var["chrom"].eq("chr1").all() and pred.var["start"].tolist() == [100 * j for j in range(60)]
+    assert (pred.var["end"] - pred.var["start"] == 50).all()
+    record = result.uns["multidgd"]
+    import multidgd
+
+    assert record["version"] == multidgd.__version__ and record["run"] == "predict"
+    assert json.loads(record["settings"])["prediction"] == "posterior"
+    assert json.loads(record["model_config"])["latent_dim"] == 20
     # the default prediction is the posterior one, the same as the Python API's
     assert summary["prediction"] == "posterior"
     from multidgd import DGD

@@ -704,6 +704,25 @@ def _train_bytes(model, *, resume: bool, backed: bool, data_bytes: int) -> int:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _record_run(data: Any, model, what: str, **settings: Any) -> None:
+    """Write ``data.uns["multidgd"]``: the version, what ran, the model's and training's settings
+    and the process's command line (the settings as JSON text, which every file format keeps).
+    """
+    import sys
+
+    from . import __version__
+
+    data.uns["multidgd"] = {
+        "version": __version__,
+        "run": what,
+        "model_config": json.dumps(model.config.to_dict()),
+        "train_config": json.dumps(model.train_config.to_dict() if model.train_config else None),
+        "seed": -1 if model.seed is None else int(model.seed),
+        "settings": json.dumps(settings, default=str),
+        "process_argv": " ".join(sys.argv),
+    }
+
+
 def _obs_frame(index) -> Any:
     import pandas as pd
 
@@ -748,6 +767,7 @@ def _write_annotated(data: Any, model, out: Path) -> Path:
         add_results(results, model)
         return write(results, out / "multidgd_results")
     add_results(data, model, embedding=_place_left_out(data, model))
+    _record_run(data, model, "train", n_components_choice=model.n_components_choice)
     return write(data, out / "multidgd")
 
 
@@ -1031,7 +1051,7 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
         if not sp.issparse(x):
             x = x.astype(np.float32)
         key = f"{model.source_modality.get(m, m)}_predicted"
-        pred = ad.AnnData(x, obs=_obs_frame(emb.obs_names), var=_obs_frame(model.var_names[m]))
+        pred = ad.AnnData(x, obs=_obs_frame(emb.obs_names), var=_feature_frame(model.var_names[m], m))
         pred.obs["library_size"] = emb.library_size[:, j]
         pred.obs["library_size_source"] = emb.library_size_source[:, j]
         pred.obs["observed"] = emb.observed[:, j]
@@ -1039,6 +1059,19 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
         predicted.append(key)
     data.update()
     return data, predicted
+
+
+def _feature_frame(names, modality: str):
+    """``var`` of predicted features: the names, and for peaks whose names hold them, chrom/start/end."""
+    from .analysis.genome import parse_peak_coordinates
+
+    var = _obs_frame(names)
+    if modality == "atac":
+        coords = parse_peak_coordinates(var.index, errors="coerce")
+        if (coords["start"] >= 0).all():
+            var[["chrom", "start", "end"]] = coords.to_numpy()
+            var["start"], var["end"] = var["start"].astype(np.int64), var["end"].astype(np.int64)
+    return var
 
 
 def _embed_destination(out: Path, data: Any, predict: bool) -> Path:
@@ -1140,6 +1173,8 @@ def embed_and_write(
             summary["prediction"] = prediction
             summary["median_prediction_certainty"] = round(float(np.median(emb.prediction_certainty)), 4)
         emb.add_to(data)
+        settings = {k: v for k, v in infer_kw.items() if k != "progress_bar"}
+        _record_run(data, model, "predict" if predict else "embed", **settings, prediction=prediction)
         write(data, outputs.temporary(final))
         summary["out"] = str(final)
     return summary
