@@ -383,8 +383,14 @@ def test_bad_new_data_is_refused_before_work(model, all_data, caplog):
     no_cov.obs = no_cov.obs.drop(columns="batch")
     for m in no_cov.mod.values():
         m.obs = m.obs.drop(columns="batch")
-    with pytest.raises(ValueError, match="no obs column 'batch'"):
-        model.infer(no_cov, device="cpu", progress_bar=False)
+    # placed without labels (naive, search): the column is not needed, and the labels did not count
+    unlabelled = model.infer(no_cov, device="cpu", progress_bar=False, n_steps=3)
+    labelled = model.infer(query, device="cpu", progress_bar=False, n_steps=3)
+    np.testing.assert_array_equal(unlabelled.latent, labelled.latent)
+    np.testing.assert_array_equal(unlabelled.covariate, labelled.covariate)
+    for needs in ({"new_classes": "learn"}, {"covariate_start": "label"}):
+        with pytest.raises(ValueError, match="no obs column 'batch'"):
+            model.infer(no_cov, device="cpu", progress_bar=False, **needs)
 
     wrong = query.copy()
     wrong.mod["rna"].var_names = [f"other{i}" for i in range(30)]

@@ -430,8 +430,10 @@ class DGD:
             MuData or AnnData of raw counts (not modified): both modalities, one, or a MuData
             whose modalities hold different cells. A cell lacking a modality is placed by
             the other, which the ``get_normalized_*`` getters then predict. Features are
-            matched by ``var_names`` (absent ones are left out of the loss). Every covariate
-            key must be an obs column; labels the model never saw are new classes.
+            matched by ``var_names`` (absent ones are left out of the loss). Covariate labels
+            are read from obs columns of the covariate keys; labels the model never saw are
+            new classes. A column may be absent when neither ``new_classes="learn"`` nor
+            ``covariate_start="label"`` needs it.
         rna_mod, atac_mod
             Modality names in a MuData (default: the names used in training).
         layer
@@ -476,7 +478,8 @@ class DGD:
         self.state  # noqa: B018 - raises when untrained
         check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb, temperature)
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
-        query = self._read_query(data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction)
+        labels_needed = new_classes == "learn" or covariate_start == "label"
+        query = self._read_query(data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction, labels_needed)
         train_config = self.train_config or TrainConfig()
         placed, grown, unseen = place_cells(
             self.module,
@@ -500,7 +503,7 @@ class DGD:
             query, placed, self.module, self.var_names, self.covariate_keys, learned, estimate, temperature
         )
 
-    def _read_query(self, data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction):
+    def _read_query(self, data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction, labels_needed=True):
         """New cells of ``data`` checked against the model's features and covariates (:func:`read_query`)."""
         return read_query(
             data,
@@ -510,6 +513,7 @@ class DGD:
             layer=layer,
             library_size_keys=library_keys,
             min_feature_fraction=min_feature_fraction,
+            labels_needed=labels_needed,
         )
 
     def _adopt_classes(self, module: DGDModule, unseen: dict[str, list[str]]) -> dict[str, list[str]]:

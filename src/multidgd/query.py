@@ -85,6 +85,7 @@ def read_query(
     layer: str | None = None,
     library_size_keys: dict[str, str] | None = None,
     min_feature_fraction: float = 0.5,
+    labels_needed: bool = True,
 ) -> QueryData:
     """Validate new cells and map their features onto the model's.
 
@@ -105,6 +106,9 @@ def read_query(
         of the model's features), used to scale predictions of a modality the cell lacks.
     min_feature_fraction
         Refuse a modality when fewer than this fraction of the model's features match.
+    labels_needed
+        Refuse data lacking a covariate column; otherwise its cells get the label ``""``,
+        a class the model does not know (cells placed without labels need none).
 
     Returns
     -------
@@ -135,7 +139,7 @@ def read_query(
         library[:, j] = np.asarray(counts[m].sum(axis=1)).ravel()
         present[:, j] = library[:, j] > 0
     _check_presence(present, counts, obs_names)
-    labels = _covariate_labels(frames, covariate_keys, obs_names)
+    labels = _covariate_labels(frames, covariate_keys, obs_names, labels_needed)
     given = _given_library_sizes(frames, library_size_keys, obs_names)
     return QueryData(
         obs_names=obs_names,
@@ -274,16 +278,21 @@ def _check_presence(present: np.ndarray, counts: dict[str, sp.csr_matrix], obs_n
                 logger.info("%d cells have no %s counts; that modality is predicted for them", lacking, _ROLE[m])
 
 
-def _covariate_labels(frames: list, covariate_keys: list[str], obs_names: pd.Index) -> list[np.ndarray]:
-    """Read the model's covariate columns as (n,) str labels."""
+def _covariate_labels(frames: list, covariate_keys: list[str], obs_names: pd.Index, needed: bool) -> list[np.ndarray]:
+    """Read the model's covariate columns as (n,) str labels ("" for all cells of a column absent and not needed)."""
     labels = []
     for key in covariate_keys:
         col = find_obs_column(frames, key, obs_names)
+        if col is None and not needed:
+            logger.info("no obs column %r: the cells are placed without a %r label", key, key)
+            labels.append(np.full(len(obs_names), "", dtype=object))
+            continue
         if col is None:
             raise ValueError(
                 f"the model has covariate {key!r}, but the data has no obs column {key!r} "
-                f"(available: {obs_column_names(frames)}). Add it; for cells of a batch the model never saw, any "
-                "new label (e.g. 'unknown') works: they are placed without it."
+                f"(available: {obs_column_names(frames)}). Add it (for cells of a batch the model never saw, any "
+                "new label such as 'unknown' works), or leave it out with new_classes='naive' and "
+                "covariate_start='search', which place cells without labels."
             )
         if col.isna().any():
             raise ValueError(
