@@ -9,6 +9,7 @@ import warnings
 import mudata as md
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from mudata._core.config import OPTIONS  # the global options of mudata, to check them
 
 from multidgd.data import read_multiome
@@ -102,3 +103,43 @@ def test_backed_file_with_duplicate_entries_is_read_summed(tmp_path, caplog):
     in_memory = read_multiome(read(path), cell_type_key="cell_type")
     np.testing.assert_array_equal(d.counts["rna"][np.arange(40)].toarray(), in_memory.counts["rna"].toarray())
     assert path.read_bytes() == raw
+
+
+def _write_10x_h5(path, x, barcodes, ids, names, types):
+    """A Cell Ranger (ARC) feature-barcode matrix: features x cells in CSC, as 10x writes it."""
+    import h5py
+
+    m = sp.csc_matrix(np.asarray(x).T)
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g["barcodes"] = np.array(barcodes, dtype="S")
+        g["data"], g["indices"], g["indptr"] = m.data.astype(np.int32), m.indices.astype(np.int64), m.indptr
+        g["shape"] = np.array(m.shape, dtype=np.int32)
+        feats = g.create_group("features")
+        feats["id"], feats["name"] = np.array(ids, dtype="S"), np.array(names, dtype="S")
+        feats["feature_type"] = np.array(types, dtype="S")
+        feats["genome"] = np.array(["GRCh38"] * len(ids), dtype="S")
+        feats["_all_tag_keys"] = np.array([b"genome"])
+
+
+def test_10x_arc_h5_is_read_and_trains(tmp_path):
+    from multidgd import DGD, ModelConfig
+    from multidgd.io import read
+
+    from .conftest import make_mudata
+
+    m = make_mudata(n_cells=160)
+    x = sp.hstack([m["rna"].X, m["atac"].X]).toarray()
+    genes = [f"G{j % 29}" for j in range(30)]  # two genes share a symbol, as in real annotations
+    peaks = list(m["atac"].var_names)
+    path = tmp_path / "filtered_feature_bc_matrix.h5"
+    _write_10x_h5(path, x, list(m.obs_names), [f"ENSG{j}" for j in range(30)] + peaks, genes + peaks,
+                  ["Gene Expression"] * 30 + ["Peaks"] * 60)  # fmt: skip
+    adata = read(path)
+    assert adata.shape == (160, 90) and adata.var_names.is_unique
+    np.testing.assert_array_equal(adata.X.toarray(), x)
+    assert list(adata.var["feature_types"].unique()) == ["Gene Expression", "Peaks"]
+    model = DGD(adata, config=ModelConfig(hidden_dim=8, n_components=2))
+    assert model.var_names["rna"].size == 30 and model.var_names["atac"].size == 60
+    with pytest.raises(ValueError, match="cannot be read backed"):
+        read(path, backed=True)

@@ -15,7 +15,7 @@ __all__ = ["read", "write", "add_results", "mudata_options"]
 
 
 def read(path: str | Path, *, backed: bool = False):
-    """Read an ``.h5mu`` (MuData) or ``.h5ad`` (AnnData) file.
+    """Read an ``.h5mu`` (MuData), ``.h5ad`` (AnnData) or 10x ``.h5`` (Cell Ranger ARC) file.
 
     ``backed=True`` opens it read-only with the count matrices left on disk: training then
     reads count rows per minibatch (X must be stored as CSR), so memory does not grow with
@@ -25,7 +25,8 @@ def read(path: str | Path, *, backed: bool = False):
     Parameters
     ----------
     path
-        File (``.h5mu``, ``.h5ad``) or zarr store (``.zarr``).
+        File (``.h5mu``, ``.h5ad``, 10x ``filtered_feature_bc_matrix.h5``: an AnnData of genes
+        and peaks with ``var["feature_types"]``) or zarr store (``.zarr``).
     backed
         Leave the count matrices on disk.
 
@@ -47,7 +48,8 @@ def read(path: str | Path, *, backed: bool = False):
     suffix = path.suffix.lower()
     if suffix not in _FILE_KINDS:
         raise ValueError(
-            f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData), .h5ad (AnnData) or .zarr (either)"
+            f"{path}: unknown file type {suffix!r}; allowed: .h5mu (MuData), .h5ad (AnnData), .zarr (either) "
+            "or .h5 (10x Cell Ranger ARC filtered_feature_bc_matrix.h5)"
         )
     try:
         with mudata_options(pull_on_update=False):
@@ -59,6 +61,23 @@ def read(path: str | Path, *, backed: bool = False):
             f"{path}: cannot be read as {_FILE_KINDS[suffix]} ({type(err).__name__}: {err}); "
             f"check that it is a complete {suffix} file, e.g. by writing it again"
         ) from err
+
+
+def _read_10x_h5(path: Path, *, backed: bool):
+    """Read a 10x Genomics ``filtered_feature_bc_matrix.h5`` (Cell Ranger ARC): one AnnData of
+    genes and peaks, ``var["feature_types"]`` telling them apart; gene names made unique.
+    """
+    import warnings
+
+    import scanpy as sc
+
+    if backed:
+        raise ValueError(f"{path}: a 10x .h5 file cannot be read backed; write it as .h5ad first")
+    with warnings.catch_warnings():  # duplicate gene symbols: made unique just below
+        warnings.filterwarnings("ignore", message="Variable names are not unique")
+        adata = sc.read_10x_h5(path, gex_only=False)
+        adata.var_names_make_unique()
+    return adata
 
 
 def _read_h5mu(path: Path, *, backed: bool):
@@ -151,8 +170,9 @@ _FILE_KINDS = {
     ".h5mu": "a MuData (.h5mu)",
     ".h5ad": "an AnnData (.h5ad)",
     ".zarr": "a zarr store of an AnnData or MuData",
+    ".h5": "a 10x Genomics feature-barcode matrix (.h5)",
 }
-_READERS = {".h5mu": _read_h5mu, ".h5ad": _read_h5ad, ".zarr": _read_zarr}
+_READERS = {".h5mu": _read_h5mu, ".h5ad": _read_h5ad, ".zarr": _read_zarr, ".h5": _read_10x_h5}
 
 
 def write(data: Any, path: str | Path) -> Path:

@@ -86,7 +86,7 @@ TEMP_PREFIX = ".multidgd-tmp-"
 _MARGIN_BYTES = 8 * 2**20
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_DATA_FILES = ".h5mu (MuData), .h5ad (AnnData) or .zarr"
+_DATA_FILES = ".h5mu (MuData), .h5ad (AnnData), .zarr or 10x .h5"
 _MODEL_FILE = "a model file (the model.pt that multidgd train writes)"
 
 
@@ -177,7 +177,7 @@ def read_input(path: str | Path, *, what: str = "DATA", backed: bool = False):
     Parameters
     ----------
     path
-        ``.h5mu``, ``.h5ad`` or ``.zarr``.
+        ``.h5mu``, ``.h5ad``, ``.zarr`` or a 10x ``.h5``.
     what
         Its command-line name, for messages.
     backed
@@ -196,7 +196,9 @@ def read_input(path: str | Path, *, what: str = "DATA", backed: bool = False):
     from .io import read
 
     path = check_input_file(path, what, expected=f"a {_DATA_FILES} file")
-    kind = {".h5mu": "a MuData (.h5mu)", ".h5ad": "an AnnData (.h5ad)"}.get(path.suffix.lower())
+    kind = {".h5mu": "a MuData (.h5mu)", ".h5ad": "an AnnData (.h5ad)", ".h5": "a 10x .h5 file"}.get(
+        path.suffix.lower()
+    )
     if kind is not None and path.is_file():
         problem = _hdf5_problem(path)
         if problem:
