@@ -23,3 +23,16 @@ def test_figures_leave_the_backend_as_chosen(tmp_path):
         check=True,
     )
     assert out.stdout.split() == ["svg", "True"]
+
+
+def test_category_colors_are_distinct_like_scanpy():
+    from scanpy.plotting import palettes
+
+    from multidgd.plotting import category_colors
+
+    for n in (3, 20, 21, 28, 29, 102):
+        colors = category_colors(n)
+        assert len(colors) == n and len(set(colors)) == n  # no colour repeats up to 102 categories
+    assert category_colors(15) == list(palettes.default_20[:15])
+    assert category_colors(25) == list(palettes.default_28[:25])
+    assert category_colors(110)[102:] == ["#d3d3d3"] * 8

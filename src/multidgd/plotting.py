@@ -23,6 +23,7 @@ __all__ = [
     "plot_loss_ratios",
     "plot_certainty",
     "umap_coordinates",
+    "category_colors",
 ]
 
 
@@ -351,18 +352,28 @@ def plot_certainty(table: pd.DataFrame, path: str | Path, *, title: str = "") ->
     return save_figure(fig, path)
 
 
-def _categorical_scatter(ax, coords, labels, order=None) -> dict[str, tuple]:
-    plt = pyplot()
+def _categorical_scatter(ax, coords, labels, order=None) -> dict[str, str]:
     ok = ~np.isnan(coords).any(axis=1)
     cats = list(order) if order is not None else sorted(pd.unique(labels[ok]), key=_natural_key)
-    cmap = plt.get_cmap("tab20" if len(cats) > 10 else "tab10")
-    colors = {c: cmap(i % cmap.N) for i, c in enumerate(cats)}
+    colors = dict(zip(cats, category_colors(len(cats)), strict=True))
     size = max(2.0, min(20.0, 20000.0 / max(1, ok.sum())))
     for c in cats:
         sel = ok & (labels == c)
         ax.scatter(coords[sel, 0], coords[sel, 1], s=size, color=colors[c], label=c, linewidths=0, alpha=0.8)
     ax.legend(markerscale=max(1.0, 6.0 / size), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return colors
+
+
+def category_colors(n: int) -> list[str]:
+    """``n`` distinct colours, as scanpy picks them: its 20-, 28- or 102-colour palette by ``n``
+    (grey for every category beyond 102, as scanpy does).
+    """
+    from scanpy.plotting import palettes
+
+    for palette in (palettes.default_20, palettes.default_28, palettes.default_102):
+        if n <= len(palette):
+            return list(palette[:n])
+    return list(palettes.default_102) + ["#d3d3d3"] * (n - len(palettes.default_102))
 
 
 def _natural_key(s: str):
