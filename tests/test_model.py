@@ -365,3 +365,27 @@ def test_training_without_a_terminal_logs_progress_lines(mdata, caplog):
             max_epochs=12, seed=0, progress_bar=False, config=TrainConfig(batch_size=32)
         )
     assert not [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+
+
+def test_scvi_habits_save_to_a_directory_and_latents_of_other_cells(mdata, tmp_path):
+    from .conftest import make_mudata
+
+    model = _trained(mdata, epochs=2)
+    written = model.save(tmp_path / "run")  # a path without a suffix is a directory
+    assert written == tmp_path / "run" / "model.pt" and written.is_file()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "run")
+    model.save(tmp_path / "run", overwrite=True)
+    loaded = DGD.load(tmp_path / "run")
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+    # indices, and other data: the model's own cells keep theirs, new cells are placed by infer
+    z = model.get_latent_representation()
+    np.testing.assert_array_equal(model.get_latent_representation(indices=[3, 1]), z[[3, 1]])
+    np.testing.assert_array_equal(loaded.get_latent_representation(mdata[:10].copy()), z[:10])
+    new = make_mudata(n_cells=30, seed=9)
+    new.obs_names = [f"new{i}" for i in range(30)]
+    for m in new.mod.values():
+        m.obs_names = new.obs_names
+    expected = model.infer(new, progress_bar=False, n_steps=5).latent
+    got = model.get_latent_representation(new, indices=np.arange(30) % 2 == 0, progress_bar=False, n_steps=5)
+    np.testing.assert_allclose(got, expected[::2], atol=1e-5)  # 15 cells placed instead of 30: float rounding

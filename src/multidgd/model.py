@@ -15,7 +15,7 @@ import torch
 from . import checkpoint, distributed
 from .checkpoint import ModelDescription, TrainingState
 from .config import ModelConfig, TrainConfig
-from .data import MODALITIES, MultiomeData, read_multiome
+from .data import MODALITIES, MultiomeData, positions, read_multiome
 from .inference import check_infer_args, embedding_of, estimate_library, place_cells
 from .initialization import choose_n_components, initial_state
 from .module import DGDModule
@@ -28,6 +28,12 @@ from .train import fit, per_cell_nll
 __all__ = ["DGD", "resolve_device"]
 
 logger = logging.getLogger(__name__)
+
+
+def _model_file(path: str | Path) -> Path:
+    """The model file of ``path``: itself, or ``model.pt`` inside a directory (existing, or named without a suffix)."""
+    path = Path(path)
+    return path / "model.pt" if path.is_dir() or not path.suffix else path
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -313,12 +319,29 @@ class DGD:
         train, val = (tables[f"{p}_{kind}"].values.detach().cpu().numpy() for p in ("train", "val"))
         return self.state.per_cell(self.description.kept, train, val)
 
-    def get_latent_representation(self) -> np.ndarray:
-        """Basal representations, (n_cells, L) float32, aligned to the input ``obs_names``.
+    def get_latent_representation(self, data: Any = None, *, indices=None, **infer_kwargs) -> np.ndarray:
+        """Basal representations, (n, L) float32.
 
-        Rows of cells left out of training (empty or test cells) are NaN.
+        Parameters
+        ----------
+        data
+            None: the training data's cells, aligned to ``obs_names`` (rows of cells left out
+            of training, empty or test cells, are NaN). Else a MuData or AnnData: rows aligned
+            to its ``obs_names``; the model's own cells keep their learned representations,
+            the others are placed with :meth:`infer` (``infer_kwargs``).
+        indices
+            Integer positions (or names, or a mask) of the cells to return (default all).
         """
-        return self._gather_table("basal")
+        if data is None:
+            z = self._gather_table("basal")
+            return z if indices is None else z[positions(self.obs_names, indices, "cells")]
+        from .analysis.cells import CellSource, cell_representations
+
+        rna_mod, atac_mod, layer = (infer_kwargs.pop(k, None) for k in ("rna_mod", "atac_mod", "layer"))
+        query = self._read_query(data, rna_mod, atac_mod, layer, {}, 0.0, labels_needed=False)
+        rows = positions(query.obs_names, indices, "cells")
+        source = CellSource(None, None, None, rna_mod, atac_mod, layer, infer_kwargs)
+        return cell_representations(self, data, query, rows, source).latent
 
     def get_covariate_representation(self, key: str | None = None) -> np.ndarray:
         """Representation of covariate ``key`` (default: the only one), (n_cells, covariate_dim)."""
@@ -719,8 +742,26 @@ class DGD:
         return differential_test(self, data, groupby=groupby, group1=group1, group2=group2, modality="atac", **kwargs)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> None:
-        """Write the trained model to one file that :meth:`load` reads without any data."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the trained model to one file that :meth:`load` reads without any data.
+
+        Parameters
+        ----------
+        path
+            A file (e.g. ``model.pt``), or a directory (one that exists, or a path without a
+            suffix), which gets ``model.pt``.
+        overwrite
+            Replace an existing file; without it an existing file is refused.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+        """
+        path = _model_file(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
         payload = checkpoint.model_payload(
             self.state,
             description=self.description.to_payload(self.config),
@@ -729,11 +770,12 @@ class DGD:
             library_size=self._table_library,
         )
         checkpoint.write_atomic(payload, path)
+        return path
 
     @classmethod
     def load(cls, path: str | Path) -> DGD:
-        """Read a model written by :meth:`save`. Needs no data."""
-        payload = checkpoint.read_model(path)
+        """Read a model written by :meth:`save` (a file, or a directory holding ``model.pt``). Needs no data."""
+        payload = checkpoint.read_model(_model_file(path))
         self = cls.__new__(cls)
         self.config = ModelConfig.from_dict(payload["model"]["model_config"])
         self.data = None

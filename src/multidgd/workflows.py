@@ -914,7 +914,7 @@ def _fit(model, folder: OutputFolder, *, checkpoint_path: Path, resume: bool, **
 
 def _write_training_outputs(data, model, out: Path, *, source: str, cell_type_key, seed: int, t0: float, t1: float):
     """Model, annotated data, history, figures and ``summary.json``; returns the summary."""
-    model.save(out / "model.pt")
+    model.save(out / "model.pt", overwrite=True)  # the output folder was checked before training
     data_path = _write_annotated(data, model, out)
     model.history.to_csv(out / "history.csv")
     figures, cell_types, clusters = _train_figures(data, model, out, cell_type_key=cell_type_key, seed=seed)
@@ -1165,7 +1165,7 @@ def embed_and_write(
             "seconds": round(seconds, 1),
         }
         if emb.learned_classes:
-            model.save(outputs.temporary(model_out))
+            model.save(outputs.temporary(model_out), overwrite=True)
             summary["learned_classes"] = emb.learned_classes
             summary["model_out"] = str(model_out)
         if predict:

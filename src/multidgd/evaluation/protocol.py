@@ -171,7 +171,7 @@ def train_or_load(data, inputs: EvaluationInputs, settings: TrainSettings, *, ou
     if model_path is not None:
         return load_trained(model_path, inputs, settings.seed)
     trained = train_on_split(data, inputs.split, settings)
-    trained.model.save(out / "model.pt")
+    trained.model.save(out / "model.pt", overwrite=True)
     return trained
 
 
