@@ -389,3 +389,25 @@ def test_scvi_habits_save_to_a_directory_and_latents_of_other_cells(mdata, tmp_p
     expected = model.infer(new, progress_bar=False, n_steps=5).latent
     got = model.get_latent_representation(new, indices=np.arange(30) % 2 == 0, progress_bar=False, n_steps=5)
     np.testing.assert_allclose(got, expected[::2], atol=1e-5)  # 15 cells placed instead of 30: float rounding
+
+
+def test_getters_with_transform_batch_and_library_size(mdata):
+    from multidgd.profiles import FeatureBlocks
+
+    model = _trained(mdata, epochs=2)
+    z = model.get_latent_representation()
+    for c, name in enumerate(model.covariate_categories[0]):
+        mean = model.module.covariates[0].mean.detach().numpy()[c]
+        expected = FeatureBlocks(model.module, z, np.tile(mean, (len(z), 1)).astype(np.float32), "rna")
+        got = model.get_normalized_expression(transform_batch=name, return_type="array")
+        np.testing.assert_allclose(got, expected.fractions(np.arange(30)), rtol=1e-5)
+    assert not np.allclose(
+        model.get_normalized_expression(transform_batch="b0", return_type="array"),
+        model.get_normalized_expression(transform_batch="b1", return_type="array"),
+    )
+    per10k = model.get_normalized_accessibility(library_size=1e4, return_type="array")
+    np.testing.assert_allclose(per10k.sum(axis=1), 1e4, rtol=1e-4)
+    for bad, match in (({"transform_batch": "b9"}, r"batch has no class 'b9'; classes: \['b0', 'b1'\]"),
+                       ({"library_size": 1e4, "scale": "counts"}, "goes with scale='fraction'")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            model.get_normalized_expression(**bad)

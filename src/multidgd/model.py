@@ -577,6 +577,8 @@ class DGD:
         genes=None,
         cells=None,
         scale: str = "fraction",
+        transform_batch=None,
+        library_size: float | None = None,
         return_type: str | None = None,
         threshold: float = 0.0,
         batch_size: int = 1024,
@@ -597,6 +599,12 @@ class DGD:
             ``"fraction"`` (each cell's profile over all genes sums to 1) or ``"counts"``
             (fraction times the cell's library size; see :class:`Embedding` for how the
             library size of a missing modality is chosen).
+        transform_batch
+            Decode every cell as if measured in this covariate class (its mixture mean as the
+            covariate input): a class name, or ``{key: class}`` with several covariates. The
+            batch-corrected profile; a missing modality predicted from candidates is not changed.
+        library_size
+            Fractions times this number (e.g. 1e4, counts per 10,000 for every cell).
         return_type
             ``"dataframe"``, ``"array"`` or ``"sparse"`` (CSR keeping values >= ``threshold``).
             By default a DataFrame, unless it would exceed ``max_dense_elements`` values, in
@@ -615,9 +623,8 @@ class DGD:
             cell's own optimised representation. Cells that have the modality are always
             decoded from their own representation.
         """
-        return self._normalized(
-            "rna", embedding, genes, cells, scale, return_type, threshold, batch_size, max_dense_elements, prediction
-        )
+        request = ProfileRequest(genes, cells, return_type, threshold, batch_size, max_dense_elements)
+        return self._normalized("rna", embedding, request, scale, prediction, transform_batch, library_size)
 
     def get_normalized_accessibility(
         self,
@@ -626,6 +633,8 @@ class DGD:
         peaks=None,
         cells=None,
         scale: str = "fraction",
+        transform_batch=None,
+        library_size: float | None = None,
         return_type: str | None = None,
         threshold: float = 0.0,
         batch_size: int = 1024,
@@ -635,21 +644,23 @@ class DGD:
         """Decoded ATAC for trained or new cells; the same parameters as
         :meth:`get_normalized_expression`, with ``peaks`` instead of ``genes``.
         """
-        return self._normalized(
-            "atac", embedding, peaks, cells, scale, return_type, threshold, batch_size, max_dense_elements, prediction
-        )
+        request = ProfileRequest(peaks, cells, return_type, threshold, batch_size, max_dense_elements)
+        return self._normalized("atac", embedding, request, scale, prediction, transform_batch, library_size)
 
-    def _normalized(
-        self, modality, embedding, features, cells, scale, return_type, threshold, batch_size, max_dense, prediction
-    ):
+    def _normalized(self, modality, embedding, request, scale, prediction, transform_batch, library_size):
         self.state  # noqa: B018 - raises when untrained
         if scale not in ("fraction", "counts"):
             raise ValueError(f"scale must be 'fraction' or 'counts', got {scale!r}")
+        if library_size is not None and (scale == "counts" or not library_size > 0):
+            raise ValueError(f"library_size must be > 0 and goes with scale='fraction', got {library_size!r}")
         check_prediction(prediction)
-        request = ProfileRequest(features, cells, return_type, threshold, batch_size, max_dense)
         j = MODALITIES.index(modality)
         names, latent, cov, library = self._decoder_inputs(embedding, j, scale)
         library = library if scale == "counts" else None
+        if library_size is not None:
+            library = np.full(len(latent), float(library_size), dtype=np.float32)
+        if transform_batch is not None:
+            cov = self._covariates_at(transform_batch, len(latent))
         mixture = None
         if embedding is not None and prediction == "posterior" and embedding.candidates is not None:
             lacking = ~embedding.observed[:, j]
@@ -657,6 +668,27 @@ class DGD:
                 mixture = CandidateMixture(lacking, embedding.prediction_weights, self._profiles_of(embedding, j))
         features = self.var_names[modality]
         return normalized_profiles(self.module, modality, names, latent, cov, library, features, request, mixture)
+
+    def _covariates_at(self, transform_batch, n: int) -> np.ndarray:
+        """(n, d * V) covariate input with every cell at the mean of the class ``transform_batch`` names."""
+        keys = self.covariate_keys
+        if not keys:
+            raise ValueError("transform_batch needs a model with covariates; this one has none")
+        wanted = transform_batch if isinstance(transform_batch, dict) else {keys[0]: transform_batch}
+        if not isinstance(transform_batch, dict) and len(keys) > 1:
+            raise ValueError(f"the model has covariates {keys}: pass transform_batch as {{key: class}}")
+        unknown = set(wanted) - set(keys)
+        if unknown or set(keys) - set(wanted):
+            raise ValueError(f"transform_batch must name a class of each covariate {keys}, got {transform_batch!r}")
+        d = self.config.covariate_dim
+        out = np.empty((n, d * len(keys)), dtype=np.float32)
+        for v, key in enumerate(keys):
+            classes = self.covariate_categories[v]
+            if str(wanted[key]) not in classes:
+                raise ValueError(f"transform_batch: {key} has no class {wanted[key]!r}; classes: {classes}")
+            mean = self.module.covariates[v].mean.detach().cpu().numpy()[classes.index(str(wanted[key]))]
+            out[:, v * d : (v + 1) * d] = mean
+        return out
 
     def _profiles_of(self, embedding: Embedding, j: int):
         """``profiles(cols)`` of the embedding's candidates over the training cells (modality ``j``)."""
