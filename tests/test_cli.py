@@ -365,7 +365,7 @@ def _human_data(seed: int = 0) -> md.MuData:
     return m
 
 
-def test_gene2peak_command(tmp_path, capsys):
+def test_gene2peak_command(tmp_path, capsys, monkeypatch):
     import multidgd
     from multidgd import analysis
 
@@ -395,6 +395,17 @@ def test_gene2peak_command(tmp_path, capsys):
     bad = ["gene2peak", str(tmp_path / "m" / "model.pt"), str(path), "--genes", "NOPE", "--out", str(out)]
     assert main([*bad, "--overwrite"]) == 2
     assert "not genes of the model" in capsys.readouterr().err
+    # without --tss the table keeps the top GENE2PEAK_TOP_N features per gene and group, unless asked for all
+    import multidgd.cli
+
+    monkeypatch.setattr(multidgd.cli, "GENE2PEAK_TOP_N", 5)
+    short = ["gene2peak", str(tmp_path / "m" / "model.pt"), str(path), "--genes", "GAPDH", "CD19", "--quiet"]
+    assert main([*short, "--out", str(tmp_path / "top.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 2 * 5
+    assert main([*short, "--out", str(tmp_path / "all.csv"), "--all-features"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 2 * 30
+    assert main([*short, "--out", str(tmp_path / "x.csv"), "--all-features", "--top-n", "3"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
 
 
 def test_interrupted_training_says_how_to_resume(tmp_path, capsys, monkeypatch):

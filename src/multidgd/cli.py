@@ -25,7 +25,16 @@ from typing import Any
 from .config import PRECISIONS
 from .io import mudata_options
 
-__all__ = ["main", "build_parser", "cli_message", "cli_text", "CLI_OPTIONS", "CLI_PHRASES", "USER_ERRORS"]
+__all__ = [
+    "main",
+    "build_parser",
+    "cli_message",
+    "cli_text",
+    "CLI_OPTIONS",
+    "CLI_PHRASES",
+    "GENE2PEAK_TOP_N",
+    "USER_ERRORS",
+]
 
 logger = logging.getLogger("multidgd")
 
@@ -70,6 +79,9 @@ CLI_OPTIONS: dict[str, str] = {
     "n_cells": "--n-cells",
     "n_bootstrap": "--n-bootstrap",
 }
+
+#: Features kept per gene and group by ``gene2peak`` unless ``--top-n``/``--all-features``.
+GENE2PEAK_TOP_N = 100
 
 #: Advice naming Python calls, or settings the command line does not have, rephrased
 #: (exact text, replaced before :data:`CLI_OPTIONS`).
@@ -384,7 +396,13 @@ def _add_gene2peak_parser(sub) -> None:
     g.add_argument("--lr", type=float, default=1e-2, help="learning rate of those steps (default 0.01)")
     g.add_argument("--step-size", type=float, default=None, help="instead: steps of this length along the gradient")
     g.add_argument("--scale", choices=["fraction", "counts"], default="fraction", help="ΔX̂ as fractions or as counts")
-    g.add_argument("--top-n", type=int, default=None, help="keep the top N features per gene and group")
+    g.add_argument(
+        "--top-n",
+        type=int,
+        default=None,
+        help=f"keep the top N features per gene and group (default {GENE2PEAK_TOP_N}; --all-features, --tss: all)",
+    )
+    g.add_argument("--all-features", action="store_true", help="keep every feature per gene and group")
     g.add_argument("--min-cells", type=int, default=1, help="skip genes expressed in fewer cells")
     g.add_argument("--spearman", type=Path, default=None, help="also write the Spearman baseline table here")
     g.add_argument(
@@ -576,6 +594,8 @@ def _gene2peak(args: argparse.Namespace) -> str:
         raise ValueError(f"--out must end in .csv, .csv.gz or .tsv, got {args.out.name}")
     if args.tss is not None and args.modality != "atac":
         raise ValueError("--tss needs --modality atac (a profile of peaks)")
+    if args.all_features and args.top_n is not None:
+        raise ValueError("--top-n and --all-features exclude each other")
     if args.tss is not None and args.top_n is not None:
         raise ValueError("--tss needs every peak per gene: leave out --top-n")
     genes, files = _gene_list(args.genes)
@@ -589,7 +609,7 @@ def _gene2peak(args: argparse.Namespace) -> str:
         tss=args.tss,
         groupby=args.groupby,
         modality=args.modality,
-        top_n=args.top_n,
+        top_n=args.top_n if args.top_n is not None or args.all_features or args.tss else GENE2PEAK_TOP_N,
         layer=args.layer,
         rna_mod=args.rna_mod,
         atac_mod=args.atac_mod,
