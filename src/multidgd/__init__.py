@@ -4,7 +4,8 @@ from . import analysis
 from .config import ModelConfig, TrainConfig
 from .model import DGD
 from .results import Clustering
+from .settings import settings
 
-__all__ = ["analysis", "DGD", "Clustering", "ModelConfig", "TrainConfig", "__version__"]
+__all__ = ["analysis", "DGD", "Clustering", "ModelConfig", "TrainConfig", "settings", "__version__"]
 
 __version__ = "0.1.0"

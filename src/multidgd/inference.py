@@ -40,6 +40,7 @@ from .module import DGDModule, frozen
 from .query import QueryData
 from .representation import RepresentationTable
 from .results import Embedding
+from .settings import settings
 
 __all__ = [
     "Candidates",
@@ -707,7 +708,9 @@ def _optimise(job: _Job, chunks, basal0, cov0, supervised, n_steps, lr, betas, m
                 acc += g
 
     total = n_steps * len(chunks)
-    bar = tqdm(total=total, desc="Embedding", unit="step", disable=None if progress_bar else True)
+    bar = tqdm(
+        total=total, desc="Embedding", unit="step", disable=None if settings.shows_progress(progress_bar) else True
+    )
     # the steps repeat the same block shapes: their freed buffers are reused (see _memory)
     with torch.enable_grad(), freed_memory_kept():
         if not learning:

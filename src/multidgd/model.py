@@ -23,6 +23,7 @@ from .prediction import candidate_profiles, check_prediction
 from .profiles import CandidateMixture, ProfileRequest, decoded_fractions, normalized_profiles
 from .query import read_query
 from .results import Clustering, Embedding, covariate_index
+from .settings import settings
 from .train import fit, per_cell_nll
 
 __all__ = ["DGD", "resolve_device"]
@@ -192,7 +193,7 @@ class DGD:
         else:
             if resume:
                 logger.warning("no checkpoint at %s; starting from scratch", checkpoint_path)
-            seed, config = 0 if seed is None else seed, config or TrainConfig()
+            seed, config = settings.seed if seed is None else seed, config or TrainConfig()
             state = initial_state(self.data, self.config, config, self.n_components, seed)
         self.train_config, self.seed = config, seed
         self._state = state

@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .data import MultiomeData, gather_rows
 from .module import DGDModule
 from .representation import RepresentationTable
+from .settings import settings
 
 __all__ = ["TrainingState", "fit", "per_cell_nll", "per_cell_terms"]
 
@@ -284,7 +285,7 @@ def fit(
         total=max_epochs,
         desc="Training",
         unit="epoch",
-        disable=None if progress_bar and run.main else True,
+        disable=None if settings.shows_progress(progress_bar) and run.main else True,
     )
     for epoch in bar:
         if state.stopped_early:
@@ -302,7 +303,14 @@ def fit(
         state.epoch = epoch
         metric = row.get("val_reconstruction", float("nan"))
         run.track_best(epoch, metric)
-        _show_progress(bar, row, state, config, max_epochs, log_lines=progress_bar and run.main and bar.disable)
+        _show_progress(
+            bar,
+            row,
+            state,
+            config,
+            max_epochs,
+            log_lines=settings.shows_progress(progress_bar) and run.main and bar.disable,
+        )
         if epoch % config.checkpoint_every == 0 or state.stopped_early or epoch == max_epochs:
             run.save_checkpoint(checkpoint_path, checkpoint_extra)
     bar.close()

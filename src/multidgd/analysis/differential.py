@@ -44,6 +44,7 @@ import torch
 
 from ..data import MODALITIES, positions
 from ..profiles import FeatureBlocks
+from ..settings import settings as package_settings
 from .cells import CellSource, cell_representations
 from .tables import cell_groups, check_modality
 
@@ -467,7 +468,12 @@ def _test_blocks(blocks: FeatureBlocks, draw: _Draw, comparisons, cols, settings
     size = _block_size(len(draw.rows), n_groups, settings.n_bootstrap, settings.memory_budget_mb)
     out = [{} for _ in comparisons]
     sides = np.stack([w for c in comparisons for w in (c.weights1, c.weights2)]).astype(np.float32)  # (2C, U)
-    bar = tqdm(total=len(cols), desc="Differential", unit="feature", disable=None if progress_bar else True)
+    bar = tqdm(
+        total=len(cols),
+        desc="Differential",
+        unit="feature",
+        disable=None if package_settings.shows_progress(progress_bar) else True,
+    )
     for start in range(0, len(cols), size):
         block = cols[start : start + size]
         fractions = blocks.fractions(block)  # (n_drawn, f)

@@ -29,6 +29,7 @@ import torch
 
 from ..data import MODALITIES, positions
 from ..representation import adam_rows
+from ..settings import settings
 from .cells import CellSource, cell_representations
 from .tables import FEATURE_COLUMN, cell_groups, check_genes, check_modality, check_size, check_top_n
 
@@ -499,7 +500,12 @@ def _silence_and_summarise(model, cells: _Cells, pairs: _Pairs, request: _Reques
     per_cell = _PerCellEffects() if return_cells else None
     features, column = model.var_names[target.modality], FEATURE_COLUMN[target.modality]
     per_gene = request.budget.per_gene(len(cols))
-    bar = tqdm(total=len(pairs.gene), desc="silencing", unit="pair", disable=not progress_bar)
+    bar = tqdm(
+        total=len(pairs.gene),
+        desc="silencing",
+        unit="pair",
+        disable=None if settings.shows_progress(progress_bar) else True,
+    )
     pieces = []
     with frozen(silencer.module), torch.no_grad():
         for g0 in range(0, len(pairs.genes), chunk):
