@@ -374,9 +374,12 @@ def test_bad_new_data_is_refused_before_work(model, all_data, caplog):
         model.infer(renamed, device="cpu", progress_bar=False)
     model.infer(renamed, rna_mod="x", atac_mod="y", device="cpu", progress_bar=False, n_steps=1)
     half = md.MuData({"gex": query.mod["rna"].copy(), "atac": query.mod["atac"].copy()})
+    with pytest.raises(ValueError, match=r"no modality 'rna' \(RNA \(genes\)\) but holds \['gex'\]"):
+        model.infer(half, device="cpu", progress_bar=False, n_steps=1)  # as training refuses it
+    atac_only = md.MuData({"atac": query.mod["atac"].copy()})
     with caplog.at_level(logging.WARNING):
-        emb = model.infer(half, device="cpu", progress_bar=False, n_steps=1)
-    assert "no modality 'rna' (RNA (genes))" in caplog.text and "['gex'] are not used" in caplog.text
+        emb = model.infer(atac_only, device="cpu", progress_bar=False, n_steps=1)
+    assert "no modality 'rna' (RNA (genes))" in caplog.text
     assert not emb.observed[:, 0].any()
 
     no_cov = query.copy()

@@ -165,12 +165,14 @@ def _modalities_of(data: Any, model_vars: dict[str, pd.Index], names: dict[str, 
             )
         unused = [k for k in data.mod if k not in (names["rna"], names["atac"])]
         lacking = [f"{names[m]!r} ({_ROLE[m]})" for m in MODALITIES if m not in mods]
-        if lacking:
-            logger.warning(
-                "the MuData has no modality %s, so it is treated as missing%s",
-                " or ".join(lacking),
-                f"; modalities {unused} are not used (pass rna_mod=/atac_mod= to name them)" if unused else "",
+        if lacking and unused:  # most likely a modality under another name: refuse, as training does
+            raise ValueError(
+                f"the MuData has no modality {' or '.join(lacking)} but holds {unused}, which the model does not "
+                f"use; pass rna_mod=/atac_mod= (CLI: --rna-mod/--atac-mod) to name them, or drop them to place "
+                "the cells by the modality they have"
             )
+        if lacking:
+            logger.warning("the MuData has no modality %s, so it is treated as missing", " or ".join(lacking))
         return mods, [data.obs, *(a.obs for a in mods.values())]
     return _anndata_modalities(data, model_vars), [data.obs]
 
