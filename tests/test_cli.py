@@ -57,6 +57,13 @@ def test_train_10x_layout_without_labels(tmp_path, capsys):
     sc.pp.neighbors(result, use_rep="X_multidgd")
     sc.tl.umap(result)
     assert np.isfinite(result.obsm["X_umap"]).all()
+    sc.tl.leiden(result, flavor="igraph", n_iterations=2, directed=False)
+    rna = result["rna"].copy()
+    rna.obs["leiden"] = result.obs["leiden"].to_numpy()
+    sc.pp.normalize_total(rna)
+    sc.pp.log1p(rna)
+    sc.tl.rank_genes_groups(rna, "leiden", method="wilcoxon")
+    assert len(sc.get.rank_genes_groups_df(rna, group=None)) > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["components"] > 1  # chosen from the data, and said how
     assert summary["components_chosen"].startswith(f"K = {summary['components']} chosen from the data: Leiden")
