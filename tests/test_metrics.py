@@ -65,3 +65,12 @@ def test_per_cell_rmse_by_hand():
     obs = sp.csr_matrix(np.array([[0.0, 2.0], [1.0, 1.0]]))
     pred = np.array([[1.0, 0.0], [1.0, 4.0]])
     np.testing.assert_allclose(per_cell_rmse(obs, pred), [np.sqrt(2.5), np.sqrt(4.5)])
+
+
+def test_components_used_counts_components_with_one_percent_of_the_cells():
+    from multidgd.metrics import cluster_sizes, components_used
+
+    labels = np.array([0] * 500 + [1] * 480 + [2] * 10 + [3] * 9 + [4] * 1 + [-1] * 3)  # 1,000 labelled cells
+    assert cluster_sizes(labels, 6).tolist() == [500, 480, 10, 9, 1, 0]
+    assert components_used(labels, 6) == 3  # 10 of 1,000 is 1 %; 9 is not
+    assert components_used(labels, 6, min_fraction=0.0) == 6

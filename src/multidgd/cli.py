@@ -192,7 +192,10 @@ def _train_summary_text(summary: dict[str, Any], out: Path) -> str:
     if "val_nll_rna" in summary:
         pad = " " * len("  per-cell NLL at best epoch: ")
         lines.append(f"{pad}validation RNA {summary['val_nll_rna']:.2f}, ATAC {summary['val_nll_atac']:.2f}")
-    lines.append(f"  mixture components used: {summary['components_used']} of {summary['components']}")
+    lines.append(
+        f"  mixture components used (>= 1% of training cells): {summary['components_used']} of "
+        f"{summary['components']}; cells per component: {summary['cluster_sizes']}"
+    )
     if "components_chosen" in summary:
         lines.append(f"  {summary['components_chosen']}")
     if "ari_clusters_vs_cell_type" in summary:

@@ -16,7 +16,13 @@ __all__ = [
     "ari",
     "batch_1_minus_asw",
     "loss_ratio",
+    "cluster_sizes",
+    "components_used",
+    "MIN_COMPONENT_FRACTION",
 ]
+
+#: A component is "used" when it holds at least this share of the cells.
+MIN_COMPONENT_FRACTION = 0.01
 
 
 def _dense_rows(x, start: int, stop: int) -> np.ndarray:
@@ -288,3 +294,17 @@ def loss_ratio(nll, reference_nll) -> float:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     return float(np.median(a / b))
+
+
+def cluster_sizes(labels: np.ndarray, n_components: int) -> np.ndarray:
+    """(K,) int number of cells of each component (labels < 0 are left out)."""
+    labels = np.asarray(labels)
+    return np.bincount(labels[labels >= 0], minlength=n_components)
+
+
+def components_used(labels: np.ndarray, n_components: int, min_fraction: float = MIN_COMPONENT_FRACTION) -> int:
+    """Components holding at least ``min_fraction`` of the labelled cells (a component with
+    one or two cells of thousands is not a cluster the model uses).
+    """
+    sizes = cluster_sizes(labels, n_components)
+    return int((sizes >= min_fraction * max(sizes.sum(), 1)).sum())

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .data import small_classes
+from .metrics import MIN_COMPONENT_FRACTION, cluster_sizes, components_used
 
 __all__ = [
     "train_and_report",
@@ -842,7 +843,9 @@ def _train_summary(model, *, source: str, clusters: np.ndarray, cell_types, t0: 
         "peaks": len(model.var_names["atac"]),
         "components": model.n_components,
         **({"components_chosen": model.n_components_choice} if model.n_components_choice else {}),
-        "components_used": int(len(np.unique(clusters[train_cells]))),
+        "components_used": components_used(clusters[train_cells], model.n_components),
+        "components_used_rule": f"components holding at least {MIN_COMPONENT_FRACTION:.0%} of the training cells",
+        "cluster_sizes": cluster_sizes(clusters[train_cells], model.n_components).tolist(),
         "epochs": int(model.state.epoch),
         "best_epoch": int(model.best_epoch),
         "stopped_early": bool(model.state.stopped_early),

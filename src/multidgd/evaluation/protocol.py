@@ -212,7 +212,7 @@ def score_model(model, cell_types: np.ndarray, batches: np.ndarray | None) -> Mo
     -------
     ModelScores
     """
-    from ..metrics import ari, batch_1_minus_asw
+    from ..metrics import ari, batch_1_minus_asw, components_used
 
     is_train = (model.split == "train").to_numpy()
     latent = model.get_latent_representation()
@@ -226,7 +226,7 @@ def score_model(model, cell_types: np.ndarray, batches: np.ndarray | None) -> Mo
         clusters=clusters,
         ari=ari(cell_types[is_train], clusters[is_train]),
         components=model.n_components,
-        components_used=int(len(np.unique(clusters[is_train]))),
+        components_used=components_used(clusters[is_train], model.n_components),
         batch_1_minus_asw=mixing,
     )
 
