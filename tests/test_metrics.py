@@ -74,3 +74,30 @@ def test_components_used_counts_components_with_one_percent_of_the_cells():
     assert cluster_sizes(labels, 6).tolist() == [500, 480, 10, 9, 1, 0]
     assert components_used(labels, 6) == 3  # 10 of 1,000 is 1 %; 9 is not
     assert components_used(labels, 6, min_fraction=0.0) == 6
+
+
+def test_batch_asw_follows_the_scib_definition():
+    from multidgd.metrics import batch_asw
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    batches = np.repeat(["b0", "b1", "b2"], 20)
+    labels = np.tile(["t0", "t1"], 30)
+    labels[:20] = "t2"  # type t2 holds cells of batch b0 only: left out
+    # brute force: silhouette per cell from its mean distances, within each type
+    expected = []
+    for t in ("t0", "t1"):
+        rows = np.flatnonzero(labels == t)
+        d = np.linalg.norm(x[rows, None] - x[None, rows], axis=2)
+        s = []
+        for i, r in enumerate(rows):
+            own = (batches[rows] == batches[r]) & (np.arange(len(rows)) != i)
+            a = d[i, own].mean()
+            b = min(d[i, batches[rows] == o].mean() for o in set(batches[rows]) - {batches[r]})
+            s.append((b - a) / max(a, b))
+        expected.append(np.mean(1 - np.abs(s)))
+    assert batch_asw(x, batches, labels) == pytest.approx(np.mean(expected), rel=1e-10)
+    separated = x + np.repeat(np.array([[0, 0, 0], [50, 0, 0], [0, 50, 0]]), 20, axis=0)
+    assert batch_asw(separated, batches, np.tile(["t0", "t1"], 30)) < 0.05
+    with pytest.raises(ValueError, match="at least two batches"):
+        batch_asw(x, np.repeat("b0", 60), labels)

@@ -15,6 +15,7 @@ __all__ = [
     "nb_nll",
     "ari",
     "batch_1_minus_asw",
+    "batch_asw",
     "loss_ratio",
     "cluster_sizes",
     "components_used",
@@ -276,6 +277,41 @@ def batch_1_minus_asw(latent, batches) -> float:
     if len(np.unique(batches)) < 2:
         raise ValueError("batch mixing needs at least two batches")
     return float(1.0 - silhouette_score(np.asarray(latent), batches))
+
+
+def batch_asw(latent, batches, labels) -> float:
+    """Batch silhouette as scIB defines it (``silhouette_batch``): within each cell type, each
+    cell's silhouette by batch s (Euclidean), scored 1 − |s|; averaged within each type, then
+    over the types (types with cells of one batch only are left out).
+
+    1 means batches are mixed within every type; 0 that they are separated. Unlike
+    :func:`batch_1_minus_asw`, it lies in [0, 1] and does not count the separation of
+    cell types.
+
+    Parameters
+    ----------
+    latent
+        (n, d) coordinates.
+    batches, labels
+        (n,) batch labels and cell-type labels.
+
+    Returns
+    -------
+    float
+    """
+    from sklearn.metrics import silhouette_samples
+
+    latent, batches, labels = np.asarray(latent), np.asarray(batches).astype(str), np.asarray(labels).astype(str)
+    per_type = []
+    for label in np.unique(labels):
+        rows = labels == label
+        b = batches[rows]
+        if len(np.unique(b)) < 2 or rows.sum() <= len(np.unique(b)):
+            continue
+        per_type.append(float(np.mean(1.0 - np.abs(silhouette_samples(latent[rows], b)))))
+    if not per_type:
+        raise ValueError("batch_asw needs a cell type with cells of at least two batches")
+    return float(np.mean(per_type))
 
 
 def loss_ratio(nll, reference_nll) -> float:
