@@ -46,7 +46,7 @@ from ..data import MODALITIES, positions
 from ..profiles import FeatureBlocks
 from ..settings import settings as package_settings
 from .cells import CellSource, cell_representations
-from .tables import cell_groups, check_modality
+from .tables import cell_groups, check_modality, label_codes
 
 __all__ = ["DIFFERENTIAL_COLUMNS", "change_statistics", "differential_test", "expected_fdr_calls", "rank_genes_groups"]
 
@@ -219,15 +219,6 @@ def _labels_from_values(values, names: pd.Index) -> pd.Series:
     return pd.Series(arr, index=names)
 
 
-def _codes(labels: pd.Series) -> tuple[np.ndarray, list[str]]:
-    if isinstance(labels.dtype, pd.CategoricalDtype):
-        names = [str(c) for c in labels.cat.categories]
-    else:
-        names = sorted(labels.dropna().astype(str).unique().tolist())
-    codes = pd.Categorical(labels.astype(str).where(labels.notna()), categories=names).codes.astype(np.int64)
-    return codes, names
-
-
 def _model_cells(model, groupby, modality: str) -> _Cells:
     """The model's training and validation cells, with the counts it was trained on."""
     data = model.data
@@ -250,7 +241,7 @@ def _model_cells(model, groupby, modality: str) -> _Cells:
                 f"{groupby!r}, or the labels themselves (a Series by cell name)"
             )
     else:
-        codes, group_names = _codes(_labels_from_values(groupby, model.obs_names).iloc[have])
+        codes, group_names = label_codes(_labels_from_values(groupby, model.obs_names).iloc[have])
     j = MODALITIES.index(modality)
     try:
         library = model.get_library_size()[have, j]
@@ -284,7 +275,7 @@ def _data_cells(model, data, groupby, modality: str, source: CellSource) -> _Cel
     if isinstance(groupby, str):
         codes, group_names = cell_groups(data, groupby, query.obs_names, rows)
     else:
-        codes, group_names = _codes(_labels_from_values(groupby, query.obs_names).iloc[rows])
+        codes, group_names = label_codes(_labels_from_values(groupby, query.obs_names).iloc[rows])
     j = MODALITIES.index(modality)
     has = query.present[rows, j]
     if not has.all():
@@ -454,9 +445,9 @@ def _side_raw(raw: dict[str, np.ndarray], groups: np.ndarray, observed: np.ndarr
     return out
 
 
-def _block_size(n_drawn: int, n_groups: int, n_bootstrap: int, budget_mb: float) -> int:
-    """Features per block: the drawn cells' fractions and the groups' resampled means within the budget."""
-    per_feature = 4 * (2 * n_drawn + 3 * n_groups * (n_bootstrap + 1)) + 8 * 8 * (n_bootstrap + 1)
+def _block_size(n_drawn: int, n_units: int, n_bootstrap: int, budget_mb: float) -> int:
+    """Features per block: the drawn cells' fractions and the units' resampled means within the budget."""
+    per_feature = 4 * (2 * n_drawn + 3 * n_units * (n_bootstrap + 1)) + 8 * 8 * (n_bootstrap + 1)
     return max(64, int(budget_mb * 2**20 // per_feature))
 
 
@@ -464,8 +455,8 @@ def _test_blocks(blocks: FeatureBlocks, draw: _Draw, comparisons, cols, settings
     """Statistics of every comparison over features ``cols``, a block of features at a time."""
     from tqdm.auto import tqdm
 
-    n_groups = len(draw.groups)
-    size = _block_size(len(draw.rows), n_groups, settings.n_bootstrap, settings.memory_budget_mb)
+    n_units = len(draw.groups)
+    size = _block_size(len(draw.rows), n_units, settings.n_bootstrap, settings.memory_budget_mb)
     out = [{} for _ in comparisons]
     sides = np.stack([w for c in comparisons for w in (c.weights1, c.weights2)]).astype(np.float32)  # (2C, U)
     bar = tqdm(
@@ -477,7 +468,7 @@ def _test_blocks(blocks: FeatureBlocks, draw: _Draw, comparisons, cols, settings
     for start in range(0, len(cols), size):
         block = cols[start : start + size]
         fractions = blocks.fractions(block)  # (n_drawn, f)
-        means = np.empty((len(draw.groups), settings.n_bootstrap + 1, len(block)), dtype=np.float32)
+        means = np.empty((n_units, settings.n_bootstrap + 1, len(block)), dtype=np.float32)
         for u, (w, span) in enumerate(zip(draw.weights, draw.groups, strict=True)):
             np.matmul(w, fractions[span], out=means[u])
         both = (sides @ means.reshape(len(means), -1)).reshape(len(comparisons), 2, *means.shape[1:])

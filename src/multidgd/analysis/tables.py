@@ -23,6 +23,7 @@ __all__ = [
     "check_modality",
     "check_size",
     "cell_groups",
+    "label_codes",
     "score_column",
     "one_group",
     "feature_column",
@@ -136,6 +137,18 @@ def check_size(n_rows: int, limit: int, advice: str) -> None:
         raise ValueError(f"the result would have {n_rows:,} rows (more than {limit:,}); {advice}")
 
 
+def label_codes(labels: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Codes of group labels: (n,) int64 (-1 where missing) and the group names, a categorical's
+    categories in their order, other values sorted as strings.
+    """
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        names = [str(c) for c in labels.cat.categories]
+    else:
+        names = sorted(labels.dropna().astype(str).unique().tolist())
+    codes = pd.Categorical(labels.astype(str).where(labels.notna()), categories=names).codes.astype(np.int64)
+    return codes, names
+
+
 def cell_groups(data: Any, groupby: str | None, obs_names: pd.Index, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Group of each selected cell, by an ``obs`` column.
 
@@ -169,11 +182,7 @@ def cell_groups(data: Any, groupby: str | None, obs_names: pd.Index, rows: np.nd
     except KeyError:
         avail = sorted(set(data.obs.columns).union(*[set(m.obs.columns) for m in getattr(data, "mod", {}).values()]))
         raise ValueError(f"groupby: no obs column {groupby!r}; available: {avail}") from None
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        names = [str(c) for c in col.cat.categories]
-    else:
-        names = sorted(col.dropna().astype(str).unique().tolist())
-    codes = pd.Categorical(col.astype(str).where(col.notna()), categories=names).codes.astype(np.int64)
+    codes, names = label_codes(col)
     if (codes < 0).any():
         logger.warning("groupby %r: %d cells have no label and are left out", groupby, int((codes < 0).sum()))
     return codes, names
