@@ -21,7 +21,15 @@ if TYPE_CHECKING:
     from .config import ModelConfig, TrainConfig
     from .data import MultiomeData
 
-__all__ = ["initial_state", "spectral_embedding", "kmeans_centres", "choose_n_components", "AUTO_K"]
+__all__ = [
+    "initial_state",
+    "spectral_embedding",
+    "kmeans_centres",
+    "choose_n_components",
+    "AUTO_K",
+    "neighbour_graph",
+    "leiden_labels",
+]
 
 
 def initial_state(
@@ -281,6 +289,25 @@ def kmeans_centres(points: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
 AUTO_K = {"resolution": 1.0, "n_neighbors": 15, "min_fraction": 0.01}
 
 
+def neighbour_graph(latent: np.ndarray, *, n_neighbors: int, seed: int = 0):
+    """The k-nearest-neighbour graph (scanpy's) of (n, d) coordinates, in an AnnData for :func:`leiden_labels`."""
+    import anndata as ad
+    import scanpy as sc
+
+    graph = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(len(latent))]))
+    graph.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
+    sc.pp.neighbors(graph, use_rep="X_latent", n_neighbors=n_neighbors, random_state=seed)
+    return graph
+
+
+def leiden_labels(graph, resolution: float, *, seed: int = 0) -> np.ndarray:
+    """(n,) int Leiden clusters of a :func:`neighbour_graph` (scanpy's igraph flavour, 2 iterations)."""
+    import scanpy as sc
+
+    sc.tl.leiden(graph, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
+    return graph.obs["leiden"].astype(int).to_numpy()
+
+
 def choose_n_components(data: MultiomeData, latent_dim: int, *, seed: int = 0) -> tuple[int, str]:
     """The number of basal components for data without cell types: Leiden clusters of the start.
 
@@ -294,22 +321,13 @@ def choose_n_components(data: MultiomeData, latent_dim: int, *, seed: int = 0) -
     tuple[int, str]
         K and a sentence saying how it was chosen.
     """
-    import anndata as ad
-    import scanpy as sc
-
     n = data.n_cells
     if n < 3:
         return 1, f"K = 1: {n} cells are too few to cluster"
-    rows = np.arange(n)
-    emb = spectral_embedding(data.counts, rows, latent_dim, radius=1.0, groups=data.covariate_codes, seed=seed)
-    graph = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in rows]))
-    graph.obsm["X_start"] = emb
+    emb = spectral_embedding(data.counts, np.arange(n), latent_dim, radius=1.0, groups=data.covariate_codes, seed=seed)
     k_nn = min(AUTO_K["n_neighbors"], n - 1)
-    sc.pp.neighbors(graph, use_rep="X_start", n_neighbors=k_nn, random_state=seed)
-    sc.tl.leiden(
-        graph, resolution=AUTO_K["resolution"], flavor="igraph", n_iterations=2, directed=False, random_state=seed
-    )
-    sizes = np.bincount(graph.obs["leiden"].astype(int).to_numpy())
+    graph = neighbour_graph(emb, n_neighbors=k_nn, seed=seed)
+    sizes = np.bincount(leiden_labels(graph, AUTO_K["resolution"], seed=seed))
     k = max(1, int((sizes >= AUTO_K["min_fraction"] * n).sum()))
     how = (
         f"K = {k} chosen from the data: Leiden clusters (resolution {AUTO_K['resolution']:g}, "

@@ -84,19 +84,15 @@ def leiden_matched(latent: np.ndarray, n_clusters: int, *, seed: int = 0, n_neig
         The resolution that gave them. If no resolution gives exactly ``n_clusters``
         within ``max_iter`` steps, the closest count seen is returned.
     """
-    import anndata as ad
-    import scanpy as sc
+    from ..initialization import leiden_labels, neighbour_graph
 
     latent = np.asarray(latent, dtype=np.float32)
     if n_clusters < 1 or n_clusters > len(latent):
         raise ValueError(f"n_clusters must be in [1, {len(latent)}], got {n_clusters}")
-    a = ad.AnnData(obs={"i": np.arange(len(latent))})
-    a.obsm["X_latent"] = latent
-    sc.pp.neighbors(a, use_rep="X_latent", n_neighbors=min(n_neighbors, len(latent) - 1), random_state=seed)
+    graph = neighbour_graph(latent, n_neighbors=min(n_neighbors, len(latent) - 1), seed=seed)
 
     def run(res: float) -> np.ndarray:
-        sc.tl.leiden(a, resolution=res, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
-        return a.obs["leiden"].astype(int).to_numpy()
+        return leiden_labels(graph, res, seed=seed)
 
     lo, hi = 0.0, 1.0
     best = (None, None, np.inf)
