@@ -60,6 +60,7 @@ CLI_OPTIONS: dict[str, str] = {
     "backed": "--backed",
     "new_classes": "--new-classes",
     "covariate_start": "--covariate-start",
+    "start": "--start",
     "n_steps": "--steps",
     "lr": "--lr",
     "step_size": "--step-size",
@@ -360,7 +361,19 @@ def _add_embed_parsers(sub) -> None:
             default="search",
             help="start from the best (component, class) pair, or at the class of the cell's label",
         )
-        q.add_argument("--steps", type=int, default=50, help="representation steps after the best start")
+        q.add_argument(
+            "--start",
+            choices=["auto", "encoder", "search"],
+            default="auto",
+            help="where representations start: the model's start encoder, or the best candidate pair "
+            "(auto: the encoder when the model has one)",
+        )
+        q.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help="representation steps after the start (default: 3 after the encoder, 50 after the search)",
+        )
         _add_source_options(q)
         q.add_argument("--rna-library-key", default=None, help="obs column with RNA library sizes")
         q.add_argument("--atac-library-key", default=None, help="obs column with ATAC library sizes")
@@ -556,6 +569,7 @@ def _embed(args: argparse.Namespace) -> str:
         "overwrite": args.overwrite,
         "new_classes": args.new_classes,
         "covariate_start": args.covariate_start,
+        "start": args.start,
         "n_steps": args.steps,
         "rna_mod": args.rna_mod,
         "atac_mod": args.atac_mod,

@@ -52,6 +52,8 @@ __all__ = [
     "estimate_library",
     "grow_covariates",
     "check_infer_args",
+    "DEFAULT_STEPS",
+    "resolve_start",
     "place_cells",
     "embedding_of",
     "ZeroCountTable",
@@ -486,6 +488,7 @@ def embed_cells(
     memory_budget_mb: float = 512,
     device: torch.device | str = "cpu",
     progress_bar: bool = True,
+    initial: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Placed:
     """Best start and representation optimisation for the cells of ``query``.
 
@@ -517,6 +520,11 @@ def embed_cells(
         Working memory of one block of cells: bounds the largest temporary of the
         best-start search, and the cells per block of the steps (about 16 bytes per cell
         and feature), so fewer than ``batch_size`` cells go together when features are many.
+    initial
+        (n, L) basal and (n, d * V) covariate starts (e.g. from the start encoder) used
+        instead of the best candidates; the candidates are still scored (they predict a
+        modality a cell lacks). With ``covariate_start="label"`` cells of known classes
+        start at their class's mean all the same.
 
     Returns
     -------
@@ -533,11 +541,15 @@ def embed_cells(
     }
     learning = new_components is not None and any(len(c) for c in new_components)
     job = _Job(module, query, device, observed, dispersion, class_codes, new_components, learning)
-    start, basal0, cov0, chunks, candidates = _best_start(job, covariate_start, batch_size, memory_budget_mb)
+    # from an initial value, cells with every modality need no candidates (nothing to predict)
+    search = (covariate_start, batch_size, memory_budget_mb, initial is None)
+    start, basal0, cov0, chunks, candidates = _best_start(job, *search)
+    if initial is not None:
+        basal0, cov0 = _initial_values(job, covariate_start, cov0, initial)
     mixture_opt = _start_new_classes(job, cov0, mixture_lr, betas) if learning else None
     basal_t, cov_t = _optimise(job, chunks, basal0, cov0, supervised, n_steps, lr, betas, mixture_opt, progress_bar)
     if learning:  # the new classes have means now: score the candidates again, labelled cells under their own class
-        *_, candidates = _best_start(dataclasses.replace(job, learning=False), "label", batch_size, memory_budget_mb)
+        *_, candidates = _best_start(dataclasses.replace(job, learning=False), "label", *search[1:])
     nll_out, total_lib = _final_losses(job, chunks, basal_t, cov_t)
     return Placed(
         latent=basal_t.values.cpu().numpy(),
@@ -549,11 +561,12 @@ def embed_cells(
     )
 
 
-def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_mb: float):
+def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_mb: float, score_paired=True):
     """Step 1: each cell's best (basal component, covariate combination) pair.
 
     Returns the (n, 2) choices, the (n, L) and (n, d * V) starting representations and the
-    blocks of cells of the later steps.
+    blocks of cells of the later steps. Without ``score_paired``, cells that have every
+    modality are not scored (their rows of ``Candidates.nll`` are NaN, their choices -1).
     """
     module, query, device, observed = job.module, job.query, job.device, job.observed
     class_codes, new_components = job.class_codes, job.new_components
@@ -575,29 +588,32 @@ def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_
             combo_known &= ~np.isin(combos[:, v], new_components[v])
     else:
         combo_known = np.ones(n_combo, dtype=bool)
+    scored = np.ones(n, dtype=bool) if score_paired else ~query.present.all(axis=1)
     with torch.no_grad():
         basal_means = module.basal.mean.detach()
         cand_basal = basal_means.repeat_interleave(n_combo, 0)  # (K*C, L): k major
         cand_cov = cov_vectors.repeat(K, 1)
-        cand_logp = module.decode(cand_basal, cand_cov, list(query.counts))
+        cand_logp = module.decode(cand_basal, cand_cov, list(query.counts)) if scored.any() else {}
         cand_logp = {m: _observed_log_fraction(v, observed[m]) for m, v in cand_logp.items()}
 
     # a block's (cells x features) float32 buffers, about 4 live at once, within the budget
-    n_feat = sum(int(v.shape[-1]) for v in cand_logp.values())
+    n_feat = sum(int(x.shape[1]) for x in query.counts.values())
     block = max(1, min(batch_size, int(memory_budget_mb * 2**20 // (16 * n_feat))))
     chunks = _chunks(query.present, block)
     # the zero-count part of the scores depends on a cell only through its library size:
     # one table per modality for all cells, shared by the blocks
     zero_terms = {}
     for j, m in enumerate(MODALITIES):
-        if m in cand_logp and query.present[:, j].any():
-            lib = torch.from_numpy(query.library_size[query.present[:, j], j]).to(device)
+        if m in cand_logp and (query.present[:, j] & scored).any():
+            lib = torch.from_numpy(query.library_size[query.present[:, j] & scored, j]).to(device)
             zero_terms[m] = zero_count_table(cand_logp[m], job.dispersion[m], torch.log(lib), budget_elements=budget)
-    start = np.zeros((n, 2), dtype=np.int64)
+    start = np.full((n, 2), -1, dtype=np.int64)
     basal0 = torch.zeros(n, L)
     cov0 = torch.zeros(n, d * V)
-    cand_nll = np.empty((n, K * n_combo), dtype=np.float32)
+    cand_nll = np.full((n, K * n_combo), np.nan, dtype=np.float32)
     for chunk in chunks:
+        if not scored[chunk.cells].any():  # a block holds cells of one kind
+            continue
         batch = _gather(query, chunk, device)
         score = 0
         for m in chunk.modalities:
@@ -637,6 +653,25 @@ def _best_start(job: _Job, covariate_start: str, batch_size: int, memory_budget_
         nll=cand_nll,
     )
     return start, basal0, cov0, chunks, candidates
+
+
+def _initial_values(job: _Job, covariate_start: str, cov0: torch.Tensor, initial) -> tuple[torch.Tensor, torch.Tensor]:
+    """Starting rows from ``initial``; under ``"label"``, cells of known classes keep their class means."""
+    basal, cov = (torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in initial)
+    if basal.shape != (job.query.n_cells, job.module.config.latent_dim) or cov.shape != cov0.shape:
+        raise ValueError(f"initial values of shapes {tuple(basal.shape)}, {tuple(cov.shape)} do not fit these cells")
+    if covariate_start == "label" and cov.shape[1]:
+        codes = job.class_codes
+        known = (codes >= 0).all(axis=1)
+        if job.learning:  # classes being learned have no mean yet: their cells keep the best start
+            for v, comps in enumerate(job.new_components):
+                known &= ~np.isin(codes[:, v], comps)
+        means = [
+            mix.mean.detach().cpu()[torch.from_numpy(np.maximum(codes[:, v], 0))]
+            for v, mix in enumerate(job.module.covariates)
+        ]
+        cov = torch.where(torch.from_numpy(known).unsqueeze(1), torch.cat(means, 1), cov)
+    return basal.clone(), cov.clone()
 
 
 def _count_constant(batch: dict[str, Any], modalities: list[str], dispersion: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -810,6 +845,19 @@ def grow_covariates(
 
 
 # ----------------------------------------------------------------------------- the whole placement
+#: Representation steps after each kind of start when ``n_steps`` is not given.
+DEFAULT_STEPS = {"search": 50, "encoder": 3}
+
+
+def resolve_start(start: str, has_encoder: bool) -> str:
+    """``"encoder"`` or ``"search"`` for a ``start`` option (``"auto"``: the encoder when there is one)."""
+    if start not in ("auto", "encoder", "search"):
+        raise ValueError(f"start must be 'auto', 'encoder' or 'search', got {start!r}")
+    if start == "encoder" and not has_encoder:
+        raise ValueError("start='encoder' needs a start encoder: call fit_encoder(training data) first")
+    return start if start != "auto" else ("encoder" if has_encoder else "search")
+
+
 def check_infer_args(
     new_classes: str,
     covariate_start: str,

@@ -16,7 +16,16 @@ from . import checkpoint, distributed
 from .checkpoint import ModelDescription, TrainingState
 from .config import ModelConfig, TrainConfig
 from .data import MODALITIES, MultiomeData, positions, read_multiome
-from .inference import check_infer_args, embedding_of, estimate_library, place_cells
+from .encoder import (
+    EncoderConfig,
+    StartEncoder,
+    count_statistics,
+    encoder_from_payload,
+    encoder_payload,
+    fit_encoder,
+    reference_statistics,
+)
+from .inference import DEFAULT_STEPS, check_infer_args, embedding_of, estimate_library, place_cells, resolve_start
 from .initialization import choose_n_components, initial_state
 from .module import DGDModule
 from .prediction import candidate_profiles, check_prediction
@@ -127,6 +136,9 @@ class DGD:
         self.train_config: TrainConfig | None = None
         self.seed: int | None = None
         self._table_library: dict[str, torch.Tensor] | None = None
+        #: the amortised start of new cells (:mod:`multidgd.encoder`), fitted after training
+        self.encoder: StartEncoder | None = None
+        self.encoder_record: dict | None = None
 
     # ------------------------------------------------------------------ training
     def train(
@@ -213,6 +225,59 @@ class DGD:
             "train": torch.from_numpy(self.data.library_size[state.train_index]),
             "val": torch.from_numpy(self.data.library_size[state.val_index]),
         }
+        self.fit_encoder()
+        return self
+
+    def fit_encoder(
+        self,
+        data: Any = None,
+        *,
+        config: EncoderConfig | None = None,
+        rna_mod: str | None = None,
+        atac_mod: str | None = None,
+        layer: str | None = None,
+    ) -> DGD:
+        """Fit the start encoder of new cells (:mod:`multidgd.encoder`) to the training and
+        validation cells' representations. :meth:`train` calls it; call it for a model saved
+        without one, or with another :class:`~multidgd.encoder.EncoderConfig`.
+
+        Parameters
+        ----------
+        data
+            None: the training data this model holds. A model loaded from a file needs the
+            data it was trained on (MuData or AnnData with every model feature); its cells
+            are matched by ``obs_names``, and those with both modalities are used.
+        config
+            The encoder's settings (defaults when None).
+        rna_mod, atac_mod, layer
+            As in :meth:`infer`.
+
+        Returns
+        -------
+        ``self``, with :attr:`encoder` and :attr:`encoder_record` set.
+        """
+        state = self.state
+        if data is None:
+            if self.data is None:
+                raise RuntimeError("this model was loaded without data: pass the data it was trained on")
+            rows = np.sort(np.concatenate([state.train_index, state.val_index]))  # data order, as a data argument
+            counts, library = self.data.counts, self.data.library_size
+            basal = self._gather_table("basal")[self.description.kept]  # data rows
+            covariate = self._gather_table("covariate")[self.description.kept]
+        else:
+            query = self._read_query(data, rna_mod, atac_mod, layer, {}, 1.0, labels_needed=False)
+            pos = self.obs_names.get_indexer(query.obs_names)
+            basal = np.full((query.n_cells, self.config.latent_dim), np.nan, dtype=np.float32)
+            covariate = np.full((query.n_cells, self._gather_table("covariate").shape[1]), np.nan, dtype=np.float32)
+            basal[pos >= 0], covariate[pos >= 0] = (
+                self._gather_table(k)[pos[pos >= 0]] for k in ("basal", "covariate")
+            )
+            rows = np.flatnonzero(query.present.all(axis=1) & ~np.isnan(basal).any(axis=1))
+            counts, library = query.counts, query.library_size
+        rows = rows[(library[rows] > 0).all(axis=1)]
+        stats = reference_statistics(self.module, counts, library, rows)
+        self.encoder, self.encoder_record = fit_encoder(stats, basal[rows], covariate[rows], config)
+        self.encoder_record["reference_cells"] = len(rows)
         return self
 
     def _check_train_args(self, max_epochs, config, checkpoint_path, resume) -> TrainConfig | None:
@@ -435,7 +500,8 @@ class DGD:
         layer: str | None = None,
         new_classes: str = "naive",
         covariate_start: str = "search",
-        n_steps: int = 50,
+        start: str = "auto",
+        n_steps: int | None = None,
         lr: float = 1e-2,
         rna_library_key: str | None = None,
         atac_library_key: str | None = None,
@@ -473,8 +539,16 @@ class DGD:
             ``"search"``: start from the best of every (basal component, covariate class)
             pair; ``"label"``: cells of a class the model knows start at that class's mean
             (only the basal component is searched).
+        start
+            Where the representations start: ``"encoder"``, the start encoder's output
+            (:mod:`multidgd.encoder`); ``"search"``, the best candidate pair (see
+            ``covariate_start``); ``"auto"`` (default): the encoder when the model has one.
+            Cells lacking a modality are scored against every candidate either way (they
+            predict what it lacks); after the encoder, cells with both modalities are not
+            (their ``prediction_certainty`` is NaN).
         n_steps, lr
-            Adam steps (and learning rate) of the representations after the start.
+            Adam steps (and learning rate) of the representations after the start; None:
+            ``DEFAULT_STEPS[start]`` (3 after the encoder, 50 after the search).
         rna_library_key, atac_library_key
             obs columns with each modality's library size, used to scale predicted counts
             of a modality a cell lacks; without them it is estimated from training cells.
@@ -500,10 +574,17 @@ class DGD:
         library sizes and prediction weights. ``Embedding.add_to(data)`` writes them into ``data``.
         """
         self.state  # noqa: B018 - raises when untrained
+        start = resolve_start(start, self.encoder is not None)
+        n_steps = DEFAULT_STEPS[start] if n_steps is None else n_steps
         check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb, temperature)
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
         labels_needed = new_classes == "learn" or covariate_start == "label"
         query = self._read_query(data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction, labels_needed)
+        initial = None
+        if start == "encoder":
+            stats = count_statistics(self.module, query.counts, query.library_size, query.present, query.observed)
+            with torch.no_grad():
+                initial = tuple(t.numpy() for t in self.encoder(stats, torch.from_numpy(query.present)))
         train_config = self.train_config or TrainConfig()
         placed, grown, unseen = place_cells(
             self.module,
@@ -520,6 +601,7 @@ class DGD:
             lr=lr,
             batch_size=int(batch_size),
             memory_budget_mb=memory_budget_mb,
+            initial=initial,
         )
         learned = {} if grown is None else self._adopt_classes(grown, unseen)
         estimate = lambda lib: self._estimate_library(placed.latent, lib)  # noqa: E731
@@ -802,6 +884,7 @@ class DGD:
             seed=self.seed,
             library_size=self._table_library,
         )
+        payload["encoder"] = encoder_payload(self.encoder, self.encoder_record)
         checkpoint.write_atomic(payload, path)
         return path
 
@@ -819,6 +902,7 @@ class DGD:
         self.train_config = TrainConfig.from_dict(payload["train_config"])
         self.seed = payload["seed"]
         self._table_library = payload.get("library_size")
+        self.encoder, self.encoder_record = encoder_from_payload(payload.get("encoder"))
         return self
 
     def __repr__(self) -> str:

@@ -81,7 +81,8 @@ def posterior_weights(nll: np.ndarray, log_prior: np.ndarray, temperature: np.nd
     ----------
     nll
         (n, J) negative log-likelihood of each cell's observed counts at each candidate;
-        ``inf`` for a candidate not allowed for the cell.
+        ``inf`` for a candidate not allowed for the cell; a row of NaN for a cell that was
+        not scored (its weights are NaN).
     log_prior
         (J,) log prior weight of each candidate.
     temperature
@@ -94,12 +95,16 @@ def posterior_weights(nll: np.ndarray, log_prior: np.ndarray, temperature: np.nd
     """
     nll = np.asarray(nll, dtype=np.float64)
     t = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (nll.shape[0],))[:, None]
-    if not np.isfinite(nll).any(axis=1).all():
+    unscored = np.isnan(nll).all(axis=1)
+    if not np.isfinite(nll[~unscored]).any(axis=1).all():
         raise ValueError("every cell needs at least one allowed candidate (a finite NLL)")
     logw = -nll / t + np.asarray(log_prior, dtype=np.float64)[None, :]
+    logw[unscored] = 0.0
     logw -= logw.max(axis=1, keepdims=True)
     w = np.exp(logw)
-    return w / w.sum(axis=1, keepdims=True)
+    w /= w.sum(axis=1, keepdims=True)
+    w[unscored] = np.nan
+    return w
 
 
 def prediction_certainty(weights: np.ndarray) -> np.ndarray:
@@ -114,14 +119,15 @@ def prediction_certainty(weights: np.ndarray) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        (n,) float in [0, 1].
+        (n,) float in [0, 1]; NaN for a cell whose weights are NaN (not scored).
     """
     w = np.asarray(weights, dtype=np.float64)
+    unscored = np.isnan(w).any(axis=1)
     if w.shape[1] < 2:
-        return np.ones(w.shape[0])
+        return np.where(unscored, np.nan, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(w > 0, w * np.log(w), 0.0).sum(axis=1)
-    return np.clip(1.0 - h / np.log(w.shape[1]), 0.0, 1.0)
+    return np.where(unscored, np.nan, np.clip(1.0 - h / np.log(w.shape[1]), 0.0, 1.0))
 
 
 @torch.no_grad()
