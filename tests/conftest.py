@@ -65,6 +65,25 @@ def mdata() -> md.MuData:
     return make_mudata()
 
 
+@pytest.fixture(scope="module")
+def all_data() -> md.MuData:
+    """New-cell tests: batches b0..b3, of which the model of ``trained`` sees b0 and b1."""
+    return make_mudata(n_cells=240, n_batches=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(all_data):
+    """A tiny model trained on the cells of batches b0 and b1 of ``all_data`` (with its start encoder)."""
+    from multidgd import DGD, ModelConfig, TrainConfig
+
+    seen = all_data.obs["batch"].isin(["b0", "b1"]).to_numpy()
+    model = DGD(
+        all_data[seen].copy(), cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16)
+    )
+    fast = TrainConfig(batch_size=32, min_epochs=2, patience=2, checkpoint_every=1)
+    return model.train(max_epochs=6, seed=0, device="cpu", config=fast, progress_bar=False)
+
+
 def shared_file(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

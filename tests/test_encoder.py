@@ -7,28 +7,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from multidgd import DGD, ModelConfig, TrainConfig
+from multidgd import DGD
 from multidgd.encoder import EncoderConfig, count_statistics
 from multidgd.inference import DEFAULT_STEPS
-
-from .conftest import make_mudata
-
-FAST = TrainConfig(batch_size=32, min_epochs=2, patience=2)
-
-
-@pytest.fixture(scope="module")
-def all_data():
-    # batches b0..b3; the model sees b0 and b1 only
-    return make_mudata(n_cells=240, n_batches=4, seed=3)
-
-
-@pytest.fixture(scope="module")
-def trained(all_data):
-    seen = all_data.obs["batch"].isin(["b0", "b1"]).to_numpy()
-    model = DGD(
-        all_data[seen].copy(), cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16)
-    )
-    return model.train(max_epochs=8, seed=0, device="cpu", config=FAST, progress_bar=False)
 
 
 @pytest.fixture

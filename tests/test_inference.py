@@ -16,30 +16,14 @@ from multidgd import DGD, ModelConfig, TrainConfig
 from multidgd.inference import candidate_scores
 from multidgd.prediction import DEFAULT_TEMPERATURE
 
-from .conftest import make_mudata
-
 FAST = TrainConfig(batch_size=32, min_epochs=2, patience=2, checkpoint_every=1)
-
-
-@pytest.fixture(scope="module")
-def all_data():
-    # batches b0..b3; the model sees b0 and b1 only
-    return make_mudata(n_cells=240, n_batches=4, seed=3)
-
-
-@pytest.fixture(scope="module")
-def trained(all_data):
-    seen = all_data.obs["batch"].isin(["b0", "b1"]).to_numpy()
-    train = all_data[seen].copy()
-    model = DGD(train, cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
-    model.train(max_epochs=6, seed=0, device="cpu", config=FAST, progress_bar=False)
-    model.encoder = None  # the search path (start="search"); tests/test_encoder.py tests the encoder's
-    return model
 
 
 @pytest.fixture
 def model(trained):
-    return copy.deepcopy(trained)
+    model = copy.deepcopy(trained)
+    model.encoder = None  # the search path (start="search"); tests/test_encoder.py tests the encoder's
+    return model
 
 
 def _query(all_data, batches=("b0", "b1"), n=40):

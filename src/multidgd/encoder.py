@@ -171,6 +171,15 @@ class StartEncoder(nn.Module):
             parts += [z * flag, flag]
         return torch.cat(parts, 1)
 
+    @torch.no_grad()
+    def start(self, module, query) -> tuple[np.ndarray, np.ndarray]:
+        """(n, L) basal and (n, d * V) covariate starts of the cells of a
+        :class:`~multidgd.query.QueryData` under ``module``.
+        """
+        stats = count_statistics(module, query.counts, query.library_size, query.present, query.observed)
+        basal, cov = self(stats, torch.from_numpy(query.present))
+        return basal.numpy(), cov.numpy()
+
     def forward(self, stats: dict[str, torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, L) basal and (n, d * V) covariate starts."""
         y = self.net(self.inputs(stats, present)) * self.out_sd + self.out_mean

@@ -849,13 +849,16 @@ def grow_covariates(
 DEFAULT_STEPS = {"search": 50, "encoder": 3}
 
 
-def resolve_start(start: str, has_encoder: bool) -> str:
-    """``"encoder"`` or ``"search"`` for a ``start`` option (``"auto"``: the encoder when there is one)."""
+def resolve_start(start: str, n_steps: int | None, has_encoder: bool) -> tuple[str, int]:
+    """``"encoder"`` or ``"search"`` for a ``start`` option (``"auto"``: the encoder when there
+    is one), and the steps after it (``DEFAULT_STEPS`` when ``n_steps`` is None).
+    """
     if start not in ("auto", "encoder", "search"):
         raise ValueError(f"start must be 'auto', 'encoder' or 'search', got {start!r}")
     if start == "encoder" and not has_encoder:
         raise ValueError("start='encoder' needs a start encoder: call fit_encoder(training data) first")
-    return start if start != "auto" else ("encoder" if has_encoder else "search")
+    start = start if start != "auto" else ("encoder" if has_encoder else "search")
+    return start, DEFAULT_STEPS[start] if n_steps is None else n_steps
 
 
 def check_infer_args(

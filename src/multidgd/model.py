@@ -19,13 +19,12 @@ from .data import MODALITIES, MultiomeData, positions, read_multiome
 from .encoder import (
     EncoderConfig,
     StartEncoder,
-    count_statistics,
     encoder_from_payload,
     encoder_payload,
     fit_encoder,
     reference_statistics,
 )
-from .inference import DEFAULT_STEPS, check_infer_args, embedding_of, estimate_library, place_cells, resolve_start
+from .inference import check_infer_args, embedding_of, estimate_library, place_cells, resolve_start
 from .initialization import choose_n_components, initial_state
 from .module import DGDModule
 from .prediction import candidate_profiles, check_prediction
@@ -574,17 +573,17 @@ class DGD:
         library sizes and prediction weights. ``Embedding.add_to(data)`` writes them into ``data``.
         """
         self.state  # noqa: B018 - raises when untrained
-        start = resolve_start(start, self.encoder is not None)
-        n_steps = DEFAULT_STEPS[start] if n_steps is None else n_steps
+        start, n_steps = resolve_start(start, n_steps, self.encoder is not None)
         check_infer_args(new_classes, covariate_start, n_steps, lr, batch_size, memory_budget_mb, temperature)
         library_keys = {m: k for m, k in (("rna", rna_library_key), ("atac", atac_library_key)) if k}
         labels_needed = new_classes == "learn" or covariate_start == "label"
         query = self._read_query(data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction, labels_needed)
-        initial = None
-        if start == "encoder":
-            stats = count_statistics(self.module, query.counts, query.library_size, query.present, query.observed)
-            with torch.no_grad():
-                initial = tuple(t.numpy() for t in self.encoder(stats, torch.from_numpy(query.present)))
+        initial = self.encoder.start(self.module, query) if start == "encoder" else None
+        steps = {"n_steps": int(n_steps), "lr": lr, "batch_size": int(batch_size), "memory_budget_mb": memory_budget_mb}
+        return self._place(query, new_classes, covariate_start, initial, steps, device, progress_bar, temperature)
+
+    def _place(self, query, new_classes, covariate_start, initial, steps, device, progress_bar, temperature):
+        """:meth:`infer` once the cells are read: place them, keep learned classes, build the Embedding."""
         train_config = self.train_config or TrainConfig()
         placed, grown, unseen = place_cells(
             self.module,
@@ -597,11 +596,8 @@ class DGD:
             mixture_lr=train_config.lr_covariate_mixture,
             device=resolve_device(device),
             progress_bar=progress_bar,
-            n_steps=int(n_steps),
-            lr=lr,
-            batch_size=int(batch_size),
-            memory_budget_mb=memory_budget_mb,
             initial=initial,
+            **steps,
         )
         learned = {} if grown is None else self._adopt_classes(grown, unseen)
         estimate = lambda lib: self._estimate_library(placed.latent, lib)  # noqa: E731
