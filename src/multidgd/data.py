@@ -113,6 +113,10 @@ class MultiomeData:
         (n,) array of "train"/"validation"/"test" when the user gave a split, else None.
     source_modality
         Modality -> the name it had in the input.
+    present
+        (n, 2) bool, which modalities each cell has (columns in ``MODALITIES`` order), for a
+        mosaic: modalities holding different, overlapping cells; a cell's counts in a
+        modality it lacks are an empty row and its library size 0. None: every cell has both.
     """
 
     obs_names: pd.Index
@@ -129,6 +133,12 @@ class MultiomeData:
     cell_type_categories: list[str] | None = None
     split: np.ndarray | None = None
     source_modality: dict[str, str] = field(default_factory=dict)
+    present: np.ndarray | None = None
+
+    @property
+    def presence(self) -> np.ndarray:
+        """(n, 2) bool: which modalities each cell has (all True for paired data)."""
+        return np.ones((self.n_cells, len(MODALITIES)), dtype=bool) if self.present is None else self.present
 
     @property
     def n_cells(self) -> int:
@@ -456,12 +466,22 @@ def find_obs_column(frames: list[pd.DataFrame | None], key: str, obs_names: pd.I
     Returns
     -------
     pandas.Series or None
-        The column, or None when no frame has it.
+        The column, or None when no frame has it. Cells the first frame with the column
+        does not hold (a mosaic's modality tables) take their value from the next frames.
     """
+    found, lacking = None, None
     for frame in frames:
         if frame is not None and key in frame.columns:
-            return frame[key] if frame.index.equals(obs_names) else frame[key].reindex(obs_names)
-    return None
+            col = frame[key] if frame.index.equals(obs_names) else frame[key].reindex(obs_names)
+            if found is None:
+                found, lacking = col, ~obs_names.isin(frame.index)
+            else:  # cells the first table does not hold (a mosaic's modality tables): from the next
+                take = lacking & obs_names.isin(frame.index)
+                found = found.astype(object).where(~take, col.astype(object))
+                lacking = lacking & ~take
+            if not lacking.any():
+                break
+    return found
 
 
 def obs_column_names(frames: list[pd.DataFrame | None]) -> list[str]:
@@ -570,8 +590,12 @@ def read_multiome(
     """
     covariate_keys = _covariate_key_list(covariate_keys)
     mods, obs, source, columns_of = _split_modalities(data, rna_mod=rna_mod, atac_mod=atac_mod)
-    obs_names = _check_obs_names(mods, source)
+    obs_names, present = _check_obs_names(mods, source)
     backed = any(is_backed(a) for a in mods.values())
+    if present is not None and backed:
+        raise ValueError(
+            "modalities holding different cells (a mosaic) are read into memory only; open the file without backed"
+        )
     # the labels first: a wrong column is refused before the counts are read
     roles = {
         **{k: "covariate_keys" for k in covariate_keys},
@@ -579,8 +603,10 @@ def read_multiome(
     }
     keys = [*([cell_type_key] if cell_type_key else []), *covariate_keys, *([split_key] if split_key else [])]
     columns = _collect_obs(obs, mods, keys, obs_names, roles)
-    order = _align_cells(mods, obs_names, backed)
+    order = _align_cells(mods, obs_names, backed, present)
     counts, var_names = _read_modalities(mods, source, layer, columns_of, order, backed)
+    if present is not None:
+        counts = {m: _expand_rows(x, present[:, j]) for j, (m, x) in enumerate(counts.items())}
     library = np.stack(
         [
             counts[m].row_sums() if isinstance(counts[m], BackedCSR) else np.asarray(counts[m].sum(axis=1)).ravel()
@@ -588,11 +614,14 @@ def read_multiome(
         ],
         axis=1,
     )
-    kept = _non_empty_cells(library, source, drop_empty_cells)
+    kept = _non_empty_cells(library, source, drop_empty_cells, present)
     if not kept.all():
         counts = {m: x.subset(kept) if isinstance(x, BackedCSR) else x[kept] for m, x in counts.items()}
         library = library[kept]
         columns = {k: v[kept] for k, v in columns.items()}
+        present = None if present is None else present[kept]
+    if present is not None:
+        _check_mosaic(present, source)
 
     out = MultiomeData(
         obs_names=obs_names[kept],
@@ -602,6 +631,7 @@ def read_multiome(
         var_names=var_names,
         library_size=library.astype(np.float32),
         source_modality=source,
+        present=present,
     )
     _add_labels(out, columns, covariate_keys, cell_type_key, split_key)
     _warn_small_classes(out)
@@ -682,8 +712,12 @@ def _str_index(index: pd.Index) -> pd.Index:
     return pd.Index(index.astype(str))
 
 
-def _check_obs_names(mods, source) -> pd.Index:
-    """Check that both modalities hold the same, unique cells; return the RNA cell names."""
+def _check_obs_names(mods, source) -> tuple[pd.Index, np.ndarray | None]:
+    """Check that each modality's cells are unique and that the two share cells.
+
+    Returns the cell names (the RNA modality's, then cells only in the ATAC modality) and,
+    when the modalities hold different cells (a mosaic), which modalities each cell has.
+    """
     names = {m: _str_index(mods[m].obs_names) for m in MODALITIES}
     for m in MODALITIES:
         if not names[m].is_unique:
@@ -693,29 +727,66 @@ def _check_obs_names(mods, source) -> pd.Index:
                 "(adata.obs_names_make_unique())"
             )
     rna, atac = names["rna"], names["atac"]
-    if not rna.equals(atac) and (len(rna) != len(atac) or not rna.isin(atac).all()):
-        only_rna = rna.difference(atac)
-        only_atac = atac.difference(rna)
+    if len(rna) + len(atac) == 0:
+        raise ValueError("the input has no cells")
+    if rna.equals(atac) or (len(rna) == len(atac) and rna.isin(atac).all()):
+        return rna, None
+    only_rna = rna.difference(atac)
+    only_atac = atac.difference(rna)
+    if len(only_rna) == len(rna):
         raise ValueError(
             f"modalities {source['rna']!r} and {source['atac']!r} hold different cells: "
             f"{len(only_rna)} only in {source['rna']!r} (e.g. {only_rna[:3].tolist()}), "
-            f"{len(only_atac)} only in {source['atac']!r} (e.g. {only_atac[:3].tolist()}); "
-            "training needs every cell in both modalities"
+            f"{len(only_atac)} only in {source['atac']!r} (e.g. {only_atac[:3].tolist()}), and none in "
+            "both; a model learns how the modalities relate from cells that have both (a mosaic needs "
+            "paired cells)"
         )
-    if len(rna) == 0:
-        raise ValueError("the input has no cells")
-    return rna
+    obs_names = rna.append(atac[~atac.isin(rna)])
+    present = np.stack([obs_names.isin(rna), obs_names.isin(atac)], axis=1)
+    return obs_names, present
 
 
-def _align_cells(mods: dict[str, Any], obs_names: pd.Index, backed: bool) -> dict[str, np.ndarray | None]:
-    """Bring every modality to the cell order ``obs_names``.
+def _expand_rows(x: sp.csr_matrix, has: np.ndarray) -> sp.csr_matrix:
+    """Counts of the cells that have a modality placed at their rows among all cells (the
+    others empty rows).
+    """
+    indptr = np.zeros(len(has) + 1, dtype=x.indptr.dtype)
+    indptr[1:][has] = np.diff(x.indptr)
+    return sp.csr_matrix((x.data, x.indices, np.cumsum(indptr)), shape=(len(has), x.shape[1]))
+
+
+def _check_mosaic(present: np.ndarray, source: dict[str, str]) -> None:
+    """Refuse a mosaic left without paired cells; say how many cells of each kind it has."""
+    paired = int(present.all(axis=1).sum())
+    if paired == 0:
+        raise ValueError(
+            "no cell with counts in both modalities is left; a model learns how the modalities "
+            "relate from cells that have both (a mosaic needs paired cells)"
+        )
+    logger.info(
+        "mosaic: %d cells with both modalities, %d with %s only, %d with %s only",
+        paired,
+        int((present[:, 0] & ~present[:, 1]).sum()),
+        source["rna"],
+        int((present[:, 1] & ~present[:, 0]).sum()),
+        source["atac"],
+    )
+
+
+def _align_cells(
+    mods: dict[str, Any], obs_names: pd.Index, backed: bool, present: np.ndarray | None = None
+) -> dict[str, np.ndarray | None]:
+    """Bring every modality to the cell order ``obs_names`` (of a mosaic: to the order of the
+    cells it has among them).
 
     In memory the modality is replaced by a view in that order (in ``mods``); a backed one
     is left as it is and the stored row of each cell is returned instead (None: in order).
     """
     order: dict[str, np.ndarray | None] = {m: None for m in MODALITIES}
-    for m in MODALITIES:
-        if not mods[m].obs_names.equals(obs_names):
+    for j, m in enumerate(MODALITIES):
+        if present is not None:
+            mods[m] = mods[m][obs_names[present[:, j]]]
+        elif not mods[m].obs_names.equals(obs_names):
             if backed:
                 order[m] = _str_index(mods[m].obs_names).get_indexer(obs_names)
             else:
@@ -768,9 +839,13 @@ def _backed_counts(adata, layer: str | None, mod_name: str, *, rows=None, cols=N
     return x
 
 
-def _non_empty_cells(library: np.ndarray, source: dict[str, str], drop_empty_cells: bool) -> np.ndarray:
-    """Return which cells have counts in every modality; warn about (or refuse) the others."""
-    empty = library == 0
+def _non_empty_cells(
+    library: np.ndarray, source: dict[str, str], drop_empty_cells: bool, present: np.ndarray | None = None
+) -> np.ndarray:
+    """Return which cells have counts in every modality they have (``present``; default
+    both); warn about (or refuse) the others.
+    """
+    empty = (library == 0) if present is None else (library == 0) & present
     kept = ~empty.any(axis=1)
     if not kept.all():
         detail = ", ".join(f"{int(empty[:, j].sum())} with no {source[m]} counts" for j, m in enumerate(MODALITIES))

@@ -97,8 +97,9 @@ def estimate_library(
         own = library[i : i + 1024]
         for j in range(reference_library.shape[1]):
             o = 1 - j
-            ratio = (reference_library[:, j] / reference_library[:, o])[near].median(dim=1).values.numpy()
-            median = reference_library[:, j][near].median(dim=1).values.numpy()
+            # nanmedian: a mosaic's reference cells lack a modality's library size
+            ratio = (reference_library[:, j] / reference_library[:, o])[near].nanmedian(dim=1).values.numpy()
+            median = reference_library[:, j][near].nanmedian(dim=1).values.numpy()
             out[i : i + 1024, j] = np.where(np.isnan(own[:, o]), median, ratio * own[:, o])
     return out
 

@@ -53,7 +53,13 @@ def initial_state(
     if config.basal_init == "pca":
         both = np.concatenate([train_index, val_index])
         emb = spectral_embedding(
-            data.counts, both, L, radius=model_config.basal_radius, groups=data.covariate_codes, seed=seed
+            data.counts,
+            both,
+            L,
+            radius=model_config.basal_radius,
+            groups=data.covariate_codes,
+            seed=seed,
+            present=data.present,
         )
         emb = torch.from_numpy(emb)
         basal, val_basal = emb[: len(train_index)], emb[len(train_index) :]
@@ -187,6 +193,32 @@ def _modality_scores(
     return out
 
 
+def _mosaic_blocks(counts: dict, rows: np.ndarray, present: np.ndarray, n_pcs: int, seed: int, max_fit_cells: int):
+    """Per modality, (len(rows), k) component scores of a mosaic's cells: the modality's own
+    PCA for the cells that have it; for the others, the scores predicted from the other
+    modality's by least squares (with an intercept) fitted on the cells that have both.
+    """
+    has = np.asarray(present)[rows]
+    both = has.all(axis=1)
+    if not both.any():
+        raise ValueError("the PCA start of a mosaic needs cells with both modalities among the training cells")
+    blocks = []
+    for j, x in enumerate(counts.values()):
+        scores = _modality_scores(x, rows[has[:, j]], n_pcs, seed, max_fit_cells)
+        block = np.zeros((len(rows), scores.shape[1]), dtype=np.float64)
+        block[has[:, j]] = scores
+        blocks.append(block)
+    filled = [b.copy() for b in blocks]
+    for j in range(len(blocks)):
+        lack = ~has[:, j]
+        if lack.any():
+            other = blocks[1 - j]
+            design = np.hstack([other[both], np.ones((int(both.sum()), 1))])
+            coef, *_ = np.linalg.lstsq(design, blocks[j][both], rcond=None)
+            filled[j][lack] = np.hstack([other[lack], np.ones((int(lack.sum()), 1))]) @ coef
+    return filled
+
+
 def spectral_embedding(
     counts: dict[str, sp.csr_matrix],
     rows: np.ndarray,
@@ -197,6 +229,7 @@ def spectral_embedding(
     n_pcs: int = 50,
     seed: int = 0,
     max_fit_cells: int = 20_000,
+    present: np.ndarray | None = None,
 ) -> np.ndarray:
     """Joint PCA of log-normalised, feature-scaled counts of every modality, for ``rows``.
 
@@ -214,13 +247,18 @@ def spectral_embedding(
         this size and all rows projected onto them in blocks, the scores are kept in
         float32 and the joint directions come from the Gram matrix (summed in blocks), so
         the memory per cell is a few hundred bytes.
+    present
+        (n_cells_total, 2) bool, which modalities each cell has (a mosaic; None: all). Each
+        modality's components are then fitted on the cells that have it, and a cell lacking
+        it gets the scores predicted from its other modality's (least squares on the cells
+        with both, :func:`_mosaic_blocks`).
 
     Returns
     -------
     (len(rows), dim) float32.
     """
     rows = np.asarray(rows)
-    large = len(rows) > max_fit_cells
+    large = len(rows) > max_fit_cells and present is None
     if large:
         # every modality's scores written straight into one float32 array, centred in place
         ks = [_n_components(n_pcs, max_fit_cells, x.shape[1]) for x in counts.values()]
@@ -242,10 +280,11 @@ def spectral_embedding(
                 for i in range(0, len(rows), 65536):
                     joint[i : i + 65536] -= means[inverse[i : i + 65536]].astype(joint.dtype)
     else:
-        blocks = []
-        for x in counts.values():
-            scores = _modality_scores(x, rows, n_pcs, seed, max_fit_cells)
-            blocks.append(scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)))
+        if present is None:
+            blocks = [_modality_scores(x, rows, n_pcs, seed, max_fit_cells) for x in counts.values()]
+        else:
+            blocks = _mosaic_blocks(counts, rows, present, n_pcs, seed, max_fit_cells)
+        blocks = [scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)) for scores in blocks]
         joint = np.hstack(blocks)
         joint = joint - joint.mean(axis=0)
         if groups is not None:
@@ -324,7 +363,9 @@ def choose_n_components(data: MultiomeData, latent_dim: int, *, seed: int = 0) -
     n = data.n_cells
     if n < 3:
         return 1, f"K = 1: {n} cells are too few to cluster"
-    emb = spectral_embedding(data.counts, np.arange(n), latent_dim, radius=1.0, groups=data.covariate_codes, seed=seed)
+    emb = spectral_embedding(
+        data.counts, np.arange(n), latent_dim, radius=1.0, groups=data.covariate_codes, seed=seed, present=data.present
+    )
     k_nn = min(AUTO_K["n_neighbors"], n - 1)
     graph = neighbour_graph(emb, n_neighbors=k_nn, seed=seed)
     sizes = np.bincount(leiden_labels(graph, AUTO_K["resolution"], seed=seed))

@@ -220,9 +220,12 @@ class DGD:
             checkpoint_extra=lambda: {"model": self.description.to_payload(self.config)},
             progress_bar=progress_bar,
         )
+        library = self.data.library_size
+        if self.data.present is not None:  # a mosaic: no library size for a modality a cell lacks
+            library = np.where(self.data.present, library, np.float32(np.nan))
         self._table_library = {
-            "train": torch.from_numpy(self.data.library_size[state.train_index]),
-            "val": torch.from_numpy(self.data.library_size[state.val_index]),
+            "train": torch.from_numpy(library[state.train_index]),
+            "val": torch.from_numpy(library[state.val_index]),
         }
         self.fit_encoder()
         return self
@@ -260,7 +263,7 @@ class DGD:
             if self.data is None:
                 raise RuntimeError("this model was loaded without data: pass the data it was trained on")
             rows = np.sort(np.concatenate([state.train_index, state.val_index]))  # data order, as a data argument
-            counts, library = self.data.counts, self.data.library_size
+            counts, library = self.data.counts, self.data.library_size  # a mosaic: 0 where absent (not used)
             basal = self._gather_table("basal")[self.description.kept]  # data rows
             covariate = self._gather_table("covariate")[self.description.kept]
         else:

@@ -181,7 +181,7 @@ def candidate_profiles(
         log_c += resp[:, torch.from_numpy(candidates.combos[:, v])]
     share = (log_r[:, :, None] + log_c[:, None, :]).exp().reshape(len(latent), -1).numpy()
     if library is not None:
-        share = share * np.asarray(library, dtype=np.float64)[:, None]
+        share = share * np.nan_to_num(np.asarray(library, dtype=np.float64))[:, None]  # NaN: lacks it
     mass = share.sum(axis=0)
     n_feat = len(module.dispersion_rho[modality]) if cols is None else len(cols)
     total = np.zeros((share.shape[1], n_feat))

@@ -18,7 +18,7 @@ from . import checkpoint, distributed
 from ._memory import freed_memory_kept
 from .checkpoint import TrainingState
 from .config import TrainConfig
-from .data import MultiomeData, gather_rows
+from .data import MODALITIES, MultiomeData, gather_rows
 from .module import DGDModule
 from .representation import RepresentationTable
 from .settings import settings
@@ -36,13 +36,18 @@ def per_cell_terms(
     library_size: torch.Tensor,
     labels: torch.Tensor | None,
     precision: str = "float32",
+    absent: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-cell loss terms of a minibatch, each (n,): ``nll_<modality>``, ``basal_prior``,
     ``covariate_prior``. ``labels`` (n, V) selects the supervised covariate term;
-    ``library_size`` is (n, n_modalities).
+    ``library_size`` is (n, n_modalities). ``absent`` (n, n_modalities) bool marks the
+    modalities a cell lacks (a mosaic): their term is 0 (the library size given there is
+    only a placeholder, e.g. 1).
     """
     log_lib = {m: torch.log(library_size[:, j]) for j, m in enumerate(module.modalities) if m in counts}
     nll = module.representation_nll(basal, covariate, counts, log_lib, precision=precision)
+    if absent is not None:
+        nll = {m: v.masked_fill(absent[:, module.modalities.index(m)], 0.0) for m, v in nll.items()}
     terms = {f"nll_{m}": v for m, v in nll.items()}
     terms["basal_prior"] = -module.basal.log_prob(basal)
     terms["covariate_prior"] = module.covariate_nll(covariate, labels)
@@ -121,7 +126,10 @@ class _Run:
         self.shuffle = torch.Generator().manual_seed(seed)
         if state.shuffle_rng_state is not None:
             self.shuffle.set_state(state.shuffle_rng_state)
-        self.library = torch.from_numpy(data.library_size).to(device)
+        # a mosaic's cells lacking a modality: their term is masked, their library size a placeholder
+        self.absent = None if data.present is None else torch.from_numpy(~data.present).to(device)
+        library = data.library_size if data.present is None else np.where(data.present, data.library_size, 1.0)
+        self.library = torch.from_numpy(library.astype(np.float32, copy=False)).to(device)
         self.codes = torch.from_numpy(data.covariate_codes).to(device)
         self.has_val = len(state.val_index) > 0
         self.rep_kw = {"lr": config.lr_representation, "betas": config.betas, "weight_decay": config.weight_decay}
@@ -133,10 +141,18 @@ class _Run:
         return {k: distributed.gather_table(t, self.sizes[k], self.ctx) for k, t in self.tables.items()}
 
     def batch_inputs(self, rows: np.ndarray):
-        """Counts, library sizes and covariate codes of data ``rows`` on the device."""
+        """Counts, library sizes, covariate codes and absent modalities (None: all present)
+        of data ``rows`` on the device.
+        """
         counts = {m: gather_rows(x, rows, self.device) for m, x in self.data.counts.items()}
         g = torch.from_numpy(rows).to(self.device)
-        return counts, self.library[g], self.codes[g]
+        return counts, self.library[g], self.codes[g], None if self.absent is None else self.absent[g]
+
+    def modality_cells(self, rows: np.ndarray) -> dict[str, int] | None:
+        """Per modality, how many of data ``rows`` have it (None for paired data)."""
+        if self.data.present is None:
+            return None
+        return {m: int(self.data.present[rows, j].sum()) for j, m in enumerate(MODALITIES)}
 
     def save_checkpoint(self, path, extra: Callable[[], dict[str, Any]] | None) -> None:
         """Write the training checkpoint (rank 0; every process takes part in gathering)."""
@@ -167,11 +183,11 @@ class _Run:
             opt.zero_grad(set_to_none=True)
         loss = hyper_scale * self.module.hyperprior_nll() if self.main else None  # counted once
         if len(mine):
-            counts, lib, labels = self.batch_inputs(self.state.train_index[mine])
+            counts, lib, labels, absent = self.batch_inputs(self.state.train_index[mine])
             idx = torch.from_numpy(own).to(device)
             zb = tables["train_basal"].rows(idx)
             zc = tables["train_covariate"].rows(idx)
-            terms = per_cell_terms(self.module, zb, zc, counts, lib, labels, config.precision)
+            terms = per_cell_terms(self.module, zb, zc, counts, lib, labels, config.precision, absent)
             per_cell = sum(terms.values()).sum()
             loss = per_cell if loss is None else loss + per_cell
         if loss is not None:
@@ -213,7 +229,9 @@ class _Run:
             with torch.no_grad():
                 total += len(batches) * config.l1_decoder * float(self.module.decoder.weight_l1())
         row: dict[str, float] = {"train_loss": total / n_train}
-        row.update({f"train_{k}": v / n_train for k, v in sums.items()})
+        row.update(
+            {f"train_{k}": v for k, v in _means(sums, n_train, self.modality_cells(self.state.train_index)).items()}
+        )
         return row
 
     def track_best(self, epoch: int, metric: float) -> None:
@@ -295,7 +313,15 @@ def fit(
         if run.has_val:
             row.update(
                 _validation_epoch(
-                    run.module, run.tables, state.val_index, run.batch_inputs, config, run.rep_kw, device, run.ctx
+                    run.module,
+                    run.tables,
+                    state.val_index,
+                    run.batch_inputs,
+                    config,
+                    run.rep_kw,
+                    device,
+                    run.ctx,
+                    run.modality_cells(state.val_index),
                 )
             )
         row["seconds"] = time.perf_counter() - t0
@@ -361,7 +387,18 @@ def _check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, device, ctx=None) -> dict[str, float]:
+def _means(sums: dict[str, float], n: int, n_with: dict[str, int] | None) -> dict[str, float]:
+    """Per-cell means of summed terms; a modality's NLL over the cells that have it (``n_with``)."""
+    out = {}
+    for k, v in sums.items():
+        m = k[4:] if k.startswith("nll_") else None
+        out[k] = v / max(n_with[m], 1) if n_with is not None and m in n_with else v / n
+    return out
+
+
+def _validation_epoch(
+    module, tables, val_index, batch_inputs, config, rep_kw, device, ctx=None, n_with=None
+) -> dict[str, float]:
     """One pass over validation cells: grads reach only their representations, then one step.
 
     Each validation cell's terms depend only on its own rows, so a distributed process
@@ -371,11 +408,11 @@ def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, d
     sums: dict[str, float] = {}
     owned = val_index if ctx is None else val_index[ctx.owned(len(val_index))]
     for local in _batches(len(owned), config.batch_size, None):
-        counts, lib, _ = batch_inputs(owned[local])
+        counts, lib, _, absent = batch_inputs(owned[local])
         idx = torch.from_numpy(local).to(device)
         zb = tables["val_basal"].rows(idx)
         zc = tables["val_covariate"].rows(idx)
-        terms = per_cell_terms(module, zb, zc, counts, lib, None, config.precision)
+        terms = per_cell_terms(module, zb, zc, counts, lib, None, config.precision, absent)
         loss = sum(terms.values()).sum()
         inputs = [zb, zc] if zc.shape[1] else [zb]
         grads = torch.autograd.grad(loss, inputs)
@@ -388,7 +425,6 @@ def _validation_epoch(module, tables, val_index, batch_inputs, config, rep_kw, d
     tables["val_covariate"].step(**rep_kw)
     if ctx is not None:
         sums = distributed.all_reduce_sums(sums, device)
-    n = len(val_index)
-    out = {f"val_{k}": v / n for k, v in sums.items()}
+    out = {f"val_{k}": v for k, v in _means(sums, len(val_index), n_with).items()}
     out["val_reconstruction"] = sum(v for k, v in out.items() if k.startswith("val_nll_"))
     return out

@@ -1,0 +1,114 @@
+"""Mosaic training data: cells with both modalities, RNA only and ATAC only, in one model."""
+
+import logging
+
+import mudata as md
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from multidgd import DGD, ModelConfig, TrainConfig
+from multidgd.data import read_multiome
+from multidgd.initialization import spectral_embedding
+from multidgd.train import per_cell_terms
+
+from .conftest import make_mudata
+
+FAST = TrainConfig(batch_size=32, min_epochs=2, patience=2)
+
+
+def _mosaic(data, rna_cells, atac_cells):
+    out = md.MuData({"rna": data["rna"][rna_cells].copy(), "atac": data["atac"][atac_cells].copy()})
+    out.obs = data.obs.copy()  # the labels of every cell
+    return out
+
+
+@pytest.fixture(scope="module")
+def full():
+    return make_mudata(n_cells=240, seed=5)
+
+
+def test_reading_a_mosaic(full, caplog):
+    mosaic = _mosaic(full, slice(0, 160), slice(80, 240))
+    with caplog.at_level(logging.INFO, logger="multidgd"):
+        data = read_multiome(mosaic, cell_type_key="cell_type", covariate_keys=["batch"])
+    assert "80 cells with both modalities, 80 with rna only, 80 with atac only" in caplog.text
+    assert list(data.obs_names) == list(full.obs_names)
+    np.testing.assert_array_equal(data.present[:, 0], np.arange(240) < 160)
+    np.testing.assert_array_equal(data.present[:, 1], np.arange(240) >= 80)
+    paired = read_multiome(full, cell_type_key="cell_type")
+    for j, m in enumerate(("rna", "atac")):
+        has = data.present[:, j]
+        np.testing.assert_array_equal(data.counts[m][has].toarray(), paired.counts[m][has].toarray())
+        assert data.counts[m][~has].nnz == 0 and (data.library_size[~has, j] == 0).all()
+    # labels of cells only in the ATAC modality come from the MuData's obs
+    np.testing.assert_array_equal(data.cell_type_codes, paired.cell_type_codes)
+
+
+def test_bad_mosaics_are_refused(full):
+    with pytest.raises(ValueError, match="none in both"):
+        read_multiome(_mosaic(full, slice(0, 100), slice(100, 240)))
+    empty = _mosaic(full, slice(0, 160), slice(80, 240))
+    keep = (np.arange(160) >= 80).astype(np.float32)  # the paired cells' ATAC is empty: they are dropped
+    empty.mod["atac"].X = sp.csr_matrix(sp.diags(keep) @ empty.mod["atac"].X)
+    with pytest.raises(ValueError, match="a mosaic needs paired cells"):
+        read_multiome(empty)
+
+
+def test_an_absent_modality_is_left_out_of_the_loss(full):
+    model = DGD(full, cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
+    model.train(2, seed=0, config=FAST, progress_bar=False)
+    module = model.module
+    rows = np.arange(40)
+    from multidgd.data import gather_rows
+
+    counts = {m: gather_rows(x, rows) for m, x in model.data.counts.items()}
+    lib = torch.from_numpy(model.data.library_size[rows])
+    absent = torch.zeros(40, 2, dtype=torch.bool)
+    absent[:20, 1] = True  # the first 20 cells lack ATAC
+    zb = torch.randn(40, 20, requires_grad=True)
+    zc = torch.randn(40, 2)
+    terms = per_cell_terms(module, zb, zc, counts, lib, None, absent=absent)
+    rna_only = per_cell_terms(module, zb, zc, {"rna": counts["rna"]}, lib, None)
+    assert (terms["nll_atac"][:20] == 0).all() and (terms["nll_atac"][20:] > 0).all()
+    torch.testing.assert_close(terms["nll_rna"], rna_only["nll_rna"])
+    # the gradient of a cell lacking ATAC is that of its RNA loss alone
+    (g,) = torch.autograd.grad(sum(t.sum() for t in terms.values()), zb)
+    (g_rna,) = torch.autograd.grad(sum(t.sum() for t in rna_only.values()), zb)
+    torch.testing.assert_close(g[:20], g_rna[:20])
+    assert not torch.allclose(g[20:], g_rna[20:])
+
+
+def test_every_cell_paired_through_the_mosaic_path_is_paired_training(full):
+    a = DGD(full, cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
+    b = DGD(full, cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
+    b.data.present = np.ones((b.data.n_cells, 2), dtype=bool)  # masks, placeholders and per-modality means on
+    for model in (a, b):
+        model.train(3, seed=0, config=FAST, progress_bar=False)
+    np.testing.assert_array_equal(a.get_latent_representation(), b.get_latent_representation())
+    np.testing.assert_array_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"))
+    for k, v in a.module.state_dict().items():
+        assert torch.equal(v, b.module.state_dict()[k]), k
+
+
+def test_mosaic_start_places_unpaired_cells_with_their_type(full):
+    data = read_multiome(_mosaic(full, slice(0, 160), slice(80, 240)), covariate_keys=["batch"])
+    emb = spectral_embedding(data.counts, np.arange(240), 10, radius=1.0, present=data.present, seed=0)
+    types = full.obs["cell_type"].cat.codes.to_numpy()
+    paired = data.present.all(axis=1)
+    centres = np.stack([emb[paired & (types == t)].mean(0) for t in range(3)])
+    nearest = np.linalg.norm(emb[:, None] - centres[None], axis=2).argmin(1)
+    for kind in (~data.present[:, 1], ~data.present[:, 0]):  # RNA only, ATAC only
+        assert (nearest[kind] == types[kind]).mean() > 0.9
+
+
+def test_training_a_mosaic(full):
+    mosaic = _mosaic(full, slice(0, 160), slice(80, 240))
+    model = DGD(mosaic, cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
+    model.train(6, seed=0, config=FAST, progress_bar=False)
+    assert np.isfinite(model.history.drop(columns="seconds").to_numpy()).all()
+    assert np.isfinite(model.get_latent_representation()).all()
+    lib = model.get_library_size()
+    np.testing.assert_array_equal(np.isnan(lib), ~model.data.present)
+    assert model.encoder_record["reference_cells"] <= 80  # the encoder learns from paired cells
