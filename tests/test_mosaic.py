@@ -4,11 +4,12 @@ import logging
 
 import mudata as md
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
 
-from multidgd import DGD, ModelConfig, TrainConfig
+from multidgd import DGD, ModelConfig, TrainConfig, combine_mosaic
 from multidgd.data import read_multiome
 from multidgd.initialization import spectral_embedding
 from multidgd.train import per_cell_terms
@@ -112,3 +113,65 @@ def test_training_a_mosaic(full):
     lib = model.get_library_size()
     np.testing.assert_array_equal(np.isnan(lib), ~model.data.present)
     assert model.encoder_record["reference_cells"] <= 80  # the encoder learns from paired cells
+
+
+def _three_files(full):
+    paired = full[:120].copy()
+    rna = full["rna"][120:180].copy()
+    atac = full["atac"][180:].copy()
+    return paired, rna, atac
+
+
+def test_combine_mosaic(full):
+    paired, rna, atac = _three_files(full)
+    rna = rna[:, 2:].copy()  # the RNA-only file lacks two genes: they are left out everywhere
+    combined = combine_mosaic(paired, rna=rna, atac=atac)
+    assert combined["rna"].n_obs == 180 and combined["atac"].n_obs == 180
+    assert list(combined["rna"].var_names) == list(full["rna"].var_names[2:])
+    assert list(combined["atac"].var_names) == list(full["atac"].var_names)
+    source = combined.obs.loc[full.obs_names, "modality_source"].astype(str).to_numpy()
+    assert (
+        (source[:120] == "paired").all()
+        and (source[120:180] == "rna_only").all()
+        and (source[180:] == "atac_only").all()
+    )
+    data = read_multiome(combined, cell_type_key="cell_type", covariate_keys=["batch"])
+    ref = read_multiome(full, cell_type_key="cell_type")
+    order = pd.Index(data.obs_names)
+    assert order.sort_values().equals(pd.Index(full.obs_names).sort_values())
+    pos = ref.obs_names.get_indexer(order)
+    np.testing.assert_array_equal(
+        data.counts["atac"][data.present[:, 1]].toarray(), ref.counts["atac"][pos[data.present[:, 1]]].toarray()
+    )
+    np.testing.assert_array_equal(data.cell_type_codes, ref.cell_type_codes[pos])
+    assert paired.n_obs == 120 and rna.n_vars == 28  # inputs unchanged
+
+
+def test_combine_mosaic_refuses_bad_inputs(full):
+    paired, rna, atac = _three_files(full)
+    other = rna.copy()
+    other.var_names = [f"x{i}" for i in range(other.n_vars)]
+    with pytest.raises(ValueError, match="share 0 of the paired data's 30 features"):
+        combine_mosaic(paired, rna=other)
+    with pytest.raises(ValueError, match="cell names repeat"):
+        combine_mosaic(paired, rna=full["rna"][:60].copy())
+    with pytest.raises(ValueError, match="single-modality cells"):
+        combine_mosaic(paired)
+
+
+def test_train_command_with_single_modality_files(full, tmp_path):
+    from multidgd.cli import main
+    from multidgd.io import read
+
+    paired, rna, atac = _three_files(full)
+    paths = {"p": tmp_path / "paired.h5mu", "r": tmp_path / "rna.h5ad", "a": tmp_path / "atac.h5ad"}
+    paired.write(paths["p"])
+    rna.write_h5ad(paths["r"])
+    atac.write_h5ad(paths["a"])
+    out = tmp_path / "out"
+    args = ["train", str(paths["p"]), "--rna-only", str(paths["r"]), "--atac-only", str(paths["a"])]
+    args += ["--out", str(out), "--cell-type-key", "cell_type", "--covariate-keys", "batch"]
+    assert main([*args, "--max-epochs", "3", "--quiet", "--device", "cpu", "--batch-size", "32"]) == 0
+    result = read(out / "multidgd.h5mu")
+    assert result.n_obs == 240 and np.isfinite(result.obsm["X_multidgd"]).all()
+    assert set(result.obs["modality_source"].astype(str)) == {"paired", "rna_only", "atac_only"}

@@ -300,6 +300,14 @@ def _add_train_parsers(sub) -> None:
         "--covariate-keys", nargs="*", default=[], help="obs columns of batch-like covariates (default none)"
     )
     train.add_argument(
+        "--rna-only",
+        type=Path,
+        default=None,
+        help="also an .h5ad of cells with RNA only (genes): mosaic training with DATA's paired cells "
+        "(obs column modality_source marks each cell's kind)",
+    )
+    train.add_argument("--atac-only", type=Path, default=None, help="also an .h5ad of cells with ATAC only (peaks)")
+    train.add_argument(
         "--backed",
         action="store_true",
         help="leave the counts on disk and read rows per minibatch (X stored as CSR); "
@@ -511,9 +519,19 @@ def _train(args: argparse.Namespace) -> str | None:
             "covariate_keys": args.covariate_keys,
             "n_components": args.n_components,
         }
+    singles = {k: getattr(args, k, None) for k in ("rna_only", "atac_only")}
+    singles = {k: v for k, v in singles.items() if v is not None}
+    if singles and args.backed:
+        raise ValueError("--rna-only / --atac-only are read into memory; drop --backed")
+    inputs.update({f"--{k.replace('_', '-')}": v for k, v in singles.items()})
     out = _train_out(args)
     OutputFolder.check(out, overwrite=args.overwrite, resume=args.resume, inputs=inputs)  # before reading the data
     data = read_input(path, backed=getattr(args, "backed", False))
+    if singles:
+        from .mosaic import combine_mosaic
+
+        extra = {k.split("_")[0]: read_input(v, what=f"--{k.replace('_', '-')}") for k, v in singles.items()}
+        data = combine_mosaic(data, **extra, rna_mod=args.rna_mod, atac_mod=args.atac_mod)
     summary = train_and_report(
         data,
         out,

@@ -193,10 +193,16 @@ def _modality_scores(
     return out
 
 
-def _mosaic_blocks(counts: dict, rows: np.ndarray, present: np.ndarray, n_pcs: int, seed: int, max_fit_cells: int):
-    """Per modality, (len(rows), k) component scores of a mosaic's cells: the modality's own
-    PCA for the cells that have it; for the others, the scores predicted from the other
-    modality's by least squares (with an intercept) fitted on the cells that have both.
+def _mosaic_embedding(
+    counts: dict, rows: np.ndarray, present: np.ndarray, dim: int, groups, n_pcs: int, seed: int, max_fit_cells: int
+) -> np.ndarray:
+    """(len(rows), dim) joint start of a mosaic's cells, before scaling.
+
+    Each modality's components are fitted on the cells that have it and centred within
+    each covariate class. The cells with both modalities are embedded as paired data are
+    (blocks scaled to unit variance, concatenated, top ``dim`` components); a cell with one
+    modality is placed by least squares (with an intercept) from that modality's scores to
+    the joint embedding, fitted on the paired cells.
     """
     has = np.asarray(present)[rows]
     both = has.all(axis=1)
@@ -204,19 +210,28 @@ def _mosaic_blocks(counts: dict, rows: np.ndarray, present: np.ndarray, n_pcs: i
         raise ValueError("the PCA start of a mosaic needs cells with both modalities among the training cells")
     blocks = []
     for j, x in enumerate(counts.values()):
-        scores = _modality_scores(x, rows[has[:, j]], n_pcs, seed, max_fit_cells)
-        block = np.zeros((len(rows), scores.shape[1]), dtype=np.float64)
-        block[has[:, j]] = scores
+        scores = _modality_scores(x, rows[has[:, j]], n_pcs, seed, max_fit_cells).astype(np.float64)
+        scores -= scores.mean(axis=0)
+        if groups is not None:
+            for codes in np.asarray(groups)[rows[has[:, j]]].T:
+                for g in np.unique(codes):
+                    scores[codes == g] -= scores[codes == g].mean(axis=0)
+        block = np.zeros((len(rows), scores.shape[1]))
+        block[has[:, j]] = scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12))
         blocks.append(block)
-    filled = [b.copy() for b in blocks]
-    for j in range(len(blocks)):
-        lack = ~has[:, j]
-        if lack.any():
-            other = blocks[1 - j]
-            design = np.hstack([other[both], np.ones((int(both.sum()), 1))])
-            coef, *_ = np.linalg.lstsq(design, blocks[j][both], rcond=None)
-            filled[j][lack] = np.hstack([other[lack], np.ones((int(lack.sum()), 1))]) @ coef
-    return filled
+    joint = np.hstack([b[both] for b in blocks])
+    joint -= joint.mean(axis=0)
+    u, s, _ = np.linalg.svd(joint, full_matrices=False)
+    emb = np.zeros((len(rows), dim))
+    k = min(dim, len(s))
+    emb[both, :k] = u[:, :k] * s[:k]
+    for j, block in enumerate(blocks):
+        single = has[:, j] & ~both
+        if single.any():
+            design = np.hstack([block[both], np.ones((int(both.sum()), 1))])
+            coef, *_ = np.linalg.lstsq(design, emb[both], rcond=None)
+            emb[single] = np.hstack([block[single], np.ones((int(single.sum()), 1))]) @ coef
+    return emb
 
 
 def spectral_embedding(
@@ -248,16 +263,16 @@ def spectral_embedding(
         float32 and the joint directions come from the Gram matrix (summed in blocks), so
         the memory per cell is a few hundred bytes.
     present
-        (n_cells_total, 2) bool, which modalities each cell has (a mosaic; None: all). Each
-        modality's components are then fitted on the cells that have it, and a cell lacking
-        it gets the scores predicted from its other modality's (least squares on the cells
-        with both, :func:`_mosaic_blocks`).
+        (n_cells_total, 2) bool, which modalities each cell has (a mosaic; None: all): see
+        :func:`_mosaic_embedding`.
 
     Returns
     -------
     (len(rows), dim) float32.
     """
     rows = np.asarray(rows)
+    if present is not None and np.asarray(present)[rows].all():
+        present = None  # every cell paired: the paired start
     large = len(rows) > max_fit_cells and present is None
     if large:
         # every modality's scores written straight into one float32 array, centred in place
@@ -279,19 +294,20 @@ def spectral_embedding(
                 means = sums / np.bincount(inverse)[:, None]
                 for i in range(0, len(rows), 65536):
                     joint[i : i + 65536] -= means[inverse[i : i + 65536]].astype(joint.dtype)
-    else:
-        if present is None:
-            blocks = [_modality_scores(x, rows, n_pcs, seed, max_fit_cells) for x in counts.values()]
-        else:
-            blocks = _mosaic_blocks(counts, rows, present, n_pcs, seed, max_fit_cells)
-        blocks = [scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)) for scores in blocks]
+    elif present is None:
+        blocks = []
+        for x in counts.values():
+            scores = _modality_scores(x, rows, n_pcs, seed, max_fit_cells)
+            blocks.append(scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)))
         joint = np.hstack(blocks)
         joint = joint - joint.mean(axis=0)
         if groups is not None:
             for codes in np.asarray(groups)[rows].T:
                 for g in np.unique(codes):
                     joint[codes == g] -= joint[codes == g].mean(axis=0)
-    if large:
+    if present is not None:
+        emb = _mosaic_embedding(counts, rows, present, dim, groups, n_pcs, seed, max_fit_cells)
+    elif large:
         # the top directions from the (features x features) Gram matrix, summed a block of
         # cells at a time: no (cells x features) float64 copy and no SVD workspace per cell
         gram = np.zeros((joint.shape[1], joint.shape[1]))
