@@ -87,3 +87,29 @@ def test_motif_enrichment_known_answer():
     assert row["t"] == pytest.approx(expected.statistic) and row["p"] == pytest.approx(expected.pvalue)
     with pytest.raises(TypeError, match="MotifMatches"):
         analysis.motif_enrichment(table, motifs.to_numpy())
+
+
+def test_grouped_tables_give_every_group(tmp_path):
+    """Without group=, a table of several groups (gene2peak(groupby=...)) is analysed group by group."""
+    peaks = [f"chr1:{100 * i}-{100 * i + 50}" for i in range(6)]
+    one = _table({"a": dict(zip(peaks, [6.0, 5.0, 1.0, 1.0, 1.0, 1.0], strict=True)), "b": dict.fromkeys(peaks, 2.0)})
+    two = _table({"a": dict(zip(peaks, [1.0, 1.0, 1.0, 1.0, 5.0, 6.0], strict=True)), "b": dict.fromkeys(peaks, 2.0)})
+    one["group"], two["group"] = "T", "B"
+    grouped = pd.concat([one, two], ignore_index=True)
+    grouped.attrs["method"] = "silencing"
+    links = pd.DataFrame({"gene": ["a", "a"], "peak": peaks[:2]})
+    result = analysis.link_enrichment(grouped, links)
+    per = result.per_gene.set_index(["group", "gene"])
+    assert per.loc[("T", "a"), "auprc"] == pytest.approx(1.0)
+    assert per.loc[("B", "a"), "auprc"] == pytest.approx(analysis.link_enrichment(two, links).per_gene["auprc"].iloc[0])
+    assert set(result.summary["groups"]) == {"T", "B"}
+    assert result.summary["groups"]["T"] == analysis.link_enrichment(one, links).summary
+    tss = pd.DataFrame({"chrom": ["chr1"], "tss": [101], "strand": ["+"], "gene_id": ["a"], "gene_name": ["a"]})
+    profile = analysis.tss_profile(grouped, peaks, tss, window=1_000, bin_size=100, n_control=1)
+    for g, part in (("T", one), ("B", two)):
+        alone = analysis.tss_profile(part, peaks, tss, window=1_000, bin_size=100, n_control=1)
+        got = profile[profile["group"] == g].drop(columns="group").reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, alone.reset_index(drop=True), check_dtype=False)
+    assert set(profile.attrs["groups"]) == {"T", "B"}
+    with pytest.raises(ValueError, match="not in the table"):
+        analysis.link_enrichment(grouped, links, group="X")

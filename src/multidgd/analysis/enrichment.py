@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from .genome import gene_tss, parse_peak_coordinates, tss_distance
 from .motifs import MotifMatches, tf_names
-from .tables import feature_column, one_group, peak_column, score_column
+from .tables import feature_column, one_group, peak_column, score_column, several_groups, stack_groups
 
 __all__ = ["LinkEvaluation", "link_enrichment", "tss_profile", "motif_enrichment"]
 
@@ -132,7 +132,8 @@ def link_enrichment(table: pd.DataFrame, links, *, score: str | None = None, gro
     score
         Column to rank by (default ``mean_abs_delta`` / ``abs_rho`` by the table's method).
     group
-        Which group of a table with several.
+        Which group of a table with several; None: each group in turn (results stacked,
+        with a ``group`` column).
 
     Returns
     -------
@@ -140,6 +141,11 @@ def link_enrichment(table: pd.DataFrame, links, *, score: str | None = None, gro
         Per-gene results and their summary.
     """
     score = score_column(table, score)
+    groups = several_groups(table, group)
+    if groups is not None:
+        evals = {g: link_enrichment(table, links, score=score, group=g) for g in groups}
+        summary = {"score": score, "groups": {g: e.summary for g, e in evals.items()}}
+        return LinkEvaluation(stack_groups({g: e.per_gene for g, e in evals.items()}), summary)
     feature = feature_column(table)
     t = one_group(table, group)
     per_gene = _per_gene_links(t, score, feature, _link_pairs(links))
@@ -293,7 +299,8 @@ def tss_profile(
     score
         Column (default ``mean_abs_delta`` / ``abs_rho`` by the table's method).
     group
-        Which group of a table with several.
+        Which group of a table with several; None: each group in turn (results stacked,
+        with a ``group`` column).
     n_control
         Random other genes of the table whose effects on the same peaks are the control.
     rna_var
@@ -311,6 +318,10 @@ def tss_profile(
     """
     _check_bins(window, bin_size)
     score = score_column(table, score)
+    groups = several_groups(table, group)
+    if groups is not None:
+        kw = {"window": window, "bin_size": bin_size, "score": score, "n_control": n_control, "rna_var": rna_var}
+        return stack_groups({g: tss_profile(table, peaks, tss, group=g, seed=seed, **kw) for g in groups})
     t = one_group(table, group)
     col = peak_column(t)
     coords = parse_peak_coordinates(peaks)
@@ -427,7 +438,8 @@ def motif_enrichment(
     score
         Signed column to test (default ``mean_delta``).
     group
-        Which group of a table with several.
+        Which group of a table with several; None: each group in turn (results stacked,
+        with a ``group`` column).
     seed
         Seed of the random peaks.
 
@@ -438,6 +450,9 @@ def motif_enrichment(
         ``frac_closing_motif``, ``frac_closing_random``, ``mean_motif``, ``mean_random``,
         ``t`` and ``p`` (two-sided).
     """
+    groups = several_groups(table, group)
+    if groups is not None:
+        return stack_groups({g: motif_enrichment(table, motifs, score=score, group=g, seed=seed) for g in groups})
     t = one_group(table, group)
     col = peak_column(t)
     if score not in t.columns:

@@ -26,6 +26,8 @@ __all__ = [
     "label_codes",
     "score_column",
     "one_group",
+    "several_groups",
+    "stack_groups",
     "feature_column",
     "peak_column",
 ]
@@ -244,6 +246,26 @@ def one_group(table: pd.DataFrame, group) -> pd.DataFrame:
     if str(group) not in groups:
         raise ValueError(f"group {group!r} is not in the table; groups: {list(groups)}")
     return table[table["group"].astype(str) == str(group)]
+
+
+def several_groups(table: pd.DataFrame, group) -> list[str] | None:
+    """The groups of a table with several when no ``group`` is named (each is then analysed
+    in turn); None otherwise.
+    """
+    if group is not None or "group" not in table.columns:
+        return None
+    groups = table["group"].astype(str).unique().tolist()
+    return groups if len(groups) > 1 else None
+
+
+def stack_groups(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-group result tables one under the other, with a leading ``group`` column;
+    ``attrs["groups"]`` holds each group's ``attrs``.
+    """
+    out = pd.concat([p.assign(group=g) for g, p in parts.items()], ignore_index=True)
+    out = out[["group", *[c for c in out.columns if c != "group"]]]
+    out.attrs = {"groups": {g: dict(p.attrs) for g, p in parts.items()}}
+    return out
 
 
 def feature_column(table: pd.DataFrame) -> str:
