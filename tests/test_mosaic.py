@@ -175,3 +175,7 @@ def test_train_command_with_single_modality_files(full, tmp_path):
     result = read(out / "multidgd.h5mu")
     assert result.n_obs == 240 and np.isfinite(result.obsm["X_multidgd"]).all()
     assert set(result.obs["modality_source"].astype(str)) == {"paired", "rna_only", "atac_only"}
+    import json
+
+    kinds = json.loads((out / "summary.json").read_text())["cells_by_kind"]
+    assert kinds == {"paired": 120, "rna_only": 60, "atac_only": 60}  # training and validation cells

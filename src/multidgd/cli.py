@@ -193,6 +193,12 @@ def _train_summary_text(summary: dict[str, Any], out: Path) -> str:
     if "val_nll_rna" in summary:
         pad = " " * len("  per-cell NLL at best epoch: ")
         lines.append(f"{pad}validation RNA {summary['val_nll_rna']:.2f}, ATAC {summary['val_nll_atac']:.2f}")
+    if "cells_by_kind" in summary:
+        kinds = summary["cells_by_kind"]
+        lines.append(
+            f"  mosaic: {kinds['paired']} paired, {kinds['rna_only']} RNA-only and {kinds['atac_only']} "
+            "ATAC-only cells (NLL means over the cells that have each modality)"
+        )
     lines.append(
         f"  mixture components used (>= 1% of training cells): {summary['components_used']} of "
         f"{summary['components']}; cells per component: {summary['cluster_sizes']}"
