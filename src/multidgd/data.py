@@ -33,6 +33,7 @@ from ._backed import BackedCSR, backed_group
 __all__ = [
     "MultiomeData",
     "read_multiome",
+    "mosaic_kinds",
     "obs_column",
     "make_validation_split",
     "stratified_parts",
@@ -134,11 +135,6 @@ class MultiomeData:
     split: np.ndarray | None = None
     source_modality: dict[str, str] = field(default_factory=dict)
     present: np.ndarray | None = None
-
-    @property
-    def presence(self) -> np.ndarray:
-        """(n, 2) bool: which modalities each cell has (all True for paired data)."""
-        return np.ones((self.n_cells, len(MODALITIES)), dtype=bool) if self.present is None else self.present
 
     @property
     def n_cells(self) -> int:
@@ -755,20 +751,30 @@ def _expand_rows(x: sp.csr_matrix, has: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((x.data, x.indices, np.cumsum(indptr)), shape=(len(has), x.shape[1]))
 
 
+def mosaic_kinds(present: np.ndarray) -> dict[str, int]:
+    """Cells of each kind of an (n, 2) ``present`` mask: ``paired``, ``rna_only``, ``atac_only``."""
+    present = np.asarray(present, dtype=bool)
+    return {
+        "paired": int(present.all(axis=1).sum()),
+        "rna_only": int((present[:, 0] & ~present[:, 1]).sum()),
+        "atac_only": int((present[:, 1] & ~present[:, 0]).sum()),
+    }
+
+
 def _check_mosaic(present: np.ndarray, source: dict[str, str]) -> None:
     """Refuse a mosaic left without paired cells; say how many cells of each kind it has."""
-    paired = int(present.all(axis=1).sum())
-    if paired == 0:
+    kinds = mosaic_kinds(present)
+    if kinds["paired"] == 0:
         raise ValueError(
             "no cell with counts in both modalities is left; a model learns how the modalities "
             "relate from cells that have both (a mosaic needs paired cells)"
         )
     logger.info(
         "mosaic: %d cells with both modalities, %d with %s only, %d with %s only",
-        paired,
-        int((present[:, 0] & ~present[:, 1]).sum()),
+        kinds["paired"],
+        kinds["rna_only"],
         source["rna"],
-        int((present[:, 1] & ~present[:, 0]).sum()),
+        kinds["atac_only"],
         source["atac"],
     )
 

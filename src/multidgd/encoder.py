@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -73,10 +73,6 @@ class EncoderConfig:
     lr: float = 1e-3
     paired_fraction: float = 0.5
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        """Plain values (stored in model files)."""
-        return asdict(self)
 
 
 def _last_layer(module, modality: str) -> torch.Tensor:

@@ -523,9 +523,10 @@ def embed_cells(
         and feature), so fewer than ``batch_size`` cells go together when features are many.
     initial
         (n, L) basal and (n, d * V) covariate starts (e.g. from the start encoder) used
-        instead of the best candidates; the candidates are still scored (they predict a
-        modality a cell lacks). With ``covariate_start="label"`` cells of known classes
-        start at their class's mean all the same.
+        instead of the best candidates. Cells lacking a modality are still scored against
+        the candidates (they predict what the cell lacks); cells with every modality are
+        not (NaN rows of ``Candidates.nll``). With ``covariate_start="label"`` cells of
+        known classes start at their class's mean all the same.
 
     Returns
     -------
@@ -667,11 +668,8 @@ def _initial_values(job: _Job, covariate_start: str, cov0: torch.Tensor, initial
         if job.learning:  # classes being learned have no mean yet: their cells keep the best start
             for v, comps in enumerate(job.new_components):
                 known &= ~np.isin(codes[:, v], comps)
-        means = [
-            mix.mean.detach().cpu()[torch.from_numpy(np.maximum(codes[:, v], 0))]
-            for v, mix in enumerate(job.module.covariates)
-        ]
-        cov = torch.where(torch.from_numpy(known).unsqueeze(1), torch.cat(means, 1), cov)
+        means = job.module.covariate_means(np.maximum(codes, 0))
+        cov = torch.where(torch.from_numpy(known).unsqueeze(1), means, cov)
     return basal.clone(), cov.clone()
 
 

@@ -70,11 +70,7 @@ def initial_state(
     if config.mixture_init == "kmeans":
         with torch.no_grad():
             module.basal.mean.copy_(torch.from_numpy(kmeans_centres(basal.numpy(), n_components, seed=seed)))
-    cov = torch.zeros(len(train_index), d * len(n_classes))
-    with torch.no_grad():
-        for v, mixture in enumerate(module.covariates):
-            labels = torch.from_numpy(data.covariate_codes[train_index, v])
-            cov[:, d * v : d * (v + 1)] = mixture.mean[labels]
+    cov = module.covariate_means(data.covariate_codes[train_index])
     tables = {
         "train_basal": RepresentationTable(basal),
         "train_covariate": RepresentationTable(cov),
@@ -193,6 +189,17 @@ def _modality_scores(
     return out
 
 
+def _centre_within_groups(x: np.ndarray, groups, rows: np.ndarray) -> None:
+    """Subtract, in place, the mean of each class of every column of ``groups[rows]`` from
+    the rows of ``x`` (the covariates' shifts, which their own representations model).
+    """
+    if groups is None:
+        return
+    for codes in np.asarray(groups)[rows].T:
+        for g in np.unique(codes):
+            x[codes == g] -= x[codes == g].mean(axis=0)
+
+
 def _mosaic_embedding(
     counts: dict, rows: np.ndarray, present: np.ndarray, dim: int, groups, n_pcs: int, seed: int, max_fit_cells: int
 ) -> np.ndarray:
@@ -212,10 +219,7 @@ def _mosaic_embedding(
     for j, x in enumerate(counts.values()):
         scores = _modality_scores(x, rows[has[:, j]], n_pcs, seed, max_fit_cells).astype(np.float64)
         scores -= scores.mean(axis=0)
-        if groups is not None:
-            for codes in np.asarray(groups)[rows[has[:, j]]].T:
-                for g in np.unique(codes):
-                    scores[codes == g] -= scores[codes == g].mean(axis=0)
+        _centre_within_groups(scores, groups, rows[has[:, j]])
         block = np.zeros((len(rows), scores.shape[1]))
         block[has[:, j]] = scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12))
         blocks.append(block)
@@ -301,10 +305,7 @@ def spectral_embedding(
             blocks.append(scores / np.sqrt(max(scores.var(axis=0).sum(), 1e-12)))
         joint = np.hstack(blocks)
         joint = joint - joint.mean(axis=0)
-        if groups is not None:
-            for codes in np.asarray(groups)[rows].T:
-                for g in np.unique(codes):
-                    joint[codes == g] -= joint[codes == g].mean(axis=0)
+        _centre_within_groups(joint, groups, rows)
     if present is not None:
         emb = _mosaic_embedding(counts, rows, present, dim, groups, n_pcs, seed, max_fit_cells)
     elif large:

@@ -259,21 +259,17 @@ class DGD:
         ``self``, with :attr:`encoder` and :attr:`encoder_record` set.
         """
         state = self.state
+        reps = [self._gather_table(k) for k in ("basal", "covariate")]  # per input cell, NaN: not trained
         if data is None:
             if self.data is None:
                 raise RuntimeError("this model was loaded without data: pass the data it was trained on")
             rows = np.sort(np.concatenate([state.train_index, state.val_index]))  # data order, as a data argument
             counts, library = self.data.counts, self.data.library_size  # a mosaic: 0 where absent (not used)
-            basal = self._gather_table("basal")[self.description.kept]  # data rows
-            covariate = self._gather_table("covariate")[self.description.kept]
+            basal, covariate = (r[self.description.kept] for r in reps)  # data rows
         else:
             query = self._read_query(data, rna_mod, atac_mod, layer, {}, 1.0, labels_needed=False)
             pos = self.obs_names.get_indexer(query.obs_names)
-            basal = np.full((query.n_cells, self.config.latent_dim), np.nan, dtype=np.float32)
-            covariate = np.full((query.n_cells, self._gather_table("covariate").shape[1]), np.nan, dtype=np.float32)
-            basal[pos >= 0], covariate[pos >= 0] = (
-                self._gather_table(k)[pos[pos >= 0]] for k in ("basal", "covariate")
-            )
+            basal, covariate = (np.where((pos >= 0)[:, None], r[np.maximum(pos, 0)], np.float32(np.nan)) for r in reps)
             rows = np.flatnonzero(query.present.all(axis=1) & ~np.isnan(basal).any(axis=1))
             counts, library = query.counts, query.library_size
         rows = rows[(library[rows] > 0).all(axis=1)]
@@ -762,15 +758,13 @@ class DGD:
         unknown = set(wanted) - set(keys)
         if unknown or set(keys) - set(wanted):
             raise ValueError(f"transform_batch must name a class of each covariate {keys}, got {transform_batch!r}")
-        d = self.config.covariate_dim
-        out = np.empty((n, d * len(keys)), dtype=np.float32)
+        codes = []
         for v, key in enumerate(keys):
             classes = self.covariate_categories[v]
             if str(wanted[key]) not in classes:
                 raise ValueError(f"transform_batch: {key} has no class {wanted[key]!r}; classes: {classes}")
-            mean = self.module.covariates[v].mean.detach().cpu().numpy()[classes.index(str(wanted[key]))]
-            out[:, v * d : (v + 1) * d] = mean
-        return out
+            codes.append(classes.index(str(wanted[key])))
+        return self.module.covariate_means(np.tile(codes, (n, 1))).numpy()
 
     def _profiles_of(self, embedding: Embedding, j: int):
         """``profiles(cols)`` of the embedding's candidates over the training cells (modality ``j``)."""

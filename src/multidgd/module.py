@@ -186,6 +186,15 @@ class DGDModule(nn.Module):
             out[m] = nb_nll_from_logits(y, log_library[m], rho, *counts[m])
         return out
 
+    @torch.no_grad()
+    def covariate_means(self, codes) -> torch.Tensor:
+        """(n, d * V) covariate rows at the means of the classes ``codes`` (n, V) names (on
+        the CPU, float32).
+        """
+        codes = torch.as_tensor(codes, dtype=torch.int64)
+        parts = [mix.mean.detach().cpu()[codes[:, v]] for v, mix in enumerate(self.covariates)]
+        return torch.cat(parts, 1) if parts else torch.zeros(codes.shape[0], 0)
+
     def covariate_nll(self, covariate: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Per-cell covariate prior term, (n,).
 

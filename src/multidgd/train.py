@@ -131,6 +131,8 @@ class _Run:
         library = data.library_size if data.present is None else np.where(data.present, data.library_size, 1.0)
         self.library = torch.from_numpy(library.astype(np.float32, copy=False)).to(device)
         self.codes = torch.from_numpy(data.covariate_codes).to(device)
+        # per modality, the training and validation cells that have it: the NLL means' denominators
+        self.n_with = {"train": self._modality_cells(state.train_index), "val": self._modality_cells(state.val_index)}
         self.has_val = len(state.val_index) > 0
         self.rep_kw = {"lr": config.lr_representation, "betas": config.betas, "weight_decay": config.weight_decay}
 
@@ -148,7 +150,7 @@ class _Run:
         g = torch.from_numpy(rows).to(self.device)
         return counts, self.library[g], self.codes[g], None if self.absent is None else self.absent[g]
 
-    def modality_cells(self, rows: np.ndarray) -> dict[str, int] | None:
+    def _modality_cells(self, rows: np.ndarray) -> dict[str, int] | None:
         """Per modality, how many of data ``rows`` have it (None for paired data)."""
         if self.data.present is None:
             return None
@@ -229,9 +231,7 @@ class _Run:
             with torch.no_grad():
                 total += len(batches) * config.l1_decoder * float(self.module.decoder.weight_l1())
         row: dict[str, float] = {"train_loss": total / n_train}
-        row.update(
-            {f"train_{k}": v for k, v in _means(sums, n_train, self.modality_cells(self.state.train_index)).items()}
-        )
+        row.update({f"train_{k}": v for k, v in _means(sums, n_train, self.n_with["train"]).items()})
         return row
 
     def track_best(self, epoch: int, metric: float) -> None:
@@ -321,7 +321,7 @@ def fit(
                     run.rep_kw,
                     device,
                     run.ctx,
-                    run.modality_cells(state.val_index),
+                    run.n_with["val"],
                 )
             )
         row["seconds"] = time.perf_counter() - t0

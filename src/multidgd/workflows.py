@@ -859,12 +859,10 @@ def _train_summary(model, *, source: str, clusters: np.ndarray, cell_types, t0: 
         summary["val_nll_rna"] = float(best["val_nll_rna"])
         summary["val_nll_atac"] = float(best["val_nll_atac"])
     if model.data is not None and model.data.present is not None:  # a mosaic: the cells of each kind used
-        has = model.data.present[np.concatenate([model.state.train_index, model.state.val_index])]
-        summary["cells_by_kind"] = {
-            "paired": int(has.all(axis=1).sum()),
-            "rna_only": int((has[:, 0] & ~has[:, 1]).sum()),
-            "atac_only": int((has[:, 1] & ~has[:, 0]).sum()),
-        }
+        from .data import mosaic_kinds
+
+        used = np.concatenate([model.state.train_index, model.state.val_index])
+        summary["cells_by_kind"] = mosaic_kinds(model.data.present[used])
     if cell_types is not None and not _one_cell_per_type(cell_types[train_cells]):
         from sklearn.metrics import adjusted_rand_score
 
