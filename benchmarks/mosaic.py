@@ -13,7 +13,9 @@ cells (both modalities) by the metrics of ``multidgd evaluate``:
 * test metrics (``heldout_metrics``) beside the average-profile baseline.
 
 With ``--paired-model`` (the ``model.pt`` of ``multidgd evaluate`` on the same split and
-seed) the same numbers are computed for it, on the same cells. One JSON object is printed.
+seed) the same numbers are computed for it, on the same cells; with ``--multivi`` for
+MultiVI trained on the same mosaic. The PCA baselines (:func:`baseline_scores`) are always
+computed. One JSON object is printed.
 
     python benchmarks/mosaic.py DEMO.h5mu --seed 0 --paired-model evaluate_s0/model.pt
 """
@@ -61,20 +63,85 @@ def mosaic_of(full, cell_types: np.ndarray, split: np.ndarray, seed: int):
     return mosaic
 
 
-def latent_scores(model, obs: pd.DataFrame, names: pd.Index) -> dict:
-    """ARI, 1 - ASW by source and label transfer of ``model``'s latent for cells ``names``."""
-    from sklearn.neighbors import KNeighborsClassifier
-
+def scores_of(z: np.ndarray, clusters: np.ndarray, source: np.ndarray, labels: np.ndarray) -> dict:
+    """ARI of ``clusters``, 1 - ASW by source and label transfer from paired cells on ``z``."""
     from multidgd.metrics import ari, batch_asw
 
+    transfer = {s: transfer_accuracy(z, source, labels, s) for s in KINDS[1:]}
+    return {"ari": ari(labels, clusters), "one_minus_asw_source": batch_asw(z, source, labels), "transfer": transfer}
+
+
+def transfer_accuracy(z: np.ndarray, source: np.ndarray, labels: np.ndarray, kind: str) -> float:
+    """Accuracy on the ``kind`` cells of a 15-nearest-neighbour classifier fitted on the paired cells."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    paired = source == "paired"
+    knn = KNeighborsClassifier(15).fit(z[paired], labels[paired])
+    return float((knn.predict(z[source == kind]) == labels[source == kind]).mean())
+
+
+def latent_scores(model, obs: pd.DataFrame, names: pd.Index) -> dict:
+    """:func:`scores_of` ``model``'s latent and mixture clusters for cells ``names``."""
     z = pd.DataFrame(model.get_latent_representation(), index=model.obs_names).loc[names].to_numpy()
     clusters = pd.Series(model.cluster().labels, index=model.obs_names).loc[names].to_numpy()
     source = obs.loc[names, "modality_source"].astype(str).to_numpy()
-    labels = obs.loc[names, "cell_type"].astype(str).to_numpy()
-    paired = source == "paired"
-    knn = KNeighborsClassifier(15).fit(z[paired], labels[paired])
-    transfer = {s: float((knn.predict(z[source == s]) == labels[source == s]).mean()) for s in KINDS[1:]}
-    return {"ari": ari(labels, clusters), "one_minus_asw_source": batch_asw(z, source, labels), "transfer": transfer}
+    return scores_of(z, clusters, source, obs.loc[names, "cell_type"].astype(str).to_numpy())
+
+
+def baseline_scores(full, obs: pd.DataFrame, batch_key: str, seed: int) -> dict:
+    """The PCA baselines on the mosaic's cells (``obs``).
+
+    * ``pca_start``: multidgd's PCA start of the mosaic (the paired cells' joint PCA, the
+      others placed by least squares; centred within ``batch_key``), Leiden clusters matched
+      to the number of cell types;
+    * ``modality_pca_transfer``: label transfer within one modality, from the paired cells
+      to the RNA-only cells on the PCA of RNA alone, and to the ATAC-only cells on the PCA
+      of ATAC alone (no cross-modal step at all).
+    """
+    import scipy.sparse as sp
+
+    from multidgd.evaluation.multivi import leiden_matched
+    from multidgd.initialization import spectral_embedding
+
+    source = obs["modality_source"].astype(str).to_numpy()
+    labels = obs["cell_type"].astype(str).to_numpy()
+    present = np.column_stack([source != "atac_only", source != "rna_only"])
+    counts = {m: sp.csr_matrix(full[m][obs.index].X, dtype=np.float32) for m in ("rna", "atac")}
+    counts = {m: (sp.diags(present[:, j].astype(np.float32)) @ x).tocsr() for j, (m, x) in enumerate(counts.items())}
+    groups = pd.factorize(obs[batch_key].astype(str))[0][:, None]
+    rows = np.arange(len(obs))
+    z = spectral_embedding(counts, rows, 20, radius=1.0, groups=groups, seed=seed, present=present)
+    clusters, _ = leiden_matched(z, len(np.unique(labels)), seed=seed)
+    out = {"pca_start": scores_of(z, clusters, source, labels), "modality_pca_transfer": {}}
+    for j, (m, kind) in enumerate((("rna", "rna_only"), ("atac", "atac_only"))):
+        have = present[:, j]
+        zm = spectral_embedding({m: counts[m]}, np.flatnonzero(have), 20, radius=1.0, groups=groups, seed=seed)
+        out["modality_pca_transfer"][kind] = transfer_accuracy(zm, source[have], labels[have], kind)
+    return out
+
+
+def multivi_scores(full, split, obs: pd.DataFrame, kind: np.ndarray, batch_key: str, seed: int, max_epochs) -> dict:
+    """MultiVI trained on the same mosaic (hidden modalities as zero counts, which it reads
+    as missing): :func:`scores_of` its latent (Leiden clusters matched to the cell-type
+    count) and its test metrics (``multidgd.evaluation.multivi``).
+    """
+    from multidgd.evaluation.multivi import leiden_matched, multivi_metrics
+
+    cell_types = full.obs["cell_type"].astype(str).to_numpy()
+    hidden = np.column_stack([kind == "atac_only", kind == "rna_only"])
+    batches = full.obs[batch_key].astype(str).to_numpy()
+    mv = multivi_metrics(
+        full, split, cell_types=cell_types, batches=batches, seed=seed, hidden=hidden, max_epochs=max_epochs
+    )
+    fit = np.isin(split, ["train", "validation"])
+    names = full.obs_names[fit]
+    labels = cell_types[fit]
+    clusters, _ = leiden_matched(mv.fit_latent, len(np.unique(labels)), seed=seed)
+    out = scores_of(mv.fit_latent, clusters, obs.loc[names, "modality_source"].astype(str).to_numpy(), labels)
+    held = mv.as_dict()
+    out["test"] = {k: held[k] for k in TEST_KEYS if k in held}
+    out["epochs"], out["train_seconds"] = held["epochs"], round(held["train_seconds"], 1)
+    return out
 
 
 def main(argv=None) -> dict:
@@ -90,17 +157,26 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-key", default="sample", help="covariate (obs column)")
     p.add_argument("--max-epochs", type=int, default=300)
     p.add_argument("--paired-model", default=None, help="model.pt of multidgd evaluate on the same split")
+    p.add_argument("--save", default=None, help="save the mosaic model to this file")
+    p.add_argument("--mosaic-model", default=None, help="a mosaic model saved by --save: scored, not trained")
+    p.add_argument("--multivi", action="store_true", help="also train MultiVI on the mosaic (needs scvi-tools)")
+    p.add_argument("--multivi-max-epochs", type=int, default=None, help="MultiVI's epoch cap (default its own)")
     args = p.parse_args(argv)
     full = md.read_h5mu(args.data)
     cell_types = full.obs["cell_type"].astype(str).to_numpy()
     split = stratified_split(cell_types, args.seed)
     mosaic = mosaic_of(full, cell_types, split, args.seed)
     t0 = time.perf_counter()
-    model = DGD(mosaic, cell_type_key="cell_type", covariate_keys=args.batch_key)
-    model.train(args.max_epochs, seed=args.seed, progress_bar=False)
+    if args.mosaic_model:
+        model = DGD.load(args.mosaic_model)
+    else:
+        model = DGD(mosaic, cell_type_key="cell_type", covariate_keys=args.batch_key)
+        model.train(args.max_epochs, seed=args.seed, progress_bar=False)
     out = {"seed": args.seed, "train_seconds": round(time.perf_counter() - t0, 1), "epochs": int(model.state.epoch)}
     out["best_epoch"] = int(model.best_epoch)
     out["cells"] = {k: int((mosaic.obs["modality_source"] == k).sum()) for k in KINDS}
+    if args.save:
+        model.save(args.save, overwrite=True)
     names = model.obs_names[np.isfinite(model.get_latent_representation()).all(axis=1)]
     test, train = full[split == "test"].copy(), full[split == "train"].copy()
     models = {"mosaic": model}
@@ -110,6 +186,11 @@ def main(argv=None) -> dict:
         out[name] = latent_scores(m, mosaic.obs, names.intersection(m.obs_names))
         held = heldout_metrics(m, test, train).as_dict()
         out[name]["test"] = {k: held[k] for k in TEST_KEYS}
+    out.update(baseline_scores(full, mosaic.obs.loc[names], args.batch_key, args.seed))
+    if args.multivi:
+        kind = mosaic.obs["modality_source"].reindex(full.obs_names).astype(object).fillna("test").to_numpy()
+        cap = args.multivi_max_epochs
+        out["multivi"] = multivi_scores(full, split, mosaic.obs, kind, args.batch_key, args.seed, cap)
     print(json.dumps(out, indent=1))
     return out
 

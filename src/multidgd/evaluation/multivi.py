@@ -119,10 +119,11 @@ def leiden_matched(latent: np.ndarray, n_clusters: int, *, seed: int = 0, n_neig
 class MultiVIMetrics:
     """MultiVI's test metrics on the split (see :func:`multivi_metrics`).
 
-    The fields but ``latent`` and ``batched``, in this order, are the entries of
-    ``metrics["multivi"]`` in ``metrics.json`` (:meth:`as_dict`); ``batch_1_minus_asw`` is
-    written only when batches were given (``batched``). ``latent`` is MultiVI's latent of
-    the training cells.
+    The fields but ``latent``, ``fit_latent`` and ``batched``, in this order, are the
+    entries of ``metrics["multivi"]`` in ``metrics.json`` (:meth:`as_dict`);
+    ``batch_1_minus_asw`` is written only when batches were given (``batched``). ``latent``
+    is MultiVI's latent of the training cells, ``fit_latent`` that of the training and
+    validation cells in the data's order.
     """
 
     version: str
@@ -147,11 +148,12 @@ class MultiVIMetrics:
     train_seconds: float
     seconds_per_epoch: float
     latent: np.ndarray
+    fit_latent: np.ndarray
     batched: bool
 
     def as_dict(self) -> dict[str, Any]:
         """Return the metrics, keyed by field name, in field order."""
-        skip = {"latent", "batched"} | (set() if self.batched else {"batch_1_minus_asw"})
+        skip = {"latent", "fit_latent", "batched"} | (set() if self.batched else {"batch_1_minus_asw"})
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -167,7 +169,7 @@ class _Layout:
     where: dict[str, np.ndarray]  # rows of each copy of the test cells
 
 
-def _layout(data, split: np.ndarray, batches: np.ndarray | None, names: dict[str, str]) -> _Layout:
+def _layout(data, split: np.ndarray, batches: np.ndarray | None, names: dict[str, str], hidden=None) -> _Layout:
     import anndata as ad
     import mudata as md
     import pandas as pd
@@ -179,9 +181,11 @@ def _layout(data, split: np.ndarray, batches: np.ndarray | None, names: dict[str
         rows = fit if copy == "fit" else test
         for m in ("rna", "atac"):
             a = data.mod[names[m]][rows].copy()
-            hidden = (copy == "rna_only" and m == "atac") or (copy == "atac_only" and m == "rna")
+            off = (copy == "rna_only" and m == "atac") or (copy == "atac_only" and m == "rna")
             # a hidden modality is all zeros, which MultiVI reads as missing
-            a.X = sp.csr_matrix(a.shape, dtype=np.float32) if hidden else sp.csr_matrix(a.X, dtype=np.float32)
+            a.X = sp.csr_matrix(a.shape, dtype=np.float32) if off else sp.csr_matrix(a.X, dtype=np.float32)
+            if copy == "fit" and hidden is not None:  # a mosaic: the fitted cells' hidden modalities
+                a.X = (sp.diags((~hidden[rows, ("rna", "atac").index(m)]).astype(np.float32)) @ a.X).tocsr()
             a.obs = pd.DataFrame(index=[f"{o}|{copy}" for o in a.obs_names])
             parts[m].append(a)
     mods = {m: ad.concat(parts[m], merge="first") for m in parts}
@@ -256,6 +260,7 @@ def multivi_metrics(
     atac_mod: str = "atac",
     max_epochs: int | None = None,
     progress_bar: bool = False,
+    hidden: np.ndarray | None = None,
 ) -> MultiVIMetrics:
     """Train MultiVI on ``split`` and compute multidgd's test metrics for it.
 
@@ -277,6 +282,10 @@ def multivi_metrics(
         Epoch cap; None keeps MultiVI's default.
     progress_bar
         Show MultiVI's progress bar.
+    hidden
+        (n, 2) bool, columns RNA and ATAC: the modality is hidden from MultiVI in the
+        training and validation cells (a mosaic; its counts set to zero, which MultiVI reads
+        as missing). None: every fitted cell paired. Test cells are unaffected.
 
     Returns
     -------
@@ -287,7 +296,11 @@ def multivi_metrics(
 
     split = np.asarray(split, dtype=object)
     names = {"rna": rna_mod, "atac": atac_mod}
-    layout = _layout(data, split, batches, names)
+    if hidden is not None:
+        hidden = np.asarray(hidden, dtype=bool)
+        if hidden.shape != (len(split), 2) or hidden.all(axis=1).any():
+            raise ValueError("hidden must be (n_cells, 2) bool and leave every cell a modality")
+    layout = _layout(data, split, batches, names, hidden)
     model, train_seconds = _train(
         scvi, layout, batched=batches is not None, seed=seed, max_epochs=max_epochs, progress_bar=progress_bar
     )
@@ -295,7 +308,8 @@ def multivi_metrics(
     x = {m: sp.csr_matrix(data.mod[names[m]].X[layout.test], dtype=np.float32) for m in ("rna", "atac")}
     predictions = _prediction_metrics(model, layout, x)
 
-    latent = model.get_latent_representation(indices=layout.external[0])
+    fit_latent = model.get_latent_representation(indices=np.arange(len(layout.fit)))
+    latent = fit_latent[layout.is_train_fit]
     train_types = np.asarray(cell_types)[layout.fit][layout.is_train_fit]
     labels, res = leiden_matched(latent, len(np.unique(train_types)), seed=seed)
     asw = None
@@ -314,5 +328,6 @@ def multivi_metrics(
         train_seconds=train_seconds,
         seconds_per_epoch=train_seconds / max(epochs, 1),
         latent=latent,
+        fit_latent=fit_latent,
         batched=batches is not None,
     )
