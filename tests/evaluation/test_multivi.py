@@ -107,6 +107,7 @@ def test_multivi_metrics_entries_without_batches():
         train_seconds=3.0,
         seconds_per_epoch=1.5,
         latent=np.zeros((3, 20)),
+        fit_latent=np.zeros((4, 20)),
         batched=False,
     )
     assert "batch_1_minus_asw" not in mv.as_dict() and "latent" not in mv.as_dict()
@@ -114,3 +115,32 @@ def test_multivi_metrics_entries_without_batches():
     assert mv.as_dict()["batch_1_minus_asw"] is None
     entries = MultiVIComparison(mv, ari_leiden=0.3).as_dict()
     assert list(entries) == ["multivi", "ari_leiden"] and entries["multivi"]["rna_from_atac_mae"] == 0.12346
+
+
+def test_mosaic_layout_hides_the_fitted_cells_modalities():
+    import mudata as md
+
+    from multidgd.evaluation.multivi import _layout
+
+    m = md.read_h5mu(shared_file("bmmc_neurips2021_starter", "bmmc_multiome_starter_500cells.h5mu"))
+    split = stratified_split(m.obs["cell_type"].astype(str).to_numpy(), 0)
+    hidden = np.zeros((m.n_obs, 2), dtype=bool)
+    hidden[::3, 0] = True  # RNA hidden (ATAC only)
+    hidden[1::3, 1] = True  # ATAC hidden (RNA only)
+    batches = m.obs["batch"].astype(str).to_numpy()
+    lay = _layout(m, split, batches, {"rna": "rna", "atac": "atac"}, hidden)
+    n_fit = len(lay.fit)
+    for j, mod in enumerate(("rna", "atac")):
+        x = lay.mdata.mod[mod].X[:n_fit]
+        sums = np.asarray(x.sum(axis=1)).ravel()
+        original = np.asarray(m.mod[mod].X[lay.fit].sum(axis=1)).ravel()
+        gone = hidden[lay.fit, j]
+        assert (sums[gone] == 0).all() and np.allclose(sums[~gone], original[~gone])
+        # the test copies are untouched by the mosaic: paired copy equals the data
+        paired = lay.mdata.mod[mod].X[lay.where["paired"]]
+        truth = np.asarray(m.mod[mod].X[lay.test].sum(axis=1)).ravel()
+        assert np.allclose(np.asarray(paired.sum(axis=1)).ravel(), truth)
+    kind = lay.mdata.obs["_modality"].to_numpy()
+    expected = np.where(hidden[lay.fit, 0], "atac_only", np.where(hidden[lay.fit, 1], "rna_only", "paired"))
+    assert (kind[:n_fit] == expected).all()
+    assert (kind[lay.where["rna_only"]] == "rna_only").all() and (kind[lay.where["paired"]] == "paired").all()

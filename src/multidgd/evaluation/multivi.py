@@ -195,6 +195,9 @@ def _layout(data, split: np.ndarray, batches: np.ndarray | None, names: dict[str
     obs = pd.DataFrame(index=mods["rna"].obs_names)
     if batches is not None:
         obs["_batch"] = np.concatenate([batches[fit]] + [batches[test]] * 3).astype(str)
+    if hidden is not None:  # MultiVI's batch key is then the modality each cell has, as its tutorial asks
+        kind = np.where(hidden[fit, 1], "rna_only", np.where(hidden[fit, 0], "atac_only", "paired"))
+        obs["_modality"] = np.concatenate([kind, *[np.full(len(test), c) for c in _COPIES]])
     mdata.obs = obs
 
     n_fit, n_test = len(fit), len(test)
@@ -205,11 +208,18 @@ def _layout(data, split: np.ndarray, batches: np.ndarray | None, names: dict[str
 
 
 def _train(scvi, layout: _Layout, *, batched: bool, seed: int, max_epochs: int | None, progress_bar: bool):
-    """Train MultiVI; returns the model and its training seconds."""
+    """Train MultiVI; returns the model and its training seconds.
+
+    In a mosaic the batch key is the modality each cell has and the batches, if any, are a
+    categorical covariate (the set-up of MultiVI's tutorial for paired and unpaired cells).
+    """
     scvi.settings.seed = seed
+    mosaic = "_modality" in layout.mdata.obs
+    batch_key = "_modality" if mosaic else ("_batch" if batched else None)
     scvi.model.MULTIVI.setup_mudata(
         layout.mdata,
-        batch_key="_batch" if batched else None,
+        batch_key=batch_key,
+        categorical_covariate_keys=["_batch"] if mosaic and batched else None,
         modalities={"rna_layer": "rna", "atac_layer": "atac"},
     )
     model = scvi.model.MULTIVI(layout.mdata, n_latent=N_LATENT)
@@ -285,7 +295,8 @@ def multivi_metrics(
     hidden
         (n, 2) bool, columns RNA and ATAC: the modality is hidden from MultiVI in the
         training and validation cells (a mosaic; its counts set to zero, which MultiVI reads
-        as missing). None: every fitted cell paired. Test cells are unaffected.
+        as missing; its batch key becomes the modality a cell has, ``batches`` a categorical
+        covariate). None: every fitted cell paired. Test cells are unaffected.
 
     Returns
     -------
