@@ -159,6 +159,8 @@ def test_combine_mosaic_refuses_bad_inputs(full):
         combine_mosaic(paired)
 
 
+# rna and rna_predicted share their feature names, which MuData notes on reading
+@pytest.mark.filterwarnings("ignore:var_names are not unique:UserWarning")
 def test_train_command_with_single_modality_files(full, tmp_path):
     from multidgd.cli import main
     from multidgd.io import read
@@ -171,11 +173,86 @@ def test_train_command_with_single_modality_files(full, tmp_path):
     out = tmp_path / "out"
     args = ["train", str(paths["p"]), "--rna-only", str(paths["r"]), "--atac-only", str(paths["a"])]
     args += ["--out", str(out), "--cell-type-key", "cell_type", "--covariate-keys", "batch"]
-    assert main([*args, "--max-epochs", "3", "--quiet", "--device", "cpu", "--batch-size", "32"]) == 0
+    args += ["--max-epochs", "3", "--quiet", "--device", "cpu", "--batch-size", "32", "--predict-missing"]
+    assert main(args) == 0
     result = read(out / "multidgd.h5mu")
     assert result.n_obs == 240 and np.isfinite(result.obsm["X_multidgd"]).all()
-    assert set(result.obs["modality_source"].astype(str)) == {"paired", "rna_only", "atac_only"}
+    source = result.obs["modality_source"].astype(str)
+    assert set(source) == {"paired", "rna_only", "atac_only"}
+    # what each single-modality cell lacks, predicted, with its certainty
+    certainty = result.obs["multidgd_prediction_certainty"]
+    assert certainty[source == "paired"].isna().all()
+    assert certainty[source != "paired"].between(0, 1).all()
+    model = DGD.load(out / "model.pt")
+    for m, kind in (("atac", "rna_only"), ("rna", "atac_only")):
+        pred = result[f"{m}_predicted"]
+        assert set(pred.obs_names) == set(source.index[source == kind])
+        emb = model.training_embedding(result[pred.obs_names].copy(), progress_bar=False)
+        getter = model.get_normalized_expression if m == "rna" else model.get_normalized_accessibility
+        expected = getter(emb, scale="counts", return_type="array")
+        np.testing.assert_allclose(np.asarray(pred.X), expected[emb.obs_names.get_indexer(pred.obs_names)], rtol=1e-5)
+        np.testing.assert_allclose(pred.obs["prediction_certainty"], certainty[pred.obs_names], rtol=1e-6)
     import json
 
     kinds = json.loads((out / "summary.json").read_text())["cells_by_kind"]
     assert kinds == {"paired": 120, "rna_only": 60, "atac_only": 60}  # training and validation cells
+
+
+@pytest.fixture(scope="module")
+def trained_mosaic(full):
+    mosaic = _mosaic(full, slice(0, 160), slice(80, 240))
+    model = DGD(mosaic, cell_type_key="cell_type", covariate_keys=["batch"], config=ModelConfig(hidden_dim=16))
+    model.train(6, seed=0, config=FAST, progress_bar=False)
+    return mosaic, model
+
+
+def test_training_embedding_predicts_what_single_modality_cells_lack(trained_mosaic):
+    from multidgd.prediction import candidate_profiles
+
+    mosaic, model = trained_mosaic
+    emb = model.training_embedding(mosaic, progress_bar=False)
+    pos = model.obs_names.get_indexer(emb.obs_names)
+    np.testing.assert_array_equal(emb.latent, model.get_latent_representation()[pos])  # trained, not re-placed
+    np.testing.assert_array_equal(emb.covariate, model.get_covariate_matrix()[pos])
+    present = model.data.present[pos]
+    np.testing.assert_array_equal(emb.observed, present)
+    single = ~present.all(axis=1)
+    certainty = emb.prediction_certainty
+    assert np.isnan(certainty[~single]).all() and ((certainty[single] >= 0) & (certainty[single] <= 1)).all()
+    # the candidates are scored on what each cell has, as infer scores them from the search
+    search = model.infer(mosaic, start="search", n_steps=0, progress_bar=False)
+    np.testing.assert_allclose(emb.candidates.nll[single], search.candidates.nll[single], rtol=1e-5)
+    # ATAC of the RNA-only cells: the posterior-weighted mean of the candidates' profiles
+    rna_only = np.flatnonzero(~present[:, 1])
+    got = model.get_normalized_accessibility(emb, cells=rna_only, return_type="array")
+    train = (model.split == "train").to_numpy()
+    profiles = candidate_profiles(
+        model.module,
+        emb.candidates,
+        model.get_latent_representation()[train],
+        model.get_covariate_matrix()[train],
+        model.get_library_size()[train, 1],
+        "atac",
+    )
+    np.testing.assert_allclose(got, emb.prediction_weights[rna_only] @ profiles, rtol=1e-4, atol=1e-7)
+    point = model.get_normalized_accessibility(emb, cells=rna_only, return_type="array", prediction="point")
+    assert not np.allclose(got, point)
+
+
+def test_training_embedding_refuses_cells_the_model_did_not_train_on(trained_mosaic, full):
+    _, model = trained_mosaic
+    other = full[:20].copy()
+    other.obs_names = [f"new{i}" for i in range(20)]
+    with pytest.raises(ValueError, match="20 cells of the data are not training or validation cells"):
+        model.training_embedding(other, progress_bar=False)
+
+
+def test_train_command_threshold_needs_predict_missing(full, tmp_path, capsys):
+    from multidgd.cli import main
+
+    path = tmp_path / "paired.h5mu"
+    full.write(path)
+    args = ["train", str(path), "--out", str(tmp_path / "out"), "--threshold", "0.1", "--quiet"]
+    assert main(args) == 2
+    assert "--threshold goes with --predict-missing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -314,6 +314,15 @@ def _add_train_parsers(sub) -> None:
     )
     train.add_argument("--atac-only", type=Path, default=None, help="also an .h5ad of cells with ATAC only (peaks)")
     train.add_argument(
+        "--predict-missing",
+        action="store_true",
+        help="a mosaic: also write the predicted counts of the modality each single-modality cell lacks "
+        "(modalities <rna>_predicted / <atac>_predicted; obs multidgd_prediction_certainty is always written)",
+    )
+    train.add_argument(
+        "--threshold", type=float, default=None, help="with --predict-missing: store predictions >= this, sparse"
+    )
+    train.add_argument(
         "--backed",
         action="store_true",
         help="leave the counts on disk and read rows per minibatch (X stored as CSR); "
@@ -524,7 +533,11 @@ def _train(args: argparse.Namespace) -> str | None:
             "cell_type_key": args.cell_type_key,
             "covariate_keys": args.covariate_keys,
             "n_components": args.n_components,
+            "predict_missing": args.predict_missing,
+            "threshold": args.threshold,
         }
+    if getattr(args, "threshold", None) is not None and not args.predict_missing:
+        raise ValueError("--threshold goes with --predict-missing")
     singles = {k: getattr(args, k, None) for k in ("rna_only", "atac_only")}
     singles = {k: v for k, v in singles.items() if v is not None}
     if singles and args.backed:

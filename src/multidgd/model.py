@@ -604,6 +604,57 @@ class DGD:
             query, placed, self.module, self.var_names, self.covariate_keys, learned, estimate, temperature
         )
 
+    def training_embedding(
+        self,
+        data: Any,
+        *,
+        rna_mod: str | None = None,
+        atac_mod: str | None = None,
+        layer: str | None = None,
+        temperature: float | None = None,
+        batch_size: int = 512,
+        memory_budget_mb: float = 512,
+        device: str | torch.device = "auto",
+        progress_bar: bool = True,
+    ) -> Embedding:
+        """The model's own training and validation cells of ``data`` as an :class:`Embedding`.
+
+        Each cell keeps its trained representation; nothing is optimised and the model is
+        unchanged. A cell that lacks a modality (a mosaic's RNA-only and ATAC-only cells) is
+        scored against the best-start candidates on what it has, as :meth:`infer` scores new
+        cells, so that the ``get_normalized_*`` getters given this embedding predict the
+        modality it lacks from the posterior over the candidates (``prediction="posterior"``;
+        ``"point"`` decodes its own representation) and ``Embedding.prediction_certainty``
+        says how sure each prediction is (NaN for cells with both modalities, which have
+        nothing to predict).
+
+        Parameters
+        ----------
+        data
+            MuData or AnnData holding only cells the model trained on (e.g. the mosaic it was
+            trained on, or the part of it with one modality), raw counts as in training.
+        rna_mod, atac_mod, layer, temperature, batch_size, memory_budget_mb, device, progress_bar
+            As in :meth:`infer`.
+
+        Returns
+        -------
+        :class:`~multidgd.results.Embedding` of the cells of ``data``, in its order.
+        """
+        self.state  # noqa: B018 - raises when untrained
+        check_infer_args("naive", "search", 0, 1.0, batch_size, memory_budget_mb, temperature)
+        query = self._read_query(data, rna_mod, atac_mod, layer, {}, 0.5, labels_needed=False)
+        pos = self.obs_names.get_indexer(query.obs_names)
+        trained = pos >= 0
+        trained[trained] = (self.split != "none").to_numpy()[pos[trained]]
+        if not trained.all():
+            raise ValueError(
+                f"{int((~trained).sum())} cells of the data are not training or validation cells of the model, "
+                f"e.g. {query.obs_names[~trained][:3].tolist()}; place new cells with infer()"
+            )
+        initial = (self.get_latent_representation()[pos], self.get_covariate_matrix()[pos])
+        steps = {"n_steps": 0, "lr": 1.0, "batch_size": int(batch_size), "memory_budget_mb": memory_budget_mb}
+        return self._place(query, "naive", "search", initial, steps, device, progress_bar, temperature)
+
     def _read_query(self, data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction, labels_needed=True):
         """New cells of ``data`` checked against the model's features and covariates (:func:`read_query`)."""
         return read_query(

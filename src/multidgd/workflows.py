@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data import small_classes
+from .data import MODALITIES, small_classes
 from .metrics import MIN_COMPONENT_FRACTION, cluster_sizes, components_used
 
 __all__ = [
@@ -758,8 +758,12 @@ def _is_backed(data: Any) -> bool:
     return is_backed(data) or any(is_backed(a) for a in getattr(data, "mod", {}).values())
 
 
-def _write_annotated(data: Any, model, out: Path) -> Path:
-    """Write the data with the model's results (or, for backed data, the results alone)."""
+def _write_annotated(
+    data: Any, model, out: Path, *, predict_missing: bool = False, threshold: float | None = None
+) -> Path:
+    """Write the data with the model's results (or, for backed data, the results alone); for a
+    mosaic also what its single-modality cells lack (:func:`_mosaic_predictions`).
+    """
     from .io import add_results, write
 
     if _is_backed(data):
@@ -770,8 +774,46 @@ def _write_annotated(data: Any, model, out: Path) -> Path:
         add_results(results, model)
         return write(results, out / "multidgd_results")
     add_results(data, model, embedding=_place_left_out(data, model))
+    if model.data is not None and model.data.present is not None:
+        data = _mosaic_predictions(data, model, predict=predict_missing, threshold=threshold)
     _record_run(data, model, "train", n_components_choice=model.n_components_choice)
     return write(data, out / "multidgd")
+
+
+def _mosaic_predictions(data: Any, model, *, predict: bool, threshold: float | None):
+    """A mosaic's training cells that lack a modality: ``obs["multidgd_prediction_certainty"]``
+    (:meth:`~multidgd.DGD.training_embedding`; NaN for cells with both modalities) and, with
+    ``predict``, a ``<modality>_predicted`` modality per missing modality holding the
+    predicted counts (the posterior prediction; sparse, values >= ``threshold``, when given).
+    Returns the data (a MuData).
+    """
+    import anndata as ad
+    import mudata as md
+
+    if isinstance(data, ad.AnnData):
+        data = md.MuData({model.source_modality.get("rna", "rna"): data})
+    trained = (model.split != "none").to_numpy()
+    certainty = pd.Series(np.nan, index=pd.Index(data.obs_names.astype(str)))
+    lacking = {}
+    for j in range(len(MODALITIES)):
+        names = model.obs_names[trained & ~model.data.present[:, j]]
+        if len(names):
+            lacking[j] = model.training_embedding(data[certainty.index.isin(names)].copy(), progress_bar=False)
+            certainty.loc[lacking[j].obs_names] = lacking[j].prediction_certainty
+    for j, emb in lacking.items() if predict else ():
+        m = MODALITIES[j]
+        getter = model.get_normalized_expression if m == "rna" else model.get_normalized_accessibility
+        kw = {"return_type": "sparse", "threshold": threshold} if threshold else {"return_type": "array"}
+        pred = ad.AnnData(
+            getter(emb, scale="counts", **kw), obs=_obs_frame(emb.obs_names), var=_feature_frame(model.var_names[m], m)
+        )
+        pred.obs["library_size"] = emb.library_size[:, j]
+        pred.obs["library_size_source"] = emb.library_size_source[:, j]
+        pred.obs["prediction_certainty"] = emb.prediction_certainty
+        data.mod[f"{model.source_modality.get(m, m)}_predicted"] = pred
+    data.update()
+    data.obs["multidgd_prediction_certainty"] = certainty.to_numpy()
+    return data
 
 
 def _place_left_out(data: Any, model):
@@ -920,10 +962,14 @@ def _fit(model, folder: OutputFolder, *, checkpoint_path: Path, resume: bool, **
         raise
 
 
-def _write_training_outputs(data, model, out: Path, *, source: str, cell_type_key, seed: int, t0: float, t1: float):
-    """Model, annotated data, history, figures and ``summary.json``; returns the summary."""
+def _write_training_outputs(
+    data, model, out: Path, *, source: str, cell_type_key, seed: int, t0: float, t1: float, **kw: Any
+):
+    """Model, annotated data, history, figures and ``summary.json``; returns the summary.
+    ``kw``: :func:`_write_annotated`'s ``predict_missing`` and ``threshold``.
+    """
     model.save(out / "model.pt", overwrite=True)  # the output folder was checked before training
-    data_path = _write_annotated(data, model, out)
+    data_path = _write_annotated(data, model, out, **kw)
     model.history.to_csv(out / "history.csv")
     figures, cell_types, clusters = _train_figures(data, model, out, cell_type_key=cell_type_key, seed=seed)
     summary = _train_summary(model, source=source, clusters=clusters, cell_types=cell_types, t0=t0, train_seconds=t1)
@@ -952,6 +998,8 @@ def train_and_report(
     progress_bar: bool = True,
     overwrite: bool = False,
     inputs: dict[str, Any] | None = None,
+    predict_missing: bool = False,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Train on ``data`` and write model, annotated data, figures and a summary into ``out``.
 
@@ -985,6 +1033,11 @@ def train_and_report(
         does not write (e.g. figures of other covariates) are removed at the end.
     inputs
         Command-line name -> input file: never written over, and sized for the space check.
+    predict_missing, threshold
+        A mosaic's training cells that lack a modality always get
+        ``obs["multidgd_prediction_certainty"]``; with ``predict_missing`` the written data
+        also holds ``<modality>_predicted`` modalities with their predicted counts (sparse,
+        values >= ``threshold``, when given).
 
     Returns
     -------
@@ -1028,6 +1081,8 @@ def train_and_report(
             seed=model.seed if seed is None else seed,
             t0=t0,
             t1=time.perf_counter() - t0,
+            predict_missing=predict_missing,
+            threshold=threshold,
         )
     folder.finish()
     return summary
@@ -1044,8 +1099,6 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
     import anndata as ad
     import mudata as md
     import scipy.sparse as sp
-
-    from .data import MODALITIES
 
     if isinstance(data, ad.AnnData):
         present = [m for j, m in enumerate(MODALITIES) if emb.observed[:, j].any()]
