@@ -15,7 +15,8 @@ cells (both modalities) by the metrics of ``multidgd evaluate``:
 With ``--paired-model`` (the ``model.pt`` of ``multidgd evaluate`` on the same split and
 seed) the same numbers are computed for it, on the same cells; with ``--multivi`` for
 MultiVI trained on the same mosaic. The PCA baselines (:func:`baseline_scores`) are always
-computed. One JSON object is printed.
+computed, and so are the mosaic model's predictions of what its single-modality training
+cells lack (:func:`hidden_prediction_scores`). One JSON object is printed.
 
     python benchmarks/mosaic.py DEMO.h5mu --seed 0 --paired-model evaluate_s0/model.pt
 """
@@ -120,6 +121,52 @@ def baseline_scores(full, obs: pd.DataFrame, batch_key: str, seed: int) -> dict:
     return out
 
 
+def hidden_prediction_scores(model, full, mosaic, seed: int, max_cells: int = 1000) -> dict:
+    """How well the mosaic model predicts what its single-modality training cells lack.
+
+    For the RNA-only cells their hidden ATAC, for the ATAC-only cells their hidden RNA (at
+    most ``max_cells`` of each, a seeded sample): the posterior prediction of
+    :meth:`~multidgd.DGD.training_embedding` and the profile decoded from the cell's own
+    representation (``point``), each as fractions times the hidden modality's true library
+    size, beside the average profile of that modality over the mosaic's cells that have it.
+    Also the median prediction certainty and its Spearman correlation with the per-cell
+    score (does a surer prediction do better?).
+    """
+    import mudata as md
+    import scipy.sparse as sp
+    from scipy.stats import spearmanr
+
+    from multidgd.evaluation.heldout import prediction_metrics
+
+    rng = np.random.default_rng(seed)
+    source = mosaic.obs["modality_source"].astype(str)
+    out = {}
+    for kind, have, lack in (("rna_only", "rna", "atac"), ("atac_only", "atac", "rna")):
+        names = source.index[source == kind]
+        names = names[np.sort(rng.choice(len(names), min(max_cells, len(names)), replace=False))]
+        emb = model.training_embedding(md.MuData({have: mosaic[have][names].copy()}), progress_bar=False)
+        truth = sp.csr_matrix(full[lack][emb.obs_names].X, dtype=np.float32)
+        lib = np.asarray(truth.sum(axis=1)).ravel()
+        getter = model.get_normalized_expression if lack == "rna" else model.get_normalized_accessibility
+        reference = mosaic[lack].X
+        profile = np.asarray(reference.sum(axis=0)).ravel()
+        name = f"{lack}_from_{have}"
+        predicted = {
+            f"{name}_posterior": getter(emb, return_type="array") * lib[:, None],
+            f"{name}_point": getter(emb, return_type="array", prediction="point") * lib[:, None],
+            f"{name}_baseline": lib[:, None] * (profile / profile.sum())[None, :],
+        }
+        scores, cells = prediction_metrics({lack: truth}, predicted)
+        per_cell = cells[f"{name}_posterior_{'pearson' if lack == 'rna' else 'cell_auprc'}"].to_numpy()
+        certainty = emb.prediction_certainty
+        ok = np.isfinite(per_cell)
+        out[kind] = {k: round(float(v), 5) for k, v in scores.items()}
+        out[kind]["cells"] = int(len(names))
+        out[kind]["median_certainty"] = round(float(np.median(certainty)), 4)
+        out[kind]["spearman_certainty_vs_cell_score"] = round(float(spearmanr(certainty[ok], per_cell[ok])[0]), 4)
+    return out
+
+
 def multivi_scores(full, split, obs: pd.DataFrame, kind: np.ndarray, batch_key: str, seed: int, max_epochs) -> dict:
     """MultiVI trained on the same mosaic (hidden modalities as zero counts, which it reads
     as missing): :func:`scores_of` its latent (Leiden clusters matched to the cell-type
@@ -161,11 +208,19 @@ def main(argv=None) -> dict:
     p.add_argument("--mosaic-model", default=None, help="a mosaic model saved by --save: scored, not trained")
     p.add_argument("--multivi", action="store_true", help="also train MultiVI on the mosaic (needs scvi-tools)")
     p.add_argument("--multivi-max-epochs", type=int, default=None, help="MultiVI's epoch cap (default its own)")
+    p.add_argument(
+        "--hidden-only", action="store_true", help="with --mosaic-model: only the predictions of the hidden modalities"
+    )
     args = p.parse_args(argv)
     full = md.read_h5mu(args.data)
     cell_types = full.obs["cell_type"].astype(str).to_numpy()
     split = stratified_split(cell_types, args.seed)
     mosaic = mosaic_of(full, cell_types, split, args.seed)
+    if args.hidden_only:
+        hidden = hidden_prediction_scores(DGD.load(args.mosaic_model), full, mosaic, args.seed)
+        out = {"seed": args.seed, "hidden": hidden}
+        print(json.dumps(out, indent=1))
+        return out
     t0 = time.perf_counter()
     if args.mosaic_model:
         model = DGD.load(args.mosaic_model)
@@ -186,6 +241,7 @@ def main(argv=None) -> dict:
         out[name] = latent_scores(m, mosaic.obs, names.intersection(m.obs_names))
         held = heldout_metrics(m, test, train).as_dict()
         out[name]["test"] = {k: held[k] for k in TEST_KEYS}
+    out["mosaic"]["hidden"] = hidden_prediction_scores(model, full, mosaic, args.seed)
     out.update(baseline_scores(full, mosaic.obs.loc[names], args.batch_key, args.seed))
     if args.multivi:
         kind = mosaic.obs["modality_source"].reindex(full.obs_names).astype(object).fillna("test").to_numpy()
