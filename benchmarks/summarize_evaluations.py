@@ -117,6 +117,11 @@ def plot(table: dict, path: Path, n_seeds: int) -> None:
         row = label[key]
         entries = [(tool, table[row][key]) for tool, key in (("multidgd", "multidgd"), ("MultiVI", "multivi"))]
         entries = [(t, s) for t, s in entries if s is not None]
+        if not entries:  # e.g. the Leiden ARI, measured only beside MultiVI
+            ax.text(0.5, 0.5, "not measured in these runs", ha="center", va="center", fontsize=8)
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=9)
+            continue
         ax.bar(
             [t for t, _ in entries],
             [s[0] for _, s in entries],
