@@ -1052,15 +1052,9 @@ def train_and_report(
     out = Path(out)
     folder = OutputFolder.check(out, overwrite=overwrite, resume=resume, inputs=inputs, writes=_TRAIN_WRITES)
     t0 = time.perf_counter()
-    model = DGD(
-        data,
-        rna_mod=rna_mod,
-        atac_mod=atac_mod,
-        layer=layer,
-        cell_type_key=cell_type_key,
-        covariate_keys=covariate_keys or [],
-        config=None if n_components is None else ModelConfig(n_components=n_components),
-    )
+    model_config = None if n_components is None else ModelConfig(n_components=n_components)
+    names = {"rna_mod": rna_mod, "atac_mod": atac_mod, "layer": layer, "cell_type_key": cell_type_key}
+    model = DGD(data, covariate_keys=covariate_keys or [], config=model_config, **names)
     checkpoint_path = out / "checkpoint.pt"
     resuming = resume and checkpoint_path.is_file()
     config = _train_config(checkpoint_path, resume=resume, batch_size=batch_size, precision=precision)
@@ -1072,18 +1066,9 @@ def train_and_report(
         _fit(model, folder, checkpoint_path=checkpoint_path, resume=resume, config=config, **train_kw)
         if not is_main():  # every process has the whole model; rank 0 writes the outputs
             return {}
-        summary = _write_training_outputs(
-            data,
-            model,
-            out,
-            source=source,
-            cell_type_key=cell_type_key,
-            seed=model.seed if seed is None else seed,
-            t0=t0,
-            t1=time.perf_counter() - t0,
-            predict_missing=predict_missing,
-            threshold=threshold,
-        )
+        kw = {"source": source, "cell_type_key": cell_type_key, "seed": model.seed if seed is None else seed}
+        kw.update(t0=t0, t1=time.perf_counter() - t0, predict_missing=predict_missing, threshold=threshold)
+        summary = _write_training_outputs(data, model, out, **kw)
     folder.finish()
     return summary
 
