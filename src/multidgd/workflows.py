@@ -801,16 +801,9 @@ def _mosaic_predictions(data: Any, model, *, predict: bool, threshold: float | N
             lacking[j] = model.training_embedding(data[certainty.index.isin(names)].copy(), progress_bar=False)
             certainty.loc[lacking[j].obs_names] = lacking[j].prediction_certainty
     for j, emb in lacking.items() if predict else ():
-        m = MODALITIES[j]
-        getter = model.get_normalized_expression if m == "rna" else model.get_normalized_accessibility
-        kw = {"return_type": "sparse", "threshold": threshold} if threshold else {"return_type": "array"}
-        pred = ad.AnnData(
-            getter(emb, scale="counts", **kw), obs=_obs_frame(emb.obs_names), var=_feature_frame(model.var_names[m], m)
-        )
-        pred.obs["library_size"] = emb.library_size[:, j]
-        pred.obs["library_size_source"] = emb.library_size_source[:, j]
+        pred = _predicted_modality(model, emb, j, threshold=threshold)
         pred.obs["prediction_certainty"] = emb.prediction_certainty
-        data.mod[f"{model.source_modality.get(m, m)}_predicted"] = pred
+        data.mod[f"{model.source_modality.get(MODALITIES[j], MODALITIES[j])}_predicted"] = pred
     data.update()
     data.obs["multidgd_prediction_certainty"] = certainty.to_numpy()
     return data
@@ -1083,7 +1076,6 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
     """
     import anndata as ad
     import mudata as md
-    import scipy.sparse as sp
 
     if isinstance(data, ad.AnnData):
         present = [m for j, m in enumerate(MODALITIES) if emb.observed[:, j].any()]
@@ -1093,20 +1085,33 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
     for j, m in enumerate(MODALITIES):
         if emb.observed[:, j].all() and not denoise:
             continue
-        getter = model.get_normalized_expression if m == "rna" else model.get_normalized_accessibility
-        kw = {"return_type": "sparse", "threshold": threshold} if threshold else {"return_type": "array"}
-        x = getter(emb, scale="counts", prediction=prediction, **kw)
-        if not sp.issparse(x):
-            x = x.astype(np.float32)
         key = f"{model.source_modality.get(m, m)}_predicted"
-        pred = ad.AnnData(x, obs=_obs_frame(emb.obs_names), var=_feature_frame(model.var_names[m], m))
-        pred.obs["library_size"] = emb.library_size[:, j]
-        pred.obs["library_size_source"] = emb.library_size_source[:, j]
+        pred = _predicted_modality(model, emb, j, threshold=threshold, prediction=prediction)
         pred.obs["observed"] = emb.observed[:, j]
         data.mod[key] = pred
         predicted.append(key)
     data.update()
     return data, predicted
+
+
+def _predicted_modality(model, emb, j: int, *, threshold: float | None, prediction: str = "posterior"):
+    """AnnData of the predicted counts of modality ``j`` for the cells of ``emb`` (CSR of the
+    values >= ``threshold`` when given, else dense float32), with obs ``library_size`` and
+    ``library_size_source`` and the features' ``var``.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    m = MODALITIES[j]
+    getter = model.get_normalized_expression if m == "rna" else model.get_normalized_accessibility
+    kw = {"return_type": "sparse", "threshold": threshold} if threshold else {"return_type": "array"}
+    x = getter(emb, scale="counts", prediction=prediction, **kw)
+    if not sp.issparse(x):
+        x = x.astype(np.float32)
+    pred = ad.AnnData(x, obs=_obs_frame(emb.obs_names), var=_feature_frame(model.var_names[m], m))
+    pred.obs["library_size"] = emb.library_size[:, j]
+    pred.obs["library_size_source"] = emb.library_size_source[:, j]
+    return pred
 
 
 def _feature_frame(names, modality: str):
