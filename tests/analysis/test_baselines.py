@@ -7,14 +7,14 @@ import scipy.sparse as sp
 from scipy.stats import spearmanr
 
 from multidgd import analysis
-from multidgd.analysis.baselines import _centred_sparse_ranks
+from multidgd.analysis.baselines import centred_sparse_ranks
 
 
 def test_sparse_ranks_match_scipy():
     rng = np.random.default_rng(0)
     x = rng.poisson(0.4, (50, 7)).astype(float)
     x[:, 3] = 0  # constant column
-    s, ss = _centred_sparse_ranks(sp.csc_matrix(x))
+    s, ss = centred_sparse_ranks(sp.csc_matrix(x))
     for j in range(7):
         from scipy.stats import rankdata
 

@@ -23,6 +23,8 @@ silencing
     :func:`gene2peak`.
 baselines
     :func:`spearman_gene2peak`.
+links
+    :func:`link_peaks`: model-based link scores and the correlation baselines in one table.
 enrichment
     :func:`link_enrichment`, :func:`tss_profile`, :func:`motif_enrichment`.
 plots
@@ -51,6 +53,7 @@ from .genome import (
     parse_peak_coordinates,
     tss_distance,
 )
+from .links import LINK_COLUMNS, LINK_METHODS, link_peaks
 from .motifs import (
     JASPAR2024,
     Motif,
@@ -75,6 +78,10 @@ __all__ = [
     "gene2peak",
     "spearman_gene2peak",
     "SCORE_COLUMNS",
+    # gene-peak links, model-based and baselines
+    "link_peaks",
+    "LINK_METHODS",
+    "LINK_COLUMNS",
     # evaluations
     "link_enrichment",
     "LinkEvaluation",

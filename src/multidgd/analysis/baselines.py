@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from ..data import MODALITIES, positions
 from .tables import FEATURE_COLUMN, cell_groups, check_genes, check_modality, check_size, check_top_n
 
-__all__ = ["spearman_gene2peak"]
+__all__ = ["spearman_gene2peak", "centred_sparse_ranks"]
 
 
 def _rank_dense(x: np.ndarray) -> np.ndarray:
@@ -26,7 +26,7 @@ def _rank_dense(x: np.ndarray) -> np.ndarray:
     return rankdata(x, method="average")
 
 
-def _centred_sparse_ranks(x: sp.csc_matrix) -> tuple[sp.csc_matrix, np.ndarray]:
+def centred_sparse_ranks(x: sp.csc_matrix) -> tuple[sp.csc_matrix, np.ndarray]:
     """Rank the columns of a non-negative CSC matrix, keeping it sparse.
 
     Returns S (same pattern, rank minus the zeros' average rank, column-wise, ties averaged)
@@ -86,13 +86,13 @@ def _selected_cells(data: Any, d, cells, groupby: str | None) -> tuple[np.ndarra
 
 def _group_correlations(c: _Correlands, in_group: np.ndarray, group: str) -> list[pd.DataFrame]:
     """One piece of the table per gene with at least 3 cells of the group to correlate across."""
-    shared = None if c.expressing_only or len(in_group) < 3 else _centred_sparse_ranks(c.target[in_group].tocsc())
+    shared = None if c.expressing_only or len(in_group) < 3 else centred_sparse_ranks(c.target[in_group].tocsc())
     pieces = []
     for k, g in enumerate(c.genes):
         sel = in_group[c.expr[in_group, k] > 0] if c.expressing_only else in_group
         if len(sel) < 3:
             continue
-        s, ss = shared if shared is not None else _centred_sparse_ranks(c.target[sel].tocsc())
+        s, ss = shared if shared is not None else centred_sparse_ranks(c.target[sel].tocsc())
         gr = _rank_dense(c.expr[sel, k])
         gr = gr - gr.mean()
         cov = np.asarray(s.T @ gr).ravel()

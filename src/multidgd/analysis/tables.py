@@ -35,7 +35,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Default ranking column of each kind of table (by ``table.attrs["method"]``).
-SCORE_COLUMNS = {"silencing": "mean_abs_delta", "spearman": "abs_rho"}
+SCORE_COLUMNS = {"silencing": "mean_abs_delta", "spearman": "abs_rho", "links": "score"}
 #: Name of the affected-feature column by modality.
 FEATURE_COLUMN = {"atac": "peak", "rna": "target_gene"}
 
