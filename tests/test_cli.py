@@ -413,6 +413,22 @@ def test_gene2peak_command(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["rows"] == 2 * 30
     assert main([*short, "--out", str(tmp_path / "x.csv"), "--all-features", "--top-n", "3"]) == 2
     assert "exclude each other" in capsys.readouterr().err
+    # links: the model-based score within 5 kb of each TSS, as the library gives it; baselines without a model
+    links = ["links", str(tmp_path / "m" / "model.pt"), str(path), "--genes", "GAPDH", "CD19", "--quiet"]
+    links += ["--tss", "GRCh38", "--window", "5000", "--all-features", "--plot", str(tmp_path / "links.png")]
+    assert main([*links, "--out", str(tmp_path / "links.csv")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "hybrid" and summary["rows"] == 2 * 3 and summary["genes_without_tss"] == []
+    table = pd.read_csv(tmp_path / "links.csv")
+    expected = analysis.link_peaks(model, read(path), genes=["GAPDH", "CD19"], tss="GRCh38", window=5000, top_n=None)
+    np.testing.assert_allclose(table["score"], expected["score"], rtol=1e-6)
+    assert (table["peak"] == expected["peak"]).all() and (table["tss_distance"].abs() <= 5000).all()
+    assert (tmp_path / "links.png").exists()
+    baseline = ["links", "none", str(path), "--genes", "GAPDH", "--quiet", "--out", str(tmp_path / "rho.csv")]
+    assert main([*baseline, "--method", "spearman"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 5
+    assert main([*baseline, "--overwrite"]) == 2
+    assert "needs a model file" in capsys.readouterr().err
 
 
 def test_interrupted_training_says_how_to_resume(tmp_path, capsys, monkeypatch):
@@ -438,6 +454,7 @@ def test_every_command_takes_device_and_quiet():
         ["embed", "m.pt", "d.h5mu", "--out", "o.h5mu"],
         ["predict", "m.pt", "d.h5mu", "--out", "o.h5mu"],
         ["gene2peak", "m.pt", "d.h5mu", "--genes", "G", "--out", "t.csv"],
+        ["links", "m.pt", "d.h5mu", "--genes", "G", "--out", "t.csv"],
     ):
         args = parser.parse_args([*argv, "--device", "cpu", "--quiet"])
         assert args.device == "cpu" and args.quiet

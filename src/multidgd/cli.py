@@ -3,7 +3,8 @@
 Each command calls one library function and prints what it returns: ``demo`` and
 ``train`` :func:`multidgd.workflows.train_and_report`, ``embed`` and ``predict``
 :func:`multidgd.workflows.embed_and_write`, ``gene2peak``
-:func:`multidgd.workflows.gene2peak_and_write`, ``differential``
+:func:`multidgd.workflows.gene2peak_and_write`, ``links``
+:func:`multidgd.workflows.links_and_write`, ``differential``
 :func:`multidgd.workflows.differential_and_write`, ``evaluate``
 :func:`multidgd.workflows.evaluate_and_write`. A user error (bad data, option, file or
 destination) ends the command with one line ``multidgd: error: ...`` on stderr and exit
@@ -454,6 +455,34 @@ def _add_gene2peak_parser(sub) -> None:
     _add_runtime_options(g)
 
 
+def _add_links_parser(sub) -> None:
+    from .analysis.links import LINK_METHODS
+
+    k = _command(sub, "links", help="gene–peak links: model-based scores and the correlation baselines")
+    k.add_argument("model", help="model file written by train (model.pt); 'none' for spearman / linkpeaks")
+    k.add_argument("data", type=Path, help=".h5mu or .h5ad with raw counts of the cells to use")
+    k.add_argument("--genes", nargs="+", required=True, help="genes to link, or @FILE with one gene per line")
+    k.add_argument("--out", type=Path, required=True, help="output table (.csv, .csv.gz or .tsv)")
+    k.add_argument(
+        "--method",
+        choices=list(LINK_METHODS),
+        default="hybrid",
+        help="score (default hybrid: Spearman of the counts plus the decoded profiles' correlation)",
+    )
+    k.add_argument("--plot", type=Path, default=None, help="PNG of the top peaks of each gene")
+    k.add_argument(
+        "--tss", default=None, help="'GRCh38' (bundled) or a TSS TSV/GTF: only peaks within --window of the TSS"
+    )
+    k.add_argument("--window", type=int, default=500_000, help="half-width of the cis window in bp (default 500000)")
+    k.add_argument("--top-n", type=int, default=None, help=f"keep the top N peaks per gene (default {GENE2PEAK_TOP_N})")
+    k.add_argument("--all-features", action="store_true", help="keep every peak per gene")
+    k.add_argument("--background", type=int, default=200, help="background peaks per peak of linkpeaks (default 200)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the background draw (default 0)")
+    _add_source_options(k)
+    _add_overwrite_option(k, "existing output files")
+    _add_runtime_options(k)
+
+
 def _add_differential_parser(sub) -> None:
     d = _command(
         sub,
@@ -502,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_embed_parsers(sub)
     _add_gene2peak_parser(sub)
+    _add_links_parser(sub)
     _add_differential_parser(sub)
     return parser
 
@@ -680,6 +710,40 @@ def _gene2peak(args: argparse.Namespace) -> str:
     return json.dumps(summary, indent=2)
 
 
+def _links(args: argparse.Namespace) -> str:
+    from .workflows import links_and_write
+
+    if args.out.suffix not in (".csv", ".tsv", ".gz"):
+        raise ValueError(f"--out must end in .csv, .csv.gz or .tsv, got {args.out.name}")
+    if args.all_features and args.top_n is not None:
+        raise ValueError("--top-n and --all-features exclude each other")
+    model = None if args.model.lower() == "none" else Path(args.model)
+    if model is None and args.method in ("hybrid", "decoded", "silencing"):
+        raise ValueError(f"--method {args.method} needs a model file; 'none' works with spearman and linkpeaks")
+    genes, files = _gene_list(args.genes)
+    extra = {"device": args.device, "progress_bar": not args.quiet} if args.method == "silencing" else {}
+    summary = links_and_write(
+        model,
+        args.data,
+        args.out,
+        genes=genes,
+        method=args.method,
+        plot=args.plot,
+        tss=args.tss,
+        overwrite=args.overwrite,
+        inputs=files,
+        window=args.window,
+        top_n=None if args.all_features else (args.top_n if args.top_n is not None else GENE2PEAK_TOP_N),
+        n_background=args.background,
+        seed=args.seed,
+        rna_mod=args.rna_mod,
+        atac_mod=args.atac_mod,
+        layer=args.layer,
+        **extra,
+    )
+    return json.dumps(summary, indent=2)
+
+
 def _differential(args: argparse.Namespace) -> str:
     from .workflows import differential_and_write
 
@@ -719,6 +783,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], str | None], tuple[typ
     "embed": (_embed, (RuntimeError,)),
     "predict": (_embed, (RuntimeError,)),
     "gene2peak": (_gene2peak, (KeyError,)),
+    "links": (_links, (KeyError,)),
     "differential": (_differential, ()),
 }
 

@@ -6,6 +6,7 @@ prints what it returns:
 * ``demo`` and ``train``: :func:`train_and_report`
 * ``embed`` and ``predict``: :func:`embed_and_write`
 * ``gene2peak``: :func:`gene2peak_and_write`
+* ``links``: :func:`links_and_write`
 * ``evaluate``: :func:`evaluate_and_write` (:func:`multidgd.evaluation.run_evaluation`)
 
 Each checks its inputs and destinations before any training or inference: input files
@@ -39,6 +40,7 @@ __all__ = [
     "train_and_report",
     "embed_and_write",
     "gene2peak_and_write",
+    "links_and_write",
     "differential_and_write",
     "evaluate_and_write",
     "RUN_FILES",
@@ -1368,6 +1370,87 @@ def gene2peak_and_write(
             written += paths
         summary["outputs"] = written
     return summary
+
+
+def links_and_write(
+    model_path: Path | None,
+    data_path: Path,
+    out: Path,
+    *,
+    genes: list[str],
+    method: str = "hybrid",
+    plot: Path | None = None,
+    tss: str | None = None,
+    overwrite: bool = False,
+    inputs: dict[str, Any] | None = None,
+    **link_kw: Any,
+) -> dict[str, Any]:
+    """Score gene–peak links (:func:`multidgd.analysis.link_peaks`) and write the table.
+
+    Every destination is checked before any work; files are written under temporary names
+    and renamed into place at the end.
+
+    Parameters
+    ----------
+    model_path
+        The trained model (``model.pt``); None for the baselines ``spearman`` and ``linkpeaks``.
+    data_path
+        ``.h5mu`` or ``.h5ad`` with raw counts of the cells to use.
+    out
+        Output table (``.csv``, ``.csv.gz`` or ``.tsv``).
+    genes
+        Genes to link.
+    method
+        One of :data:`multidgd.analysis.LINK_METHODS`.
+    plot
+        PNG of the top peaks of each gene.
+    tss
+        ``"GRCh38"`` (bundled) or a TSS TSV/GTF: peaks within ``window`` bp of the gene's TSS.
+    overwrite
+        Replace existing outputs.
+    inputs
+        Further input files (command-line name -> path), never written over.
+    **link_kw
+        Further arguments of :func:`multidgd.analysis.link_peaks` (``window``, ``top_n``, ...).
+
+    Returns
+    -------
+    dict
+        Summary: method, genes, rows, cells, genes without a TSS, seconds, outputs.
+    """
+    from . import analysis
+
+    out = Path(out)
+    files = {"DATA": data_path, **(inputs or {})}
+    if model_path is not None:
+        files["MODEL"] = model_path
+    outputs = OutputFiles.of(files, overwrite=overwrite)
+    outputs.check(out, "--out")
+    if plot is not None:
+        outputs.check(plot, "--plot")
+    if tss is not None and str(tss).lower() not in ("grch38", "hg38"):
+        check_input_file(tss, "--tss", expected="'GRCh38' or a TSS table (.tsv/.csv) or a GTF file")
+        outputs.inputs["--tss"] = Path(tss)
+    model = load_model_file(model_path) if model_path is not None else None
+    data = read_input(data_path)
+    with outputs.run(_MARGIN_BYTES):
+        t0 = time.perf_counter()
+        table = analysis.link_peaks(model, data, genes=genes, method=method, tss=tss, **link_kw)
+        seconds = time.perf_counter() - t0
+        _write_table(table, outputs.temporary(out))
+        written = [str(out)]
+        if plot is not None:
+            analysis.plot_gene2peak(table, outputs.temporary(Path(plot)), score="score")
+            written.append(str(plot))
+    return {
+        "method": method,
+        "genes": int(table["gene"].nunique()),
+        "rows": len(table),
+        "cells": int(table.attrs["n_cells"]),
+        "genes_without_tss": table.attrs["genes_without_tss"],
+        "seconds": round(seconds, 1),
+        "outputs": written,
+    }
 
 
 def differential_and_write(

@@ -455,6 +455,20 @@ def _table(c: _Counts, s: _Scores, dist: np.ndarray | None, window, top_n, metho
     return pd.concat(pieces, ignore_index=True)[LINK_COLUMNS]
 
 
+def _check_request(model, method, top_n, tss, window, rna_mod, atac_mod) -> dict[str, str]:
+    """Refuse bad arguments of :func:`link_peaks` before any work; the modality names."""
+    if method not in LINK_METHODS:
+        raise ValueError(f"method={method!r}; allowed: {', '.join(LINK_METHODS)}")
+    if model is None and method in _MODEL_METHODS:
+        raise ValueError(f"method={method!r} needs a trained model; 'spearman' and 'linkpeaks' work without one")
+    check_top_n(top_n)
+    if tss is not None and not window > 0:
+        raise ValueError(f"window must be > 0 bp, got {window!r}")
+    if model is not None:
+        return model.modality_names(rna_mod, atac_mod)
+    return {"rna": rna_mod or "rna", "atac": atac_mod or "atac"}
+
+
 def link_peaks(
     model,
     data: Any,
@@ -525,18 +539,7 @@ def link_peaks(
         ``n_cells`` (cells scored; for ``"silencing"`` those expressing the gene).
         ``attrs``: ``method="links"``, ``link_method``, ``n_cells``, ``genes_without_tss``.
     """
-    if method not in LINK_METHODS:
-        raise ValueError(f"method={method!r}; allowed: {', '.join(LINK_METHODS)}")
-    if model is None and method in _MODEL_METHODS:
-        raise ValueError(f"method={method!r} needs a trained model; 'spearman' and 'linkpeaks' work without one")
-    check_top_n(top_n)
-    if tss is not None and not window > 0:
-        raise ValueError(f"window must be > 0 bp, got {window!r}")
-    mods = (
-        model.modality_names(rna_mod, atac_mod)
-        if model is not None
-        else {"rna": rna_mod or "rna", "atac": atac_mod or "atac"}
-    )
+    mods = _check_request(model, method, top_n, tss, window, rna_mod, atac_mod)
     peaks = model.var_names["atac"] if model is not None else None
     c = _read_counts(
         data, genes, peaks, _default_cells(model, embedding, data, cells), mods["rna"], mods["atac"], layer
