@@ -154,6 +154,12 @@ def test_table_schema_window_and_top_n(trained):
     assert table.groupby("gene").size().tolist() == [4, 4]
     assert table.attrs["method"] == "links" and table.attrs["link_method"] == "hybrid"
     assert table["tss_distance"].isna().all()
+    for method in ("hybrid", "linkpeaks"):  # genes scored one at a time give the same table
+        whole = analysis.link_peaks(model, data, genes=["g0", "g1", "g2"], method=method, top_n=None)
+        chunked = analysis.link_peaks(
+            model, data, genes=["g0", "g1", "g2"], method=method, top_n=None, memory_budget_mb=1e-6
+        )
+        pd.testing.assert_frame_equal(whole, chunked)
     # peaks are chr1:100j-100j+50; a TSS at 1,001 on + for g0, none for g1
     tss = pd.DataFrame({"chrom": ["chr1"], "tss": [1001], "strand": ["+"], "gene_id": ["E0"], "gene_name": ["g0"]})
     near = analysis.link_peaks(model, data, genes=["g0", "g1"], tss=tss, window=250, top_n=None)

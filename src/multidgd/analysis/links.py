@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from scipy.stats import norm, rankdata
 
 from ..data import positions
 from .baselines import centred_sparse_ranks
-from .genome import gene_tss, parse_peak_coordinates, tss_distance
+from .genome import gene_tss, load_tss, parse_peak_coordinates, tss_distance
 from .tables import check_genes, check_size, check_top_n
 
 __all__ = [
@@ -99,7 +99,7 @@ def pearson_matrix(a: np.ndarray, b) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-def spearman_matrix(a: np.ndarray, b) -> np.ndarray:
+def spearman_matrix(a: np.ndarray, b, *, ranks: tuple[sp.csc_matrix, np.ndarray] | None = None) -> np.ndarray:
     """Spearman correlation (ties averaged) of every column of ``a`` with every column of ``b``.
 
     Parameters
@@ -108,6 +108,9 @@ def spearman_matrix(a: np.ndarray, b) -> np.ndarray:
         (n, G) dense.
     b
         (n, P) non-negative, dense or sparse (ranked without densifying).
+    ranks
+        ``b``'s ranks from :func:`~multidgd.analysis.baselines.centred_sparse_ranks`, when
+        already computed (``b`` is then not read).
 
     Returns
     -------
@@ -116,7 +119,7 @@ def spearman_matrix(a: np.ndarray, b) -> np.ndarray:
     """
     ra = np.apply_along_axis(rankdata, 0, np.asarray(a, dtype=np.float64))
     ra = ra - ra.mean(axis=0)
-    s, ss = centred_sparse_ranks(sp.csc_matrix(b, dtype=np.float64))
+    s, ss = ranks if ranks is not None else centred_sparse_ranks(sp.csc_matrix(b, dtype=np.float64))
     cov = np.asarray((s.T @ ra).T)
     ss_a = (ra**2).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -313,10 +316,12 @@ def _decoded_correlation(model, embedding, cell_pos: np.ndarray, genes, peaks, b
     return np.clip(r, -1.0, 1.0)
 
 
-def _spearman_scores(c: _Counts) -> np.ndarray:
-    expr = c.gene_counts / c.library[:, :1]
-    target = sp.diags(1.0 / c.library[:, 1]) @ c.peak_counts
-    return spearman_matrix(expr, target)
+def _spearman_scores(c: _Counts, cache: dict) -> np.ndarray:
+    """Spearman of depth-normalised counts; the peaks' ranks are computed once per call of link_peaks."""
+    if "ranks" not in cache:
+        target = sp.diags(1.0 / c.library[:, 1]) @ c.peak_counts
+        cache["ranks"] = centred_sparse_ranks(sp.csc_matrix(target))
+    return spearman_matrix(c.gene_counts / c.library[:, :1], None, ranks=cache["ranks"])
 
 
 def _peak_stats(data, atac_mod: str, c: _Counts) -> pd.DataFrame:
@@ -366,12 +371,16 @@ class _Request:
     atac_mod: str
     silencing_kwargs: dict
 
+    @property
+    def rna_mod(self) -> str:
+        return self.silencing_kwargs["rna_mod"]
 
-def _method_scores(model, embedding, data, c: _Counts, req: _Request) -> _Scores:
+
+def _method_scores(model, embedding, data, c: _Counts, req: _Request, cache: dict) -> _Scores:
     n = len(c.cell_names)
     n_cells = np.full(len(c.genes), n)
     if req.method in ("spearman", "hybrid"):
-        rho = _spearman_scores(c)
+        rho = _spearman_scores(c, cache)
         if req.method == "spearman":
             z = _correlation_z(rho, n, spearman=True)
             return _Scores(rho, z, 2 * norm.sf(np.abs(z)), n_cells)
@@ -386,8 +395,10 @@ def _method_scores(model, embedding, data, c: _Counts, req: _Request) -> _Scores
     if req.method == "linkpeaks":
         expr = np.log1p(c.gene_counts / c.library[:, :1] * 1e4)
         r = pearson_matrix(expr, c.peak_counts)
-        bg = background_peaks(_peak_stats(data, req.atac_mod, c), n_background=req.n_background, seed=req.seed)
-        z = background_z(r, bg)
+        if "background" not in cache:
+            stats = _peak_stats(data, req.atac_mod, c)
+            cache["background"] = background_peaks(stats, n_background=req.n_background, seed=req.seed)
+        z = background_z(r, cache["background"])
         return _Scores(r, z, norm.sf(np.abs(z)), n_cells)
     return _silencing_scores(model, embedding, data, c, req)
 
@@ -455,6 +466,31 @@ def _table(c: _Counts, s: _Scores, dist: np.ndarray | None, window, top_n, metho
     return pd.concat(pieces, ignore_index=True)[LINK_COLUMNS]
 
 
+def _scored_table(model, embedding, data, c: _Counts, req: _Request, cis, top_n, memory_budget_mb):
+    """The table of :func:`link_peaks`, genes scored in chunks within the budget; the genes without a TSS."""
+    tss, window = cis
+    if tss is not None and not isinstance(tss, pd.DataFrame) and str(tss).lower() not in ("grch38", "hg38"):
+        tss = load_tss(tss)  # read a user's file once, not once per chunk
+    step = _genes_per_chunk(len(c.peaks), memory_budget_mb)
+    pieces, no_tss, cache = [], [], {}
+    for start in range(0, len(c.genes), step):
+        part = replace(c, genes=c.genes[start : start + step], gene_counts=c.gene_counts[:, start : start + step])
+        dist = None
+        if tss is not None:
+            dist, missing = _tss_distances(data, part.genes, c.peaks, tss, req.rna_mod, req.atac_mod)
+            no_tss += missing
+        scores = _method_scores(model, embedding, data, part, req, cache)
+        pieces.append(_table(part, scores, dist, window, top_n, req.method))
+    if no_tss:
+        logger.warning("%d genes have no TSS in the table and get no rows, e.g. %s", len(no_tss), no_tss[:5])
+    return pd.concat(pieces, ignore_index=True), no_tss
+
+
+def _genes_per_chunk(n_peaks: int, memory_budget_mb: float) -> int:
+    """Genes scored together so that their (genes x peaks) float64 arrays, about six, fit the budget."""
+    return max(1, int(memory_budget_mb * 2**20 // (6 * 8 * max(n_peaks, 1))))
+
+
 def _check_request(model, method, top_n, tss, window, rna_mod, atac_mod) -> dict[str, str]:
     """Refuse bad arguments of :func:`link_peaks` before any work; the modality names."""
     if method not in LINK_METHODS:
@@ -486,6 +522,7 @@ def link_peaks(
     atac_mod: str | None = None,
     layer: str | None = None,
     batch_size: int = 1024,
+    memory_budget_mb: float = 1024,
     max_rows: int = 50_000_000,
     **silencing_kwargs: Any,
 ) -> pd.DataFrame:
@@ -521,6 +558,9 @@ def link_peaks(
         Where the counts are (default the model's modality names, else ``"rna"``/``"atac"``).
     batch_size
         Cells decoded together.
+    memory_budget_mb
+        Genes are scored in chunks whose (genes x peaks) arrays fit this budget (the decoded
+        profiles are decoded again for each chunk).
     max_rows
         Largest table allowed.
     **silencing_kwargs
@@ -546,14 +586,8 @@ def link_peaks(
     )
     per_gene = top_n if top_n is not None else len(c.peaks)
     check_size(len(c.genes) * min(per_gene, len(c.peaks)), max_rows, "pass top_n= or tss=")
-    dist, no_tss = (None, [])
-    if tss is not None:
-        dist, no_tss = _tss_distances(data, c.genes, c.peaks, tss, mods["rna"], mods["atac"])
-        if no_tss:
-            logger.warning("%d genes have no TSS in the table and get no rows, e.g. %s", len(no_tss), no_tss[:5])
     req = _Request(method, n_background, seed, batch_size, mods["atac"], {"rna_mod": mods["rna"], **silencing_kwargs})
-    scores = _method_scores(model, embedding, data, c, req)
-    table = _table(c, scores, dist, window, top_n, method)
+    table, no_tss = _scored_table(model, embedding, data, c, req, (tss, window), top_n, memory_budget_mb)
     table.attrs.update(
         method="links",
         link_method=method,
