@@ -360,6 +360,12 @@ def _add_evaluate_parser(sub) -> None:
         "--model", type=Path, default=None, help="evaluate this model.pt (trained on DATA with the same split)"
     )
     ev.add_argument("--compare-max-epochs", type=int, default=None, help="cap MultiVI's epochs (default: its own)")
+    ev.add_argument(
+        "--scib",
+        action="store_true",
+        help="also report scIB metrics of multidgd's, MultiVI's and a plain PCA latent "
+        '(needs --batch-key and pip install "multidgd[scib]")',
+    )
     _add_overwrite_option(ev, "an earlier run in OUT (its files not written again are removed)")
     _add_runtime_options(ev)
 
@@ -621,6 +627,7 @@ def _evaluate(args: argparse.Namespace) -> str:
         train_fraction=args.train_fraction,
         compare=args.compare or [],
         compare_max_epochs=args.compare_max_epochs,
+        scib=args.scib,
         device=args.device,
         progress_bar=not args.quiet,
     )

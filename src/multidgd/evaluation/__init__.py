@@ -12,12 +12,16 @@ report
     and ``report.md``.
 multivi
     MultiVI (scvi-tools, an optional extra imported only when used) on the same split.
+scib
+    scIB integration metrics of the latents (scib-metrics, an optional extra imported only
+    when used) and the plain PCA baseline embedding.
 """
 
-from . import heldout, multivi, protocol, report
+from . import heldout, multivi, protocol, report, scib
 from .heldout import *  # noqa: F403 - the package re-exports its modules' public names
 from .multivi import *  # noqa: F403
 from .protocol import *  # noqa: F403
 from .report import *  # noqa: F403
+from .scib import *  # noqa: F403
 
-__all__ = [*heldout.__all__, *protocol.__all__, *report.__all__, *multivi.__all__]
+__all__ = [*heldout.__all__, *protocol.__all__, *report.__all__, *multivi.__all__, *scib.__all__]

@@ -43,6 +43,7 @@ __all__ = [
     "Experiments",
     "run_experiments",
     "run_evaluation",
+    "scib_of_latents",
 ]
 
 
@@ -56,6 +57,7 @@ class EvaluationInputs:
     split: np.ndarray
     fractions: list[float]
     compare: list[str]
+    scib: bool = False
 
 
 def _labels(data, key: str, obs_names: pd.Index) -> np.ndarray:
@@ -77,6 +79,7 @@ def check_evaluation_inputs(
     holdout_batch: str | None = None,
     train_fraction: float | list[float] | None = None,
     compare: list[str] | tuple[str, ...] = (),
+    scib: bool = False,
 ) -> EvaluationInputs:
     """Check the arguments of :func:`run_evaluation` and read the labels.
 
@@ -108,13 +111,19 @@ def check_evaluation_inputs(
         from .multivi import require_scvi
 
         require_scvi()
+    if scib:
+        from .scib import require_scib
+
+        if batches is None:
+            raise ValueError("scib needs batch_key: the scIB batch-correction metrics compare batches")
+        require_scib()
     split = stratified_split(cell_types, seed) if split is None else np.asarray(split, dtype=object)
     if len(split) != len(obs_names):
         raise ValueError(f"split has {len(split)} entries for {len(obs_names)} cells")
     for s in SPLITS:
         if not (split == s).any():
             raise ValueError(f"the split has no {s} cells")
-    return EvaluationInputs(obs_names, cell_types, batches, split, fractions, compare)
+    return EvaluationInputs(obs_names, cell_types, batches, split, fractions, compare, scib)
 
 
 def load_trained(model_path, inputs: EvaluationInputs, seed: int) -> TrainedModel:
@@ -289,15 +298,17 @@ def compare_multivi(
 
 @dataclass
 class Experiments:
-    """The optional experiments of an evaluation: unseen batch, data fractions, MultiVI.
+    """The optional experiments of an evaluation: unseen batch, data fractions, MultiVI, scIB.
 
     ``fraction_rows`` are the :class:`~.heldout.FractionRow` s as written to
-    ``metrics.json``; absent experiments are None (or no rows).
+    ``metrics.json``; ``scib`` the table of :func:`scib_of_latents`; absent experiments are
+    None (or no rows).
     """
 
     holdout: HoldoutBatchResult | None
     fraction_rows: list[dict[str, Any]]
     multivi: MultiVIComparison | None
+    scib: dict[str, dict[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the experiments' ``metrics.json`` entries, in file order."""
@@ -309,6 +320,8 @@ class Experiments:
             out["fraction_loss_ratio"] = last["loss_ratio"]
         if self.multivi is not None:
             out.update(self.multivi.as_dict())
+        if self.scib is not None:
+            out["scib"] = self.scib
         return out
 
 
@@ -324,7 +337,7 @@ def run_experiments(
     holdout_figure: Path,
     compare_max_epochs: int | None,
 ) -> Experiments:
-    """Run the experiments asked for, in order: unseen batch, data fractions, MultiVI.
+    """Run the experiments asked for, in order: unseen batch, data fractions, MultiVI, scIB.
 
     Parameters
     ----------
@@ -365,7 +378,33 @@ def run_experiments(
     if "multivi" in inputs.compare:
         kw = {"seed": settings.seed, "max_epochs": compare_max_epochs, "progress_bar": settings.progress_bar}
         multivi = compare_multivi(data, inputs, scores, **kw)
-    return Experiments(holdout, [row.as_dict() for row in fractions], multivi)
+    experiments = Experiments(holdout, [row.as_dict() for row in fractions], multivi)
+    if inputs.scib:
+        experiments.scib = scib_of_latents(data, inputs, scores, experiments, seed=settings.seed)
+    return experiments
+
+
+def scib_of_latents(data, inputs: EvaluationInputs, scores: ModelScores, experiments: Experiments, *, seed: int):
+    """ScIB metrics of the training cells' latents: multidgd's, the plain PCA's, MultiVI's when compared.
+
+    Returns
+    -------
+    dict
+        Embedding -> metric -> value, rounded (:func:`~.scib.scib_scores`).
+    """
+    from ..data import read_multiome
+    from .scib import PLAIN, plain_embedding, scib_scores
+
+    is_train = scores.is_train
+    counts = read_multiome(data)
+    rows = counts.obs_names.get_indexer(inputs.obs_names[is_train])
+    if (rows < 0).any():
+        raise ValueError("every training cell needs counts in both modalities for the plain PCA of the scIB table")
+    embeddings = {"multidgd": scores.latent[is_train], PLAIN: plain_embedding(counts, rows, seed=seed)}
+    if experiments.multivi is not None:
+        embeddings["multivi"] = experiments.multivi.multivi.latent
+    table = scib_scores(embeddings, inputs.cell_types[is_train], inputs.batches[is_train], pre_integrated=PLAIN)
+    return {name: {k: round_metric(v) for k, v in row.items()} for name, row in table.items()}
 
 
 def _write_outputs(out: Path, metrics, model, inputs, scores, experiments, settings, held=None) -> None:
@@ -428,6 +467,7 @@ def run_evaluation(
     train_fraction: float | list[float] | None = None,
     compare: list[str] | tuple[str, ...] = (),
     compare_max_epochs: int | None = None,
+    scib: bool = False,
     config=None,
     model_path=None,
     device: str = "auto",
@@ -440,10 +480,8 @@ def run_evaluation(
 
     Parameters
     ----------
-    data
-        MuData of every cell, raw counts.
-    out
-        Output directory.
+    data, out
+        MuData of every cell, raw counts; the output directory.
     cell_type_key, batch_key
         ``obs`` columns of cell types (stratifies the split) and batches (the covariate).
     split
@@ -460,16 +498,16 @@ def run_evaluation(
         ``["multivi"]`` also trains MultiVI on the same split and reports the same metrics
         under ``metrics["multivi"]`` (needs the ``compare`` extra, see :mod:`.multivi`),
         with its epochs capped at ``compare_max_epochs`` (default: its own).
+    scib
+        Also report the scIB metrics of the training cells' latents (:func:`scib_of_latents`).
     config
         ``TrainConfig`` of every multidgd model trained here (default: defaults).
     model_path
         Evaluate this saved model (trained on this data with this split, e.g. the
         ``model.pt`` of an earlier run) instead of training one; its training time is the
         sum of its recorded epoch times.
-    device, progress_bar
-        Training and inference device; show training progress.
-    source
-        Name of the data, written into the report.
+    device, progress_bar, source
+        Training and inference device; show training progress; the data's name in the report.
 
     Returns
     -------
@@ -488,6 +526,7 @@ def run_evaluation(
         holdout_batch=holdout_batch,
         train_fraction=train_fraction,
         compare=compare,
+        scib=scib,
     )
     out.mkdir(parents=True, exist_ok=True)
     settings = TrainSettings(cell_type_key, batch_key, seed, max_epochs, device, progress_bar, config)

@@ -188,6 +188,18 @@ def _certainty_lines(table) -> list[str]:
     return lines
 
 
+def _scib_lines(scib: dict[str, dict[str, float]]) -> list[str]:
+    """The scIB table: one column per latent, one row per metric (unscaled)."""
+    names = list(scib)
+    metrics = list(next(iter(scib.values())))
+    lines = ["", "## scIB metrics (training cells, scib-metrics, unscaled)", ""]
+    lines.append("| metric | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---|" * len(names))
+    for m in metrics:
+        lines.append(f"| {m} | " + " | ".join(f"{scib[n].get(m, float('nan')):.3f}" for n in names) + " |")
+    return lines
+
+
 def report_markdown(metrics: dict[str, Any], figures: list[str], certainty=None) -> str:
     """Compose the text of ``report.md``.
 
@@ -209,6 +221,8 @@ def report_markdown(metrics: dict[str, Any], figures: list[str], certainty=None)
         lines += _fraction_table(metrics["data_fraction"])
     if certainty is not None:
         lines += _certainty_lines(certainty)
+    if metrics.get("scib"):
+        lines += _scib_lines(metrics["scib"])
     lines.append("")
     lines += [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
