@@ -164,6 +164,7 @@ def test_table_schema_window_and_top_n(trained):
     tss = pd.DataFrame({"chrom": ["chr1"], "tss": [1001], "strand": ["+"], "gene_id": ["E0"], "gene_name": ["g0"]})
     near = analysis.link_peaks(model, data, genes=["g0", "g1"], tss=tss, window=250, top_n=None)
     assert set(near["gene"]) == {"g0"} and near.attrs["genes_without_tss"] == ["g1"]
+    assert near.attrs["genes_without_scores"] == ["g1"]
     starts = near["peak"].str.extract(r":(\d+)-")[0].astype(int)
     assert sorted(starts) == [800, 900, 1000, 1100, 1200]
     assert (near["tss_distance"].abs() <= 250).all()

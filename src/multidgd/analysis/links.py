@@ -505,6 +505,25 @@ def _check_request(model, method, top_n, tss, window, rna_mod, atac_mod) -> dict
     return {"rna": rna_mod or "rna", "atac": atac_mod or "atac"}
 
 
+def _annotate(table: pd.DataFrame, c: _Counts, method: str, no_tss: list[str], window) -> None:
+    """The table's ``attrs``; a warning naming genes that got no rows for another reason than a missing TSS."""
+    table.attrs.update(
+        method="links",
+        link_method=method,
+        n_cells=len(c.cell_names),
+        genes_without_tss=no_tss,
+        genes_without_scores=[g for g in c.genes if g not in set(table["gene"])],
+        window=window,
+    )
+    unscored = [g for g in table.attrs["genes_without_scores"] if g not in no_tss]
+    if unscored:
+        logger.warning(
+            "%d genes got no scores (not expressed in the cells, or no peak in the window), e.g. %s",
+            len(unscored),
+            unscored[:5],
+        )
+
+
 def link_peaks(
     model,
     data: Any,
@@ -577,7 +596,9 @@ def link_peaks(
         the z is a test (two-sided for ``"spearman"``, the tail beyond abs(z) for
         ``"linkpeaks"``), ``tss_distance`` (bp, positive downstream; NaN without ``tss``),
         ``n_cells`` (cells scored; for ``"silencing"`` those expressing the gene).
-        ``attrs``: ``method="links"``, ``link_method``, ``n_cells``, ``genes_without_tss``.
+        ``attrs``: ``method="links"``, ``link_method``, ``n_cells``, ``genes_without_tss``,
+        ``genes_without_scores`` (no row: without a TSS, not expressed in the cells, or no
+        scored peak in the window).
     """
     mods = _check_request(model, method, top_n, tss, window, rna_mod, atac_mod)
     peaks = model.var_names["atac"] if model is not None else None
@@ -588,11 +609,5 @@ def link_peaks(
     check_size(len(c.genes) * min(per_gene, len(c.peaks)), max_rows, "pass top_n= or tss=")
     req = _Request(method, n_background, seed, batch_size, mods["atac"], {"rna_mod": mods["rna"], **silencing_kwargs})
     table, no_tss = _scored_table(model, embedding, data, c, req, (tss, window), top_n, memory_budget_mb)
-    table.attrs.update(
-        method="links",
-        link_method=method,
-        n_cells=len(c.cell_names),
-        genes_without_tss=no_tss,
-        window=window if tss is not None else None,
-    )
+    _annotate(table, c, method, no_tss, window if tss is not None else None)
     return table
