@@ -29,8 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-MODEL_BASED = ("hybrid", "decoded", "silencing")
-BASELINES = ("spearman", "linkpeaks")
+from multidgd.analysis.links import LINK_METHODS, MODEL_LINK_METHODS
+
+MODEL_BASED = MODEL_LINK_METHODS
+BASELINES = tuple(m for m in LINK_METHODS if m not in MODEL_LINK_METHODS)
 #: Baselines in the paired tests: linkpeaks_z is the linkpeaks table ranked by its z.
 COMPARED = (*BASELINES, "linkpeaks_z")
 

@@ -678,15 +678,28 @@ def _gene_list(values: list[str]) -> tuple[list[str], dict[str, Path]]:
     return genes, files
 
 
+def _check_table_out(out: Path) -> None:
+    """Refuse an ``--out`` table whose suffix is not .csv, .csv.gz or .tsv."""
+    if out.suffix not in (".csv", ".tsv", ".gz"):
+        raise ValueError(f"--out must end in .csv, .csv.gz or .tsv, got {out.name}")
+
+
+def _top_n(args: argparse.Namespace, keep_all: bool = False) -> int | None:
+    """Features kept per gene from ``--top-n`` / ``--all-features`` (None: all; ``keep_all``: all unless --top-n)."""
+    if args.all_features and args.top_n is not None:
+        raise ValueError("--top-n and --all-features exclude each other")
+    if args.top_n is not None:
+        return args.top_n
+    return None if args.all_features or keep_all else GENE2PEAK_TOP_N
+
+
 def _gene2peak(args: argparse.Namespace) -> str:
     from .workflows import gene2peak_and_write
 
-    if args.out.suffix not in (".csv", ".tsv", ".gz"):
-        raise ValueError(f"--out must end in .csv, .csv.gz or .tsv, got {args.out.name}")
+    _check_table_out(args.out)
     if args.tss is not None and args.modality != "atac":
         raise ValueError("--tss needs --modality atac (a profile of peaks)")
-    if args.all_features and args.top_n is not None:
-        raise ValueError("--top-n and --all-features exclude each other")
+    top_n = _top_n(args, keep_all=args.tss is not None)
     if args.tss is not None and args.top_n is not None:
         raise ValueError("--tss needs every peak per gene: leave out --top-n")
     genes, files = _gene_list(args.genes)
@@ -700,7 +713,7 @@ def _gene2peak(args: argparse.Namespace) -> str:
         tss=args.tss,
         groupby=args.groupby,
         modality=args.modality,
-        top_n=args.top_n if args.top_n is not None or args.all_features or args.tss else GENE2PEAK_TOP_N,
+        top_n=top_n,
         layer=args.layer,
         rna_mod=args.rna_mod,
         atac_mod=args.atac_mod,
@@ -718,14 +731,13 @@ def _gene2peak(args: argparse.Namespace) -> str:
 
 
 def _links(args: argparse.Namespace) -> str:
+    from .analysis.links import MODEL_LINK_METHODS
     from .workflows import links_and_write
 
-    if args.out.suffix not in (".csv", ".tsv", ".gz"):
-        raise ValueError(f"--out must end in .csv, .csv.gz or .tsv, got {args.out.name}")
-    if args.all_features and args.top_n is not None:
-        raise ValueError("--top-n and --all-features exclude each other")
+    _check_table_out(args.out)
+    top_n = _top_n(args)
     model = None if args.model.lower() == "none" else Path(args.model)
-    if model is None and args.method in ("hybrid", "decoded", "silencing"):
+    if model is None and args.method in MODEL_LINK_METHODS:
         raise ValueError(f"--method {args.method} needs a model file; 'none' works with spearman and linkpeaks")
     genes, files = _gene_list(args.genes)
     extra = {"device": args.device, "progress_bar": not args.quiet} if args.method == "silencing" else {}
@@ -740,7 +752,7 @@ def _links(args: argparse.Namespace) -> str:
         overwrite=args.overwrite,
         inputs=files,
         window=args.window,
-        top_n=None if args.all_features else (args.top_n if args.top_n is not None else GENE2PEAK_TOP_N),
+        top_n=top_n,
         n_background=args.background,
         seed=args.seed,
         rna_mod=args.rna_mod,
@@ -754,8 +766,7 @@ def _links(args: argparse.Namespace) -> str:
 def _differential(args: argparse.Namespace) -> str:
     from .workflows import differential_and_write
 
-    if args.out.suffix not in (".csv", ".tsv", ".gz"):
-        raise ValueError(f"--out must end in .csv, .csv.gz or .tsv, got {args.out.name}")
+    _check_table_out(args.out)
     summary = differential_and_write(
         args.model,
         args.data,

@@ -1263,6 +1263,13 @@ def _write_tss_profiles(table, data, mods: dict[str, str], tss: str, out: Path, 
     return written, len(profile.attrs["genes_with_peaks_in_window"])
 
 
+def _check_tss_input(tss, outputs: OutputFiles) -> None:
+    """A ``--tss`` that is not the bundled GRCh38 table must be a readable file, never written over."""
+    if str(tss).lower() not in ("grch38", "hg38"):
+        check_input_file(tss, "--tss", expected="'GRCh38' or a TSS table (.tsv/.csv) or a GTF file")
+        outputs.inputs["--tss"] = Path(tss)
+
+
 def _gene2peak_outputs(out: Path, plot, spearman, tss, outputs: OutputFiles) -> None:
     """Check every destination of gene2peak (and a TSS file given) before any work."""
     outputs.check(out, "--out")
@@ -1271,9 +1278,7 @@ def _gene2peak_outputs(out: Path, plot, spearman, tss, outputs: OutputFiles) -> 
     if spearman is not None:
         outputs.check(spearman, "--spearman")
     if tss is not None:
-        if str(tss).lower() not in ("grch38", "hg38"):
-            check_input_file(tss, "--tss", expected="'GRCh38' or a TSS table (.tsv/.csv) or a GTF file")
-            outputs.inputs["--tss"] = Path(tss)
+        _check_tss_input(tss, outputs)
         outputs.claim(out.parent, f"{_tss_stem(out)}_tss_profile*.csv", "--tss")
         outputs.claim(out.parent, f"{_tss_stem(out)}_tss_profile*.png", "--tss")
 
@@ -1428,9 +1433,8 @@ def links_and_write(
     outputs.check(out, "--out")
     if plot is not None:
         outputs.check(plot, "--plot")
-    if tss is not None and str(tss).lower() not in ("grch38", "hg38"):
-        check_input_file(tss, "--tss", expected="'GRCh38' or a TSS table (.tsv/.csv) or a GTF file")
-        outputs.inputs["--tss"] = Path(tss)
+    if tss is not None:
+        _check_tss_input(tss, outputs)
     model = load_model_file(model_path) if model_path is not None else None
     data = read_input(data_path)
     with outputs.run(_MARGIN_BYTES):

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from ..data import MODALITIES, positions
 from .tables import FEATURE_COLUMN, cell_groups, check_genes, check_modality, check_size, check_top_n
 
-__all__ = ["spearman_gene2peak", "centred_sparse_ranks"]
+__all__ = ["spearman_gene2peak", "centred_sparse_ranks", "kept_rows"]
 
 
 def _rank_dense(x: np.ndarray) -> np.ndarray:
@@ -73,13 +73,31 @@ class _Correlands:
     expressing_only: bool
 
 
-def _selected_cells(data: Any, d, cells, groupby: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Rows (among the kept cells) of the selected cells with a group, their group codes and the group names."""
+def kept_rows(d, cells) -> np.ndarray:
+    """Rows, among the cells :func:`~multidgd.data.read_multiome` kept, of the selected input cells.
+
+    Parameters
+    ----------
+    d
+        :class:`~multidgd.data.MultiomeData`.
+    cells
+        Names, positions or a boolean mask of the input's cells (None: all).
+
+    Returns
+    -------
+    numpy.ndarray
+        The selected cells' rows in ``d``; cells dropped for lacking counts are left out.
+    """
     rows_all = positions(d.input_obs_names, cells, "cells")
     kept_pos = np.full(len(d.input_obs_names), -1)
     kept_pos[np.flatnonzero(d.kept)] = np.arange(d.n_cells)
     rows = kept_pos[rows_all]
-    rows = rows[rows >= 0]
+    return rows[rows >= 0]
+
+
+def _selected_cells(data: Any, d, cells, groupby: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows (among the kept cells) of the selected cells with a group, their group codes and the group names."""
+    rows = kept_rows(d, cells)
     codes, group_names = cell_groups(data, groupby, d.obs_names, rows)
     return rows[codes >= 0], codes[codes >= 0], group_names
 

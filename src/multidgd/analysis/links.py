@@ -37,14 +37,14 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import norm, rankdata
 
-from ..data import positions
-from .baselines import centred_sparse_ranks
+from .baselines import centred_sparse_ranks, kept_rows
 from .genome import gene_tss, load_tss, parse_peak_coordinates, tss_distance
 from .tables import check_genes, check_size, check_top_n
 
 __all__ = [
     "LINK_METHODS",
     "LINK_COLUMNS",
+    "MODEL_LINK_METHODS",
     "link_peaks",
     "pearson_matrix",
     "spearman_matrix",
@@ -57,9 +57,10 @@ logger = logging.getLogger(__name__)
 
 #: Methods of :func:`link_peaks`; the first three use the model.
 LINK_METHODS = ("hybrid", "decoded", "silencing", "spearman", "linkpeaks")
+#: The methods of :data:`LINK_METHODS` that need a trained model.
+MODEL_LINK_METHODS = LINK_METHODS[:3]
 #: Columns of a :func:`link_peaks` table.
 LINK_COLUMNS = ["gene", "peak", "group", "method", "score", "z", "pvalue", "tss_distance", "n_cells"]
-_MODEL_METHODS = ("hybrid", "decoded", "silencing")
 _GC_COLUMNS = ("GC.percent", "gc_content", "gc", "GC")
 
 
@@ -241,11 +242,7 @@ def _read_counts(data, genes, peaks, cells, rna_mod, atac_mod, layer) -> _Counts
     missing = peaks[d.var_names["atac"].get_indexer(peaks) < 0]
     if len(missing):
         raise ValueError(f"{len(missing)} of the model's peaks are not in the data, e.g. {missing[:3].tolist()}")
-    rows_all = positions(d.input_obs_names, cells, "cells") if cells is not None else np.arange(len(d.input_obs_names))
-    kept_pos = np.full(len(d.input_obs_names), -1)
-    kept_pos[np.flatnonzero(d.kept)] = np.arange(d.n_cells)
-    rows = kept_pos[rows_all]
-    rows = rows[rows >= 0]
+    rows = kept_rows(d, cells)
     if len(rows) < 3:
         raise ValueError(f"{len(rows)} of the selected cells have counts in both modalities; at least 3 are needed")
     gcols = d.var_names["rna"].get_indexer(genes)
@@ -261,13 +258,14 @@ def _read_counts(data, genes, peaks, cells, rna_mod, atac_mod, layer) -> _Counts
     )
 
 
+def _trained_cells(model) -> pd.Index:
+    """The model's own cells: those it trained or validated on (the others have no representation)."""
+    return model.obs_names[(model.split != "none").to_numpy()]
+
+
 def _model_cells(model, embedding, names: pd.Index) -> np.ndarray:
     """Positions of ``names`` among the cells the getters decode (the model's, or the embedding's)."""
-    if embedding is not None:
-        own = pd.Index(embedding.obs_names)
-    else:
-        latent = model.get_latent_representation()
-        own = model.obs_names[~np.isnan(latent).any(axis=1)]
+    own = pd.Index(embedding.obs_names) if embedding is not None else _trained_cells(model)
     pos = own.get_indexer(names)
     if (pos < 0).any():
         missing = names[pos < 0]
@@ -283,11 +281,8 @@ def _default_cells(model, embedding, data, cells):
     """The data cells to use: given ones, else those with a representation (all cells without a model)."""
     if cells is not None or model is None:
         return cells
-    obs = pd.Index(data.obs_names)
-    if embedding is not None:
-        return obs.isin(pd.Index(embedding.obs_names))
-    latent = model.get_latent_representation()
-    return obs.isin(model.obs_names[~np.isnan(latent).any(axis=1)])
+    own = pd.Index(embedding.obs_names) if embedding is not None else _trained_cells(model)
+    return pd.Index(data.obs_names).isin(own)
 
 
 # ----------------------------------------------------------------------------- scores
@@ -368,12 +363,9 @@ class _Request:
     n_background: int
     seed: int
     batch_size: int
+    rna_mod: str
     atac_mod: str
     silencing_kwargs: dict
-
-    @property
-    def rna_mod(self) -> str:
-        return self.silencing_kwargs["rna_mod"]
 
 
 def _method_scores(model, embedding, data, c: _Counts, req: _Request, cache: dict) -> _Scores:
@@ -414,6 +406,7 @@ def _silencing_scores(model, embedding, data, c: _Counts, req: _Request) -> _Sco
         embedding=embedding,
         modality="atac",
         features=c.peaks,
+        rna_mod=req.rna_mod,
         atac_mod=req.atac_mod,
         **req.silencing_kwargs,
     )
@@ -469,8 +462,8 @@ def _table(c: _Counts, s: _Scores, dist: np.ndarray | None, window, top_n, metho
 def _scored_table(model, embedding, data, c: _Counts, req: _Request, cis, top_n, memory_budget_mb):
     """The table of :func:`link_peaks`, genes scored in chunks within the budget; the genes without a TSS."""
     tss, window = cis
-    if tss is not None and not isinstance(tss, pd.DataFrame) and str(tss).lower() not in ("grch38", "hg38"):
-        tss = load_tss(tss)  # read a user's file once, not once per chunk
+    if tss is not None:
+        tss = load_tss(tss)  # read once (bundled table, a user's file or a DataFrame), not once per chunk
     step = _genes_per_chunk(len(c.peaks), memory_budget_mb)
     pieces, no_tss, cache = [], [], {}
     for start in range(0, len(c.genes), step):
@@ -495,7 +488,7 @@ def _check_request(model, method, top_n, tss, window, rna_mod, atac_mod) -> dict
     """Refuse bad arguments of :func:`link_peaks` before any work; the modality names."""
     if method not in LINK_METHODS:
         raise ValueError(f"method={method!r}; allowed: {', '.join(LINK_METHODS)}")
-    if model is None and method in _MODEL_METHODS:
+    if model is None and method in MODEL_LINK_METHODS:
         raise ValueError(f"method={method!r} needs a trained model; 'spearman' and 'linkpeaks' work without one")
     check_top_n(top_n)
     if tss is not None and not window > 0:
@@ -607,7 +600,7 @@ def link_peaks(
     )
     per_gene = top_n if top_n is not None else len(c.peaks)
     check_size(len(c.genes) * min(per_gene, len(c.peaks)), max_rows, "pass top_n= or tss=")
-    req = _Request(method, n_background, seed, batch_size, mods["atac"], {"rna_mod": mods["rna"], **silencing_kwargs})
+    req = _Request(method, n_background, seed, batch_size, mods["rna"], mods["atac"], silencing_kwargs)
     table, no_tss = _scored_table(model, embedding, data, c, req, (tss, window), top_n, memory_budget_mb)
     _annotate(table, c, method, no_tss, window if tss is not None else None)
     return table
