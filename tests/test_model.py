@@ -83,6 +83,38 @@ def test_cluster_probabilities(mdata):
     np.testing.assert_array_equal(cl.labels, brute.argmax(1).numpy())
 
 
+def test_cluster_probabilities_from_the_counts(mdata):
+    from multidgd.prediction import CLUSTER_TEMPERATURES, component_posterior
+
+    model = _trained(mdata)
+    latent = model.cluster()
+    cl = model.cluster(mdata)
+    np.testing.assert_array_equal(cl.labels, latent.labels)  # the clusters do not change
+    assert cl.temperature in CLUSTER_TEMPERATURES
+    ok = cl.labels >= 0
+    np.testing.assert_allclose(cl.probabilities[ok].sum(1), 1.0, rtol=1e-5)
+    assert np.isnan(cl.probabilities[~ok]).all()
+    # brute force: the candidates' NLL at each (component, own class) and the tempered posterior
+    emb = model.infer(
+        mdata[model.obs_names[ok]], covariate_start="label", start="search", n_steps=0, progress_bar=False
+    )
+    c = emb.candidates
+    nll = c.nll.reshape(len(c.nll), model.n_components, -1)
+    logw = -nll / cl.temperature + c.log_prior.reshape(model.n_components, -1)[None]
+    m = np.where(np.isfinite(logw), logw, -np.inf).max(axis=(1, 2), keepdims=True)
+    w = np.exp(logw - m).sum(2)
+    np.testing.assert_allclose(cl.probabilities[ok], w / w.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
+    fixed = model.cluster(mdata, temperature=3.0)
+    assert fixed.temperature == 3.0
+    np.testing.assert_allclose(
+        fixed.probabilities[ok], component_posterior(c.nll, c.log_prior, model.n_components, 3.0), rtol=1e-5, atol=1e-7
+    )
+    with pytest.raises(ValueError, match="lacks 1 of the model's trained cells"):
+        model.cluster(mdata[mdata.obs_names[1:]])
+    with pytest.raises(ValueError, match="temperature"):
+        model.cluster(mdata, temperature=0.0)
+
+
 def test_save_load_identical(mdata, tmp_path):
     model = _trained(mdata)
     model.save(tmp_path / "m.pt")

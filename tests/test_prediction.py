@@ -88,3 +88,48 @@ def test_per_cell_correlations_match_scipy():
             assert got_s[i] == pytest.approx(spearmanr(x[i], p[i])[0], abs=1e-12)
     with pytest.raises(ValueError, match="method"):
         per_cell_correlation(x, p, "kendall")
+
+
+def test_component_posterior_sums_candidates_of_each_component():
+    from multidgd.prediction import component_posterior
+
+    rng = np.random.default_rng(1)
+    K, C = 3, 4
+    nll = rng.uniform(50, 80, (6, K * C))
+    nll[1, 5] = np.inf
+    log_prior = np.log(rng.dirichlet(np.ones(K * C)))
+    p = component_posterior(nll, log_prior, K, 7.0)
+    for i in range(6):
+        logw = (-nll[i] / 7.0 + log_prior).reshape(K, C)  # candidate j = k * C + c
+        expected = np.exp(logsumexp(logw, axis=1) - logsumexp(logw))
+        np.testing.assert_allclose(p[i], expected, rtol=1e-10)
+    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-12)
+    with pytest.raises(ValueError, match="K \\* C columns"):
+        component_posterior(nll[:, :-1], log_prior[:-1], K, 1.0)
+
+
+def test_fitted_cluster_temperature_minimises_the_log_loss_of_the_labels():
+    from multidgd.prediction import CLUSTER_TEMPERATURES, component_posterior, fit_cluster_temperature
+
+    rng = np.random.default_rng(2)
+    K, C, n = 4, 2, 200
+    labels = rng.integers(0, K, n)
+    # counts that favour the cell's own component by a margin of ~40 nats, wrongly for 15 %
+    nll = rng.normal(1000, 20, (n, K * C))
+    favoured = np.where(rng.random(n) < 0.15, (labels + 1) % K, labels)
+    for c in range(C):
+        nll[np.arange(n), favoured * C + c] -= 40
+    log_prior = np.full(K * C, -np.log(K * C))
+    t = fit_cluster_temperature(nll, log_prior, labels, K)
+    losses = [
+        -np.log(component_posterior(nll, log_prior, K, s)[np.arange(n), labels]).mean() for s in CLUSTER_TEMPERATURES
+    ]
+    assert t == CLUSTER_TEMPERATURES[int(np.argmin(losses))]
+    assert 1.0 < t < 1000.0  # neither hard nor flat: the labels are right for most cells, not all
+    # labels the counts always agree with, clearly: the hardest temperature tried
+    clear = rng.normal(1000, 1, (n, K * C))
+    for c in range(C):
+        clear[np.arange(n), labels * C + c] -= 40
+    assert fit_cluster_temperature(clear, log_prior, labels, K) == CLUSTER_TEMPERATURES[0]
+    with pytest.raises(ValueError, match="no scored cell"):
+        fit_cluster_temperature(nll, log_prior, np.full(n, -1), K)

@@ -8,6 +8,7 @@ departures are listed in ``docs/design.md`` and can be switched back here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -133,6 +134,16 @@ class TrainConfig:
         ``"kmeans"`` (k-means centres of the initial training representations).
     basal_init_sd
         Standard deviation of the ``"normal"`` initialisation.
+    basal_sd_start, basal_sd_anneal_epochs
+        Annealing of the basal components' standard deviation: at the start of epoch ``e``
+        (from 1) it is set to ``basal_sd_start * (sigma_0 / basal_sd_start) ** min(1, (e - 1)
+        / basal_sd_anneal_epochs)``, falling geometrically from ``basal_sd_start`` to
+        ``sigma_0 = basal_sd_init / K`` and held there. Broad components early let the
+        representations arrange themselves by the data before the narrow mixture pulls
+        them to its means (docs/design.md, "Annealing the basal components"). ``None``:
+        the standard deviations are learned from ``sigma_0`` under their hyper-prior from
+        the first epoch (the original's schedule; model files written before this option
+        existed load with ``None``).
     validation_fraction
         Fraction of cells held out for validation when no split is given (stratified by
         cell type when a cell-type key is given). 0 disables validation and early stopping.
@@ -163,6 +174,8 @@ class TrainConfig:
     basal_init: Literal["zero", "normal", "pca"] = "pca"
     mixture_init: Literal["prior", "kmeans"] = "kmeans"
     basal_init_sd: float = 0.1
+    basal_sd_start: float | None = None
+    basal_sd_anneal_epochs: int = 30
     validation_fraction: float = 0.1
     early_stopping: bool = True
     min_epochs: int = 50
@@ -187,6 +200,10 @@ class TrainConfig:
             raise ValueError("weight_decay and l1_decoder must be >= 0")
         if self.min_epochs < 0 or self.patience < 1 or self.checkpoint_every < 1:
             raise ValueError("min_epochs must be >= 0, patience and checkpoint_every >= 1")
+        if self.basal_sd_start is not None and not 0 < self.basal_sd_start < math.inf:
+            raise ValueError(f"basal_sd_start must be None or a finite number > 0, got {self.basal_sd_start}")
+        if self.basal_sd_anneal_epochs < 1:
+            raise ValueError(f"basal_sd_anneal_epochs must be >= 1, got {self.basal_sd_anneal_epochs}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -201,6 +218,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """The configuration :meth:`to_dict` gave."""
         values = dict(values)
+        values.setdefault("basal_sd_start", None)  # written before annealing existed: none
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         return cls(**values)

@@ -25,6 +25,7 @@ __all__ = [
     "initial_state",
     "spectral_embedding",
     "kmeans_centres",
+    "start_representation",
     "choose_n_components",
     "AUTO_K",
     "neighbour_graph",
@@ -47,26 +48,8 @@ def initial_state(
     train_index, val_index = _split_rows(data, config, seed)
     n_classes = [len(c) for c in data.covariate_categories]
     module = DGDModule(data.n_features, n_classes, n_components, model_config, seed=seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    L, d = model_config.latent_dim, model_config.covariate_dim
-    val_basal = torch.zeros(len(val_index), L)
-    if config.basal_init == "pca":
-        both = np.concatenate([train_index, val_index])
-        emb = spectral_embedding(
-            data.counts,
-            both,
-            L,
-            radius=model_config.basal_radius,
-            groups=data.covariate_codes,
-            seed=seed,
-            present=data.present,
-        )
-        emb = torch.from_numpy(emb)
-        basal, val_basal = emb[: len(train_index)], emb[len(train_index) :]
-    elif config.basal_init == "normal":
-        basal = config.basal_init_sd * torch.randn(len(train_index), L, generator=gen)
-    else:
-        basal = torch.zeros(len(train_index), L)
+    d = model_config.covariate_dim
+    basal, val_basal = start_representation(data, model_config, config, train_index, val_index, seed)
     if config.mixture_init == "kmeans":
         with torch.no_grad():
             module.basal.mean.copy_(torch.from_numpy(kmeans_centres(basal.numpy(), n_components, seed=seed)))
@@ -78,6 +61,40 @@ def initial_state(
         "val_covariate": RepresentationTable(torch.zeros(len(val_index), d * len(n_classes))),
     }
     return TrainingState(module=module, tables=tables, train_index=train_index, val_index=val_index)
+
+
+def start_representation(
+    data: MultiomeData,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    train_index: np.ndarray,
+    val_index: np.ndarray,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The basal rows training starts from, of the training and of the validation cells.
+
+    As set by ``config.basal_init``; validation rows are 0 except with the PCA start,
+    which embeds both sets together.
+    """
+    L = model_config.latent_dim
+    if config.basal_init == "pca":
+        emb = spectral_embedding(
+            data.counts,
+            np.concatenate([train_index, val_index]),
+            L,
+            radius=model_config.basal_radius,
+            groups=data.covariate_codes,
+            seed=seed,
+            present=data.present,
+        )
+        emb = torch.from_numpy(emb)
+        return emb[: len(train_index)], emb[len(train_index) :]
+    if config.basal_init == "normal":
+        gen = torch.Generator().manual_seed(seed + 1)
+        basal = config.basal_init_sd * torch.randn(len(train_index), L, generator=gen)
+    else:
+        basal = torch.zeros(len(train_index), L)
+    return basal, torch.zeros(len(val_index), L)
 
 
 def _split_rows(data: MultiomeData, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:

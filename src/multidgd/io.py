@@ -205,7 +205,7 @@ def write(data: Any, path: str | Path) -> Path:
     return path
 
 
-def add_results(data: Any, model, *, prefix: str = "multidgd", embedding=None) -> None:
+def add_results(data: Any, model, *, prefix: str = "multidgd", embedding=None, clustering=None) -> None:
     """Store a trained model's results in ``data`` (aligned by ``obs_names``).
 
     Writes ``obsm["X_<prefix>"]`` (basal latent), ``obsm["X_<prefix>_<covariate>"]`` for
@@ -225,6 +225,9 @@ def add_results(data: Any, model, *, prefix: str = "multidgd", embedding=None) -
     embedding
         :class:`~multidgd.results.Embedding` of cells the model left out (e.g. those with
         counts in one modality only); their rows come from it.
+    clustering
+        The trained cells' :class:`~multidgd.results.Clustering` (default
+        ``model.cluster()``, p(k | z); ``model.cluster(data)`` gives p(k | counts)).
     """
     index = pd.Index(data.obs_names.astype(str))
     missing = index.difference(model.obs_names)
@@ -232,7 +235,7 @@ def add_results(data: Any, model, *, prefix: str = "multidgd", embedding=None) -
         raise ValueError(f"{len(missing)} cells of the data are unknown to the model, e.g. {missing[:3].tolist()}")
     latent = model.get_latent_representation()
     covariates = {key: model.get_covariate_representation(key) for key in model.covariate_keys}
-    clustering = model.cluster()
+    clustering = model.cluster() if clustering is None else clustering
     split = model.split.astype(str).to_numpy().astype(object)
     if embedding is not None:
         pos = model.obs_names.get_indexer(embedding.obs_names)

@@ -166,6 +166,11 @@ class GaussianMixture(nn.Module):
         return list(range(k, k + n))
 
     @property
+    def sd_init(self) -> float:
+        """The initial standard deviation ``sigma_0`` (the mean of the log-precision hyper-prior)."""
+        return math.exp(-0.5 * self.logprecision_prior_mean)
+
+    @property
     def sd(self) -> torch.Tensor:
         """Component standard deviations, (K, d) or (K, 1)."""
         return torch.exp(-0.5 * self.log_precision)

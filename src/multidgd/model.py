@@ -27,7 +27,13 @@ from .encoder import (
 from .inference import check_infer_args, embedding_of, estimate_library, place_cells, resolve_start
 from .initialization import choose_n_components, initial_state
 from .module import DGDModule
-from .prediction import candidate_profiles, check_prediction
+from .prediction import (
+    candidate_profiles,
+    check_prediction,
+    check_temperature,
+    component_posterior,
+    fit_cluster_temperature,
+)
 from .profiles import CandidateMixture, ProfileRequest, decoded_fractions, normalized_profiles
 from .query import read_query
 from .results import Clustering, Embedding, covariate_index
@@ -430,17 +436,76 @@ class DGD:
         )
 
     @torch.no_grad()
-    def cluster(self) -> Clustering:
-        """Basal mixture responsibilities p(k | z) (computed in log space) and their argmax."""
+    def cluster(
+        self,
+        data: Any = None,
+        *,
+        temperature: float | None = None,
+        rna_mod: str | None = None,
+        atac_mod: str | None = None,
+        layer: str | None = None,
+        device: str | torch.device = "auto",
+    ) -> Clustering:
+        """The trained cells' mixture clusters and how sure each assignment is.
+
+        Labels are the argmax of the basal mixture's responsibilities p(k | z) at each
+        cell's representation. Without ``data`` the probabilities are those
+        responsibilities; the components are narrow, so they are 0 or 1 for almost every
+        cell. With the training ``data`` they are p(k | counts): each cell's counts scored
+        at every (component mean, own covariate class mean) candidate, as new cells are
+        (:meth:`infer`'s search, no steps), the likelihood tempered by ``temperature`` and
+        weighted by the mixture weights (:func:`multidgd.prediction.component_posterior`).
+        A cell whose counts fit two components alike gets about 1/2 for each.
+
+        Parameters
+        ----------
+        data
+            None, or the MuData the model was trained on (its trained cells are scored;
+            others keep NaN rows and label -1).
+        temperature
+            With ``data``: None fits it, the temperature under which the counts best
+            predict the labels (:func:`multidgd.prediction.fit_cluster_temperature`);
+            or a number > 0.
+        rna_mod, atac_mod, layer, device
+            As for :meth:`infer`.
+
+        Returns
+        -------
+        Clustering
+            Labels, probabilities (n_cells, K) and the temperature used (None without data).
+        """
+        check_temperature(temperature)
         z = self.get_latent_representation()
         ok = ~np.isnan(z).any(axis=1)
         probs = np.full((len(z), self.n_components), np.nan, dtype=np.float32)
         labels = np.full(len(z), -1, dtype=np.int64)
         basal = self.module.basal.to("cpu")
         logp = basal.log_responsibilities(torch.from_numpy(z[ok])).numpy()
-        probs[ok] = np.exp(logp)
         labels[ok] = logp.argmax(axis=1)
-        return Clustering(labels=labels, probabilities=probs)
+        if data is None:
+            probs[ok] = np.exp(logp)
+            return Clustering(labels=labels, probabilities=probs)
+        trained = self.obs_names[ok]
+        missing = trained.difference(pd.Index(data.obs_names.astype(str)))
+        if len(missing):
+            raise ValueError(f"data lacks {len(missing)} of the model's trained cells, e.g. {missing[:3].tolist()}")
+        emb = self.infer(
+            data[trained],
+            rna_mod=rna_mod,
+            atac_mod=atac_mod,
+            layer=layer,
+            covariate_start="label",
+            start="search",
+            n_steps=0,
+            device=device,
+            progress_bar=False,
+        )
+        pos = self.obs_names.get_indexer(emb.obs_names)
+        cand = emb.candidates
+        if temperature is None:
+            temperature = fit_cluster_temperature(cand.nll, cand.log_prior, labels[pos], self.n_components)
+        probs[pos] = component_posterior(cand.nll, cand.log_prior, self.n_components, temperature)
+        return Clustering(labels=labels, probabilities=probs, temperature=float(temperature))
 
     def decode(self, modality: str = "rna", *, cells: np.ndarray | None = None) -> np.ndarray:
         """Decoded fractions of one modality for trained cells.

@@ -38,6 +38,9 @@ __all__ = [
     "prediction_certainty",
     "cell_temperature",
     "candidate_profiles",
+    "CLUSTER_TEMPERATURES",
+    "component_posterior",
+    "fit_cluster_temperature",
 ]
 
 #: Default temperature by what a cell has: ``"rna"`` (RNA only), ``"atac"`` (ATAC only),
@@ -128,6 +131,76 @@ def prediction_certainty(weights: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(w > 0, w * np.log(w), 0.0).sum(axis=1)
     return np.where(unscored, np.nan, np.clip(1.0 - h / np.log(w.shape[1]), 0.0, 1.0))
+
+
+#: Temperatures tried by :func:`fit_cluster_temperature` (geometric, 1 to 1,000).
+CLUSTER_TEMPERATURES = np.geomspace(1.0, 1000.0, 31)
+
+
+def component_posterior(
+    nll: np.ndarray, log_prior: np.ndarray, n_components: int, temperature: np.ndarray | float
+) -> np.ndarray:
+    """Posterior probability of each basal component given a cell's counts.
+
+    The candidates' posterior weights (:func:`posterior_weights`; candidate ``j = k * C + c``
+    pairs component ``k`` with covariate combination ``c``) summed over the combinations.
+
+    Parameters
+    ----------
+    nll, log_prior, temperature
+        As for :func:`posterior_weights`.
+    n_components
+        K; ``nll`` has ``K * C`` columns.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, K) float64, rows summing to 1 (NaN rows for cells not scored).
+    """
+    nll = np.asarray(nll)
+    if nll.ndim != 2 or nll.shape[1] % n_components:
+        raise ValueError(f"nll needs K * C columns for K = {n_components}, got shape {nll.shape}")
+    w = posterior_weights(nll, log_prior, temperature)
+    return w.reshape(len(w), n_components, -1).sum(axis=2)
+
+
+def fit_cluster_temperature(
+    nll: np.ndarray,
+    log_prior: np.ndarray,
+    labels: np.ndarray,
+    n_components: int,
+    temperatures: np.ndarray = CLUSTER_TEMPERATURES,
+) -> float:
+    """The temperature under which a cell's counts best predict its cluster.
+
+    Temperature scaling with the mixture's own clusters as the labels: of ``temperatures``,
+    the one minimising the mean log loss ``-log p(label | counts)`` of
+    :func:`component_posterior` over the scored cells. No cell types are needed.
+
+    Parameters
+    ----------
+    nll, log_prior, n_components
+        As for :func:`component_posterior`.
+    labels
+        (n,) int cluster of each cell (the argmax of its responsibilities p(k | z)).
+    temperatures
+        Values tried.
+
+    Returns
+    -------
+    float
+    """
+    labels = np.asarray(labels)
+    scored = ~np.isnan(np.asarray(nll, dtype=np.float64)).all(axis=1) & (labels >= 0)
+    if not scored.any():
+        raise ValueError("no scored cell with a cluster to fit the temperature on")
+    nll, labels = np.asarray(nll)[scored], labels[scored]
+    rows = np.arange(len(labels))
+    losses = [
+        -np.log(np.maximum(component_posterior(nll, log_prior, n_components, t)[rows, labels], 1e-300)).mean()
+        for t in temperatures
+    ]
+    return float(temperatures[int(np.argmin(losses))])
 
 
 @torch.no_grad()

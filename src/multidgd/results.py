@@ -28,11 +28,15 @@ class Clustering(NamedTuple):
     labels
         (n_cells,) int64 argmax component; -1 for cells without a representation.
     probabilities
-        (n_cells, K) float32 responsibilities p(k | z); NaN rows for cells without one.
+        (n_cells, K) float32 responsibilities p(k | z), or p(k | counts) when computed from
+        the counts (:meth:`multidgd.DGD.cluster` with data); NaN rows for cells without one.
+    temperature
+        The temperature of p(k | counts) (None for p(k | z)).
     """
 
     labels: np.ndarray
     probabilities: np.ndarray
+    temperature: float | None = None
 
 
 def covariate_index(keys: list[str], key: str | None) -> int:

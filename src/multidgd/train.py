@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from .module import DGDModule
 from .representation import RepresentationTable
 from .settings import settings
 
-__all__ = ["TrainingState", "fit", "per_cell_nll", "per_cell_terms"]
+__all__ = ["TrainingState", "annealed_basal_sd", "fit", "per_cell_nll", "per_cell_terms"]
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +310,10 @@ def fit(
         if state.stopped_early:
             break
         t0 = time.perf_counter()
+        sd = annealed_basal_sd(config, run.module.basal.sd_init, epoch)
+        if sd is not None:
+            with torch.no_grad():
+                run.module.basal.log_precision.fill_(-2.0 * math.log(sd))
         row: dict[str, float] = {"epoch": epoch, **run.train_epoch()}
         if run.has_val:
             row.update(
@@ -344,6 +349,16 @@ def fit(
         logger.info("early stopping at epoch %d; best epoch %d", state.epoch, state.best_epoch)
     run.finish(keep_training_state)
     return state
+
+
+def annealed_basal_sd(config: TrainConfig, sd_end: float, epoch: int) -> float | None:
+    """The basal components' standard deviation at the start of ``epoch`` (from 1) under
+    ``config.basal_sd_start`` (None: not annealed); see :class:`~multidgd.TrainConfig`.
+    """
+    if config.basal_sd_start is None:
+        return None
+    f = min(1.0, (epoch - 1) / config.basal_sd_anneal_epochs)
+    return config.basal_sd_start * (sd_end / config.basal_sd_start) ** f
 
 
 #: Without a terminal (batch jobs), training logs a line every this many epochs.

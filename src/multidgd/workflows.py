@@ -762,9 +762,11 @@ def _is_backed(data: Any) -> bool:
 
 def _write_annotated(
     data: Any, model, out: Path, *, predict_missing: bool = False, threshold: float | None = None
-) -> Path:
+) -> tuple[Path, float | None]:
     """Write the data with the model's results (or, for backed data, the results alone); for a
-    mosaic also what its single-modality cells lack (:func:`_mosaic_predictions`).
+    mosaic also what its single-modality cells lack (:func:`_mosaic_predictions`). Returns
+    the file and the temperature of the cluster probabilities p(k | counts) (None for backed
+    data, whose probabilities are the responsibilities p(k | z)).
     """
     from .io import add_results, write
 
@@ -774,12 +776,17 @@ def _write_annotated(
 
         results = ad.AnnData(obs=_obs_frame(data.obs_names))
         add_results(results, model)
-        return write(results, out / "multidgd_results")
-    add_results(data, model, embedding=_place_left_out(data, model))
+        return write(results, out / "multidgd_results"), None
+    clustering = model.cluster(data)
+    logger.info(
+        "cluster probabilities: p(k | counts) of each cell at temperature %.3g (fitted to the clusters)",
+        clustering.temperature,
+    )
+    add_results(data, model, embedding=_place_left_out(data, model), clustering=clustering)
     if model.data is not None and model.data.present is not None:
         data = _mosaic_predictions(data, model, predict=predict_missing, threshold=threshold)
     _record_run(data, model, "train", n_components_choice=model.n_components_choice)
-    return write(data, out / "multidgd")
+    return write(data, out / "multidgd"), clustering.temperature
 
 
 def _mosaic_predictions(data: Any, model, *, predict: bool, threshold: float | None):
@@ -964,10 +971,15 @@ def _write_training_outputs(
     ``kw``: :func:`_write_annotated`'s ``predict_missing`` and ``threshold``.
     """
     model.save(out / "model.pt", overwrite=True)  # the output folder was checked before training
-    data_path = _write_annotated(data, model, out, **kw)
+    data_path, temperature = _write_annotated(data, model, out, **kw)
     model.history.to_csv(out / "history.csv")
     figures, cell_types, clusters = _train_figures(data, model, out, cell_type_key=cell_type_key, seed=seed)
     summary = _train_summary(model, source=source, clusters=clusters, cell_types=cell_types, t0=t0, train_seconds=t1)
+    summary["cluster_probability"] = (
+        "responsibility p(k | z) at the representation"
+        if temperature is None
+        else f"p(k | counts): counts scored at each component, likelihood tempered by {temperature:.3g}"
+    )
     summary["outputs"] = sorted(str(p.name) for p in [data_path, out / "model.pt", out / "history.csv", *figures])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
