@@ -134,6 +134,12 @@ class TrainConfig:
         ``"kmeans"`` (k-means centres of the initial training representations).
     basal_init_sd
         Standard deviation of the ``"normal"`` initialisation.
+    basal_init_clip
+        With the PCA start: cells farther from the origin than this quantile of the cells'
+        distances are moved in along their direction to that distance (None: not moved).
+        The PCA start is heavy-tailed; unclipped, the k-means start of the mixture spends
+        components on single outlying cells (docs/design.md, "Annealing the basal
+        components"). Model files written before this option existed load with ``None``.
     basal_sd_start, basal_sd_anneal_epochs
         Annealing of the basal components' standard deviation: at the start of epoch ``e``
         (from 1) it is set to ``basal_sd_start * (sigma_0 / basal_sd_start) ** min(1, (e - 1)
@@ -174,7 +180,8 @@ class TrainConfig:
     basal_init: Literal["zero", "normal", "pca"] = "pca"
     mixture_init: Literal["prior", "kmeans"] = "kmeans"
     basal_init_sd: float = 0.1
-    basal_sd_start: float | None = None
+    basal_init_clip: float | None = 0.95
+    basal_sd_start: float | None = 0.2
     basal_sd_anneal_epochs: int = 30
     validation_fraction: float = 0.1
     early_stopping: bool = True
@@ -202,6 +209,8 @@ class TrainConfig:
             raise ValueError("min_epochs must be >= 0, patience and checkpoint_every >= 1")
         if self.basal_sd_start is not None and not 0 < self.basal_sd_start < math.inf:
             raise ValueError(f"basal_sd_start must be None or a finite number > 0, got {self.basal_sd_start}")
+        if self.basal_init_clip is not None and not 0 < self.basal_init_clip <= 1:
+            raise ValueError(f"basal_init_clip must be None or in (0, 1], got {self.basal_init_clip}")
         if self.basal_sd_anneal_epochs < 1:
             raise ValueError(f"basal_sd_anneal_epochs must be >= 1, got {self.basal_sd_anneal_epochs}")
         if self.precision not in PRECISIONS:
@@ -218,7 +227,8 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """The configuration :meth:`to_dict` gave."""
         values = dict(values)
-        values.setdefault("basal_sd_start", None)  # written before annealing existed: none
+        for key in ("basal_sd_start", "basal_init_clip"):  # written before these existed: off
+            values.setdefault(key, None)
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         return cls(**values)

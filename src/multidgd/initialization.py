@@ -26,6 +26,7 @@ __all__ = [
     "spectral_embedding",
     "kmeans_centres",
     "start_representation",
+    "clip_norms",
     "choose_n_components",
     "AUTO_K",
     "neighbour_graph",
@@ -74,7 +75,7 @@ def start_representation(
     """The basal rows training starts from, of the training and of the validation cells.
 
     As set by ``config.basal_init``; validation rows are 0 except with the PCA start,
-    which embeds both sets together.
+    which embeds both sets together (and moves the farthest cells in, ``config.basal_init_clip``).
     """
     L = model_config.latent_dim
     if config.basal_init == "pca":
@@ -87,6 +88,8 @@ def start_representation(
             seed=seed,
             present=data.present,
         )
+        if config.basal_init_clip is not None:
+            emb = clip_norms(emb, config.basal_init_clip)
         emb = torch.from_numpy(emb)
         return emb[: len(train_index)], emb[len(train_index) :]
     if config.basal_init == "normal":
@@ -343,6 +346,16 @@ def spectral_embedding(
         emb = np.hstack([emb, np.zeros((len(rows), dim - emb.shape[1]), dtype=emb.dtype)])
     q = np.quantile(np.linalg.norm(emb, axis=1), 0.95)
     return (emb * (0.5 * radius / max(q, 1e-12))).astype(np.float32)
+
+
+def clip_norms(points: np.ndarray, quantile: float) -> np.ndarray:
+    """Rows farther from the origin than the ``quantile`` of the rows' norms, moved in along
+    their direction to that norm; the others unchanged. Returns a new array of the same dtype.
+    """
+    norms = np.linalg.norm(points, axis=1)
+    limit = np.quantile(norms, quantile)
+    scale = np.minimum(1.0, limit / np.maximum(norms, 1e-12))
+    return (points * scale[:, None]).astype(points.dtype)
 
 
 def kmeans_centres(points: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
