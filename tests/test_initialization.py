@@ -84,3 +84,40 @@ def test_k_is_chosen_from_well_separated_clusters():
     assert given.n_components == 5 and given.n_components_choice is None
     typed = DGD(data, cell_type_key="cell_type")
     assert typed.n_components == 3 and typed.n_components_choice is None
+
+
+def test_clip_norms_moves_only_the_farthest_rows_in():
+    from multidgd.initialization import clip_norms
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    x[:3] *= 50  # outliers
+    out = clip_norms(x, 0.9)
+    norms, new = np.linalg.norm(x, axis=1), np.linalg.norm(out, axis=1)
+    limit = np.quantile(norms, 0.9)
+    far = norms > limit
+    assert out.dtype == x.dtype and far.sum() == 20
+    np.testing.assert_array_equal(out[~far], x[~far])
+    np.testing.assert_allclose(new[far], limit, rtol=1e-5)
+    cos = (out[far] * x[far]).sum(1) / (new[far] * norms[far])
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-5)  # same direction
+    np.testing.assert_array_equal(clip_norms(x, 1.0), x)
+
+
+def test_clipped_start_gives_outliers_no_component_of_their_own():
+    # three clusters of 100 cells and 4 far outliers; k-means with K = 3 on the raw points
+    # spends centres on outliers, on the clipped points it finds the clusters
+    from multidgd.initialization import clip_norms
+
+    rng = np.random.default_rng(1)
+    centres = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    x = np.vstack([c + 0.05 * rng.normal(size=(100, 3)) for c in centres] + [rng.normal(size=(4, 3)) * 40])
+    x = x.astype(np.float32)
+
+    def sizes(points):
+        cent = kmeans_centres(points, 3, seed=0)
+        lab = ((x[:, None] - cent[None]) ** 2).sum(-1).argmin(1)
+        return np.sort(np.bincount(lab, minlength=3))
+
+    assert sizes(x)[0] < 10
+    assert (sizes(clip_norms(x, 0.95)) >= 100).all()

@@ -443,3 +443,45 @@ def test_getters_with_transform_batch_and_library_size(mdata):
                        ({"library_size": 1e4, "scale": "counts"}, "goes with scale='fraction'")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             model.get_normalized_expression(**bad)
+
+
+def test_annealing_schedule_reaches_its_end_value():
+    from multidgd.train import annealed_basal_sd
+
+    cfg = TrainConfig(basal_sd_start=0.4, basal_sd_anneal_epochs=4)
+    values = [annealed_basal_sd(cfg, 0.025, e) for e in range(1, 9)]
+    assert values[0] == pytest.approx(0.4)
+    np.testing.assert_allclose(values[4:], 0.025, rtol=1e-12)  # epoch 5 on: the end value, held
+    np.testing.assert_allclose(values[2], np.sqrt(0.4 * 0.025), rtol=1e-12)  # geometric: half-way at epoch 3
+    assert all(a > b for a, b in zip(values[:4], values[1:5], strict=True))
+    assert annealed_basal_sd(TrainConfig(basal_sd_start=None), 0.025, 3) is None
+    for bad in ({"basal_sd_start": 0.0}, {"basal_sd_start": float("inf")}, {"basal_sd_anneal_epochs": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig(**bad)
+    with pytest.raises(ValueError, match="basal_init_clip"):
+        TrainConfig(basal_init_clip=1.5)
+
+
+def test_training_follows_the_annealing_schedule(mdata, monkeypatch):
+    seen = []
+    original = train_module._Run.train_epoch
+
+    def recording(self):
+        seen.append(float(self.module.basal.sd.detach().mean()))
+        return original(self)
+
+    monkeypatch.setattr(train_module._Run, "train_epoch", recording)
+    cfg = dataclasses.replace(FAST, early_stopping=False, basal_sd_start=0.5, basal_sd_anneal_epochs=3)
+    model = _model(mdata).train(max_epochs=5, seed=0, device="cpu", config=cfg, progress_bar=False)
+    sd0 = model.module.basal.sd_init
+    np.testing.assert_allclose(seen, [0.5 * (sd0 / 0.5) ** min(1, e / 3) for e in range(5)], rtol=1e-6)
+    # learning moves the sd a little within the last epoch, from sigma_0
+    assert float(model.module.basal.sd.detach().mean()) == pytest.approx(sd0, rel=0.1)
+
+
+def test_configs_written_before_the_mixture_options_load_with_them_off():
+    old = TrainConfig().to_dict()
+    del old["basal_sd_start"], old["basal_init_clip"], old["basal_sd_anneal_epochs"]
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.basal_sd_start is None and cfg.basal_init_clip is None and cfg.basal_sd_anneal_epochs == 30
+    assert TrainConfig().basal_sd_start == 0.2 and TrainConfig().basal_init_clip == 0.95
