@@ -6,6 +6,9 @@ For a saved model and the data it was trained on (e.g. an ``evaluate`` run's ``m
   fitted); for the training cells, by bins of the probability of the cell's own cluster,
   how many cells and what fraction of them disagree with the majority cell type of their
   cluster (the same for p(k | z), the responsibilities at the representations);
+* the mixture's ARI against the cell types beside what a user would run on the same latent
+  (training cells): Leiden with as many clusters as cell types (``leiden_matched``, as
+  ``evaluate --compare`` does) and k-means with that many clusters;
 * the start: the k-means assignment the mixture started from (the PCA start and its
   k-means centres, recomputed with the model's seed and split), its ARI against the final
   clusters and the ARI of each against the cell types.
@@ -91,8 +94,20 @@ def main() -> None:
     kept_train = model.obs_names[model.description.kept][model.state.train_index]
     end = cl.labels[model.obs_names.get_indexer(kept_train)]
     start_types = types[model.obs_names.get_indexer(kept_train)]
+    from sklearn.cluster import KMeans
+
+    from multidgd.evaluation.multivi import leiden_matched
+
+    latent = model.get_latent_representation()[train]
+    n_types = len(np.unique(types[train]))
+    leiden, _ = leiden_matched(latent, n_types, seed=model.seed)
+    kmeans = KMeans(n_types, n_init=20, random_state=model.seed).fit_predict(latent)
     out = {
         "model": args.model,
+        "ari_mixture": adjusted_rand_score(types[train], labels),
+        "ari_leiden_matched": adjusted_rand_score(types[train], leiden),
+        "ari_kmeans": adjusted_rand_score(types[train], kmeans),
+        "components_used": int((np.bincount(labels, minlength=model.n_components) >= 0.01 * len(labels)).sum()),
         "cells_train": int(train.sum()),
         "temperature": cl.temperature,
         "seconds": round(seconds, 1),
