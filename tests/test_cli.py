@@ -51,6 +51,21 @@ def test_train_10x_layout_without_labels(tmp_path, capsys):
     assert (split == "placed").sum() == 19 and set(split) == {"train", "validation", "placed"}
     placed = result.obs_names[split == "placed"]
     assert (np.asarray(result["atac"][placed].X.sum(axis=1)).ravel() == 0).all()
+    # the cluster probability: p(k | counts) of the written cluster, at the fitted temperature
+    from multidgd import DGD
+
+    model = DGD.load(out / "model.pt")
+    cl = model.cluster(read(path))
+    trained = model.obs_names[cl.labels >= 0]
+    pos = model.obs_names.get_indexer(trained)
+    written = result.obs.loc[trained]
+    np.testing.assert_array_equal(written["multidgd_cluster"].astype(int), cl.labels[pos])
+    np.testing.assert_allclose(
+        written["multidgd_cluster_probability"], cl.probabilities[pos, cl.labels[pos]], rtol=1e-5, atol=1e-7
+    )
+    prob = result.obs["multidgd_cluster_probability"].to_numpy()
+    assert np.isfinite(prob).all() and (prob > 0).all() and (prob <= 1 + 1e-6).all()
+    assert (prob < 0.999).any()  # not all hard
     # scanpy runs on the written latent
     import scanpy as sc
 
@@ -65,6 +80,7 @@ def test_train_10x_layout_without_labels(tmp_path, capsys):
     sc.tl.rank_genes_groups(rna, "leiden", method="wilcoxon")
     assert len(sc.get.rank_genes_groups_df(rna, group=None)) > 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["cluster_probability"].endswith(f"tempered by {cl.temperature:.3g}")
     assert summary["components"] > 1  # chosen from the data, and said how
     assert summary["components_chosen"].startswith(f"K = {summary['components']} chosen from the data: Leiden")
     assert "chosen from the data: Leiden" in capsys.readouterr().out

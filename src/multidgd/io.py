@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .results import Clustering, write_results
@@ -205,6 +206,23 @@ def write(data: Any, path: str | Path) -> Path:
     return path
 
 
+def _placed_probabilities(embedding, temperature: float | None) -> np.ndarray:
+    """Cluster probabilities of placed cells: p(k | counts) at ``temperature`` where the
+    embedding scored the cell against its candidates, else the responsibilities p(k | z).
+    """
+    from .prediction import component_posterior
+
+    probs = np.array(embedding.cluster_probabilities, dtype=np.float32)
+    cand = embedding.candidates
+    if temperature is None or cand is None:
+        return probs
+    scored = ~np.isnan(cand.nll).all(axis=1)
+    if scored.any():
+        k = probs.shape[1]
+        probs[scored] = component_posterior(cand.nll[scored], cand.log_prior, k, temperature)
+    return probs
+
+
 def add_results(data: Any, model, *, prefix: str = "multidgd", embedding=None, clustering=None) -> None:
     """Store a trained model's results in ``data`` (aligned by ``obs_names``).
 
@@ -247,7 +265,7 @@ def add_results(data: Any, model, *, prefix: str = "multidgd", embedding=None, c
             covariates[key] = covariates[key].copy()
             covariates[key][pos] = embedding.covariate_representation(key)
         clustering.labels[pos] = embedding.cluster
-        clustering.probabilities[pos] = embedding.cluster_probabilities
+        clustering.probabilities[pos] = _placed_probabilities(embedding, clustering.temperature)
         split[pos] = "placed"
     write_results(
         data,

@@ -79,8 +79,9 @@ def write_results(
 
     Sets ``obsm["X_<prefix>"]``, ``obsm["X_<prefix>_<covariate>"]`` per covariate,
     ``obs["<prefix>_cluster"]`` (categorical over ``0 .. K-1``, NaN where the label is -1),
-    ``obs["<prefix>_cluster_probability"]`` (the largest responsibility, NaN where a
-    responsibility is NaN) and ``obs["<prefix>_<name>"]`` for each entry of ``obs``.
+    ``obs["<prefix>_cluster_probability"]`` (the probability of the cell's cluster: the
+    largest responsibility p(k | z), or p(k | counts) of that cluster; NaN where unknown)
+    and ``obs["<prefix>_<name>"]`` for each entry of ``obs``.
 
     Parameters
     ----------
@@ -109,8 +110,8 @@ def write_results(
         categories=[str(k) for k in range(clustering.probabilities.shape[1])],
     )
     best = np.full(len(rows), np.nan, dtype=probs.dtype)
-    ok = ~np.isnan(probs).any(axis=1)
-    best[ok] = probs[ok].max(axis=1)
+    ok = ~np.isnan(probs).any(axis=1) & (labels >= 0)
+    best[ok] = probs[ok, labels[ok]]
     data.obs[f"{prefix}_cluster_probability"] = best
     for name, values in (obs or {}).items():
         data.obs[f"{prefix}_{name}"] = values[rows]
