@@ -65,6 +65,13 @@ def test_train_10x_layout_without_labels(tmp_path, capsys):
     )
     prob = result.obs["multidgd_cluster_probability"].to_numpy()
     assert np.isfinite(prob).all() and (prob > 0).all() and (prob <= 1 + 1e-6).all()
+    # placed cells: p(k | counts) from their candidates at the same temperature
+    from multidgd.prediction import component_posterior
+
+    emb = model.infer(read(path)[placed].copy(), progress_bar=False)
+    post = component_posterior(emb.candidates.nll, emb.candidates.log_prior, model.n_components, cl.temperature)
+    written = result.obs.loc[emb.obs_names, "multidgd_cluster_probability"]
+    np.testing.assert_allclose(written, post[np.arange(len(post)), emb.cluster], rtol=1e-4)
     assert (prob < 0.999).any()  # not all hard
     # scanpy runs on the written latent
     import scanpy as sc

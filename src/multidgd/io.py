@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .results import Clustering, write_results
+from .results import write_results
 
 __all__ = ["read", "write", "add_results", "mudata_options"]
 
@@ -259,7 +260,8 @@ def add_results(data: Any, model, *, prefix: str = "multidgd", embedding=None, c
         pos = model.obs_names.get_indexer(embedding.obs_names)
         if (pos < 0).any() or (split[pos] != "none").any():
             raise ValueError("embedding must hold cells the model knows but left out of training")
-        latent, clustering = latent.copy(), Clustering(clustering.labels.copy(), clustering.probabilities.copy())
+        latent = latent.copy()
+        clustering = replace(clustering, labels=clustering.labels.copy(), probabilities=clustering.probabilities.copy())
         latent[pos] = embedding.latent
         for key in covariates:
             covariates[key] = covariates[key].copy()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,8 @@ from .data import MODALITIES
 __all__ = ["Clustering", "Embedding", "covariate_index", "write_results"]
 
 
-class Clustering(NamedTuple):
+@dataclass(frozen=True)
+class Clustering:
     """Mixture-component assignments of cells.
 
     Attributes
@@ -32,11 +33,17 @@ class Clustering(NamedTuple):
         the counts (:meth:`multidgd.DGD.cluster` with data); NaN rows for cells without one.
     temperature
         The temperature of p(k | counts) (None for p(k | z)).
+
+    Unpacks as ``labels, probabilities = model.cluster()``.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray
     temperature: float | None = None
+
+    def __iter__(self):
+        """Yield ``labels`` and ``probabilities`` (for unpacking)."""
+        return iter((self.labels, self.probabilities))
 
 
 def covariate_index(keys: list[str], key: str | None) -> int:
