@@ -484,4 +484,4 @@ def test_configs_written_before_the_mixture_options_load_with_them_off():
     del old["basal_sd_start"], old["basal_init_clip"], old["basal_sd_anneal_epochs"]
     cfg = TrainConfig.from_dict(old)
     assert cfg.basal_sd_start is None and cfg.basal_init_clip is None and cfg.basal_sd_anneal_epochs == 30
-    assert TrainConfig().basal_sd_start == 0.2 and TrainConfig().basal_init_clip == 0.95
+    assert TrainConfig().basal_sd_start is None and TrainConfig().basal_init_clip is None  # options, off by default
