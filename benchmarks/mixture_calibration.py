@@ -97,6 +97,7 @@ def main() -> None:
     from sklearn.cluster import KMeans
 
     from multidgd.evaluation.multivi import leiden_matched
+    from multidgd.metrics import components_used
 
     latent = model.get_latent_representation()[train]
     n_types = len(np.unique(types[train]))
@@ -107,7 +108,7 @@ def main() -> None:
         "ari_mixture": adjusted_rand_score(types[train], labels),
         "ari_leiden_matched": adjusted_rand_score(types[train], leiden),
         "ari_kmeans": adjusted_rand_score(types[train], kmeans),
-        "components_used": int((np.bincount(labels, minlength=model.n_components) >= 0.01 * len(labels)).sum()),
+        "components_used": components_used(labels, model.n_components),
         "cells_train": int(train.sum()),
         "temperature": cl.temperature,
         "seconds": round(seconds, 1),
@@ -117,7 +118,7 @@ def main() -> None:
         "ari_start_end": adjusted_rand_score(start, end),
         "ari_start_cell_type": adjusted_rand_score(start_types, start),
         "ari_end_cell_type": adjusted_rand_score(start_types, end),
-        "start_components_used": int((np.bincount(start, minlength=model.n_components) >= 0.01 * len(start)).sum()),
+        "start_components_used": components_used(start, model.n_components),
     }
     if args.plot:
         from multidgd.plotting import pyplot, save_figure
