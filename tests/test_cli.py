@@ -212,9 +212,9 @@ def test_predict_missing_modality(saved_model, tmp_path, capsys):
     assert set(result.mod) == {"rna", "atac_predicted"}
     pred = result.mod["atac_predicted"]
     assert pred.shape == (25, 60)
-    x = pred.X.toarray() if sp.issparse(pred.X) else pred.X
-    # counts = fractions x library size: each row sums to its library size
-    np.testing.assert_allclose(x.sum(1), pred.obs["library_size"], rtol=1e-4)
+    # by default predicted ATAC is sparse: the peaks above a flat profile (share >= 1/60)
+    assert sp.issparse(pred.X)
+    x = pred.X.toarray()
     assert (pred.obs["library_size_source"] == "estimated").all()
     assert result.obs["multidgd_nll_atac"].isna().all()
     # the peaks' coordinates, from their names (chr1:100j-100j+50)
@@ -233,12 +233,28 @@ def test_predict_missing_modality(saved_model, tmp_path, capsys):
     model = DGD.load(model_path)
     emb = model.infer(read(tmp_path / "rna.h5ad"), device="cpu", progress_bar=False)
     posterior = model.get_normalized_accessibility(emb, scale="counts", return_type="array")
-    np.testing.assert_allclose(x, posterior, rtol=1e-4)
+    lib = pred.obs["library_size"].to_numpy()[:, None]
+    kept = posterior / lib >= 1 / 60
+    assert 0 < kept.mean() < 1
+    np.testing.assert_allclose(x, np.where(kept, posterior, 0), rtol=1e-4)
+    # --dense keeps every value: counts = fractions x library size, each row sums to its library size
+    args = ["predict", str(model_path), str(tmp_path / "rna.h5ad"), "--quiet", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "dense.h5mu"), "--dense"]) == 0
+    dense = read(tmp_path / "dense.h5mu").mod["atac_predicted"]
+    assert not sp.issparse(dense.X)
+    np.testing.assert_allclose(dense.X, posterior, rtol=1e-4)
+    np.testing.assert_allclose(dense.X.sum(1), dense.obs["library_size"], rtol=1e-4)
+    capsys.readouterr()
+    for bad, message in (
+        (["--dense", "--threshold", "uniform"], "exclude each other"),
+        (["--threshold", "x"], "uniform"),
+    ):
+        assert main([*args, "--out", str(tmp_path / "bad.h5mu"), *bad]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad.h5mu").exists()
     np.testing.assert_allclose(result.obs["multidgd_prediction_certainty"], emb.prediction_certainty, rtol=1e-6)
     assert summary["median_prediction_certainty"] == pytest.approx(np.median(emb.prediction_certainty), abs=1e-4)
     # --prediction point decodes each cell's own representation; a bad temperature is refused
-    args = ["predict", str(model_path), str(tmp_path / "rna.h5ad"), "--quiet", "--device", "cpu"]
-    assert main([*args, "--out", str(tmp_path / "point.h5mu"), "--prediction", "point"]) == 0
+    assert main([*args, "--out", str(tmp_path / "point.h5mu"), "--prediction", "point", "--dense"]) == 0
     point = read(tmp_path / "point.h5mu").mod["atac_predicted"].X
     expected = model.get_normalized_accessibility(emb, scale="counts", return_type="array", prediction="point")
     np.testing.assert_allclose(point.toarray() if sp.issparse(point) else point, expected, rtol=1e-4)

@@ -344,6 +344,16 @@ def test_getters_on_training_cells(model):
     sparse = model.get_normalized_accessibility(return_type="sparse", threshold=thr)
     assert sp.issparse(sparse)
     np.testing.assert_allclose(sparse.toarray(), np.where(full >= thr, full, 0), rtol=1e-6)
+    # "uniform": the peaks whose share is >= 1 / number of peaks, on any scale and for any subset
+    n_peaks = full.shape[1]
+    kept = full >= 1 / n_peaks
+    assert 0 < kept.mean() < 1
+    uniform = model.get_normalized_accessibility(scale="counts", return_type="sparse", threshold="uniform")
+    np.testing.assert_allclose(uniform.toarray(), np.where(kept, counts, 0), rtol=1e-5)
+    part = model.get_normalized_accessibility(peaks=[5, 0], return_type="sparse", threshold="uniform")
+    np.testing.assert_allclose(part.toarray(), np.where(kept, full, 0)[:, [5, 0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="'uniform'"):
+        model.get_normalized_accessibility(return_type="sparse", threshold="flat")
     with pytest.raises(ValueError, match="large dense matrix"):
         model.get_normalized_accessibility(max_dense_elements=100)
     with pytest.raises(ValueError, match="needs threshold"):

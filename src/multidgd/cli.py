@@ -258,6 +258,30 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, help="layer with raw counts (default X)")
 
 
+def _threshold(text: str) -> float | str:
+    """``--threshold``: a number, or ``uniform``."""
+    if text == "uniform":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number > 0 or 'uniform', got {text!r}") from None
+
+
+def _add_storage_options(p, when: str) -> None:
+    """``--threshold`` / ``--dense``: how predicted counts are stored."""
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        metavar="T",
+        help=f"{when}store every predicted modality sparse, keeping values >= T (predicted counts), "
+        "or with 'uniform' the features above a flat profile (default: predicted ATAC sparse with "
+        "'uniform', predicted RNA dense)",
+    )
+    p.add_argument("--dense", action="store_true", help=f"{when}store every predicted modality dense")
+
+
 def _add_overwrite_option(p, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
@@ -320,9 +344,7 @@ def _add_train_parsers(sub) -> None:
         help="a mosaic: also write the predicted counts of the modality each single-modality cell lacks "
         "(modalities <rna>_predicted / <atac>_predicted; obs multidgd_prediction_certainty is always written)",
     )
-    train.add_argument(
-        "--threshold", type=float, default=None, help="with --predict-missing: store predictions >= this, sparse"
-    )
+    _add_storage_options(train, "with --predict-missing: ")
     train.add_argument(
         "--backed",
         action="store_true",
@@ -419,7 +441,7 @@ def _add_embed_parsers(sub) -> None:
         _add_runtime_options(q)
         if name == "predict":
             q.add_argument("--denoise", action="store_true", help="also write decoded present modalities")
-            q.add_argument("--threshold", type=float, default=None, help="store predictions >= this, sparse")
+            _add_storage_options(q, "")
             q.add_argument(
                 "--prediction",
                 choices=["posterior", "point"],
@@ -571,9 +593,11 @@ def _train(args: argparse.Namespace) -> str | None:
             "n_components": args.n_components,
             "predict_missing": args.predict_missing,
             "threshold": args.threshold,
+            "dense": args.dense,
         }
-    if getattr(args, "threshold", None) is not None and not args.predict_missing:
-        raise ValueError("--threshold goes with --predict-missing")
+    for option in ("threshold", "dense"):
+        if getattr(args, option, None) not in (None, False) and not args.predict_missing:
+            raise ValueError(f"--{option} goes with --predict-missing")
     singles = {k: getattr(args, k, None) for k in ("rna_only", "atac_only")}
     singles = {k: v for k, v in singles.items() if v is not None}
     if singles and args.backed:
@@ -655,7 +679,7 @@ def _embed(args: argparse.Namespace) -> str:
         "progress_bar": not args.quiet,
     }
     if args.command == "predict":
-        kw.update(denoise=args.denoise, threshold=args.threshold, prediction=args.prediction)
+        kw.update(denoise=args.denoise, threshold=args.threshold, dense=args.dense, prediction=args.prediction)
     return json.dumps(embed_and_write(args.model, args.data, args.out, **kw), indent=2)
 
 

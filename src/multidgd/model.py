@@ -774,7 +774,7 @@ class DGD:
         transform_batch=None,
         library_size: float | None = None,
         return_type: str | None = None,
-        threshold: float = 0.0,
+        threshold: float | str = 0.0,
         batch_size: int = 1024,
         max_dense_elements: int = 50_000_000,
         prediction: str = "posterior",
@@ -804,7 +804,9 @@ class DGD:
             By default a DataFrame, unless it would exceed ``max_dense_elements`` values, in
             which case an error asks for a subset or a sparse result.
         threshold
-            Cut-off of the sparse result.
+            Cut-off of the sparse result: a number (on the scale returned), or ``"uniform"``
+            to keep the features whose share of the cell's profile is at least that of a flat
+            profile (1 / number of features of the modality), whatever the library size.
         batch_size
             Cells decoded together.
         max_dense_elements
@@ -830,7 +832,7 @@ class DGD:
         transform_batch=None,
         library_size: float | None = None,
         return_type: str | None = None,
-        threshold: float = 0.0,
+        threshold: float | str = 0.0,
         batch_size: int = 1024,
         max_dense_elements: int = 50_000_000,
         prediction: str = "posterior",

@@ -20,7 +20,15 @@ import torch
 from .data import positions
 from .module import DGDModule, decoder_input
 
-__all__ = ["CandidateMixture", "FeatureBlocks", "ProfileRequest", "decoded_fractions", "normalized_profiles"]
+__all__ = [
+    "UNIFORM",
+    "CandidateMixture",
+    "FeatureBlocks",
+    "ProfileRequest",
+    "check_threshold",
+    "decoded_fractions",
+    "normalized_profiles",
+]
 
 
 @torch.no_grad()
@@ -125,6 +133,24 @@ class FeatureBlocks:
         return torch.exp(self._logits(index) - self.log_norm[:, None]).numpy()
 
 
+#: The relative cut-off of sparse profiles: keep a feature where its share of the cell's
+#: profile is at least that of a flat profile (1 / number of features).
+UNIFORM = "uniform"
+
+
+def check_threshold(threshold: Any, name: str) -> None:
+    """Refuse a sparse cut-off that is neither a number > 0 nor :data:`UNIFORM`."""
+    if isinstance(threshold, str):
+        if threshold != UNIFORM:
+            raise ValueError(f"{name} must be a number > 0 or {UNIFORM!r}, got {threshold!r}")
+        return
+    if not threshold > 0:
+        raise ValueError(
+            f"{name} must be > 0 or {UNIFORM!r} (values below it become 0; return_type='sparse' needs "
+            f"threshold > 0), got {threshold}"
+        )
+
+
 @dataclass(frozen=True)
 class ProfileRequest:
     """Which decoded values :func:`normalized_profiles` returns, and in what form.
@@ -137,7 +163,9 @@ class ProfileRequest:
         ``"dataframe"``, ``"array"`` or ``"sparse"`` (CSR keeping values >= ``threshold``);
         None: a DataFrame unless it would exceed ``max_dense_elements`` values (an error).
     threshold
-        Cut-off of the sparse result (must be > 0 for it).
+        Cut-off of the sparse result: a number > 0, or ``"uniform"`` (:data:`UNIFORM`) to keep
+        the features whose share of the cell's profile is at least 1 / (number of features of
+        the modality), i.e. those above a flat profile, whatever the cell's library size.
     batch_size
         Cells decoded together.
     max_dense_elements
@@ -147,15 +175,15 @@ class ProfileRequest:
     features: Any = None
     cells: Any = None
     return_type: str | None = None
-    threshold: float = 0.0
+    threshold: float | str = 0.0
     batch_size: int = 1024
     max_dense_elements: int = 50_000_000
 
     def __post_init__(self) -> None:
         if self.return_type not in (None, "dataframe", "array", "sparse"):
             raise ValueError(f"return_type must be 'dataframe', 'array' or 'sparse', got {self.return_type!r}")
-        if self.return_type == "sparse" and not self.threshold > 0:
-            raise ValueError("return_type='sparse' needs threshold > 0 (values below it become 0)")
+        if self.return_type == "sparse":
+            check_threshold(self.threshold, "threshold")
 
 
 @dataclass(frozen=True)
@@ -239,10 +267,12 @@ def normalized_profiles(
             block = np.flatnonzero(use[start : start + len(values)])
             if len(block):
                 values[block] = weights[start + block] @ profiles
+        keep = values >= 1.0 / len(feature_names) if threshold == UNIFORM else None
         if lib_rows is not None:
             values = values * lib_rows[start : start + len(values), None]
         if return_type == "sparse":
-            values = sp.csr_matrix(np.where(values >= threshold, values, 0).astype(np.float32))
+            keep = values >= threshold if keep is None else keep
+            values = sp.csr_matrix(np.where(keep, values, 0).astype(np.float32))
         return values
 
     parts = decoded_fractions(module, latent[rows], covariate[rows], modality, sub_cols, batch_size, finish)

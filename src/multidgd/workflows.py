@@ -35,6 +35,7 @@ import pandas as pd
 
 from .data import MODALITIES, small_classes
 from .metrics import MIN_COMPONENT_FRACTION, cluster_sizes, components_used
+from .profiles import UNIFORM, check_threshold
 
 __all__ = [
     "train_and_report",
@@ -49,6 +50,7 @@ __all__ = [
     "OutputFolder",
     "OutputFiles",
     "check_input_file",
+    "check_storage",
     "read_input",
     "load_model_file",
     "check_writable",
@@ -761,7 +763,7 @@ def _is_backed(data: Any) -> bool:
 
 
 def _write_annotated(
-    data: Any, model, out: Path, *, predict_missing: bool = False, threshold: float | None = None
+    data: Any, model, out: Path, *, predict_missing: bool = False, threshold: float | str | None = None, dense=False
 ) -> tuple[Path, float | None]:
     """Write the data with the model's results (or, for backed data, the results alone); for a
     mosaic also what its single-modality cells lack (:func:`_mosaic_predictions`). Returns
@@ -784,16 +786,16 @@ def _write_annotated(
     )
     add_results(data, model, embedding=_place_left_out(data, model), clustering=clustering)
     if model.data is not None and model.data.present is not None:
-        data = _mosaic_predictions(data, model, predict=predict_missing, threshold=threshold)
+        data = _mosaic_predictions(data, model, predict=predict_missing, threshold=threshold, dense=dense)
     _record_run(data, model, "train", n_components_choice=model.n_components_choice)
     return write(data, out / "multidgd"), clustering.temperature
 
 
-def _mosaic_predictions(data: Any, model, *, predict: bool, threshold: float | None):
+def _mosaic_predictions(data: Any, model, *, predict: bool, threshold: float | str | None, dense: bool = False):
     """A mosaic's training cells that lack a modality: ``obs["multidgd_prediction_certainty"]``
     (:meth:`~multidgd.DGD.training_embedding`; NaN for cells with both modalities) and, with
     ``predict``, a ``<modality>_predicted`` modality per missing modality holding the
-    predicted counts (the posterior prediction; sparse, values >= ``threshold``, when given).
+    predicted counts (the posterior prediction, stored as :func:`_predicted_modality` says).
     Returns the data (a MuData).
     """
     import anndata as ad
@@ -810,7 +812,7 @@ def _mosaic_predictions(data: Any, model, *, predict: bool, threshold: float | N
             lacking[j] = model.training_embedding(data[certainty.index.isin(names)].copy(), progress_bar=False)
             certainty.loc[lacking[j].obs_names] = lacking[j].prediction_certainty
     for j, emb in lacking.items() if predict else ():
-        pred = _predicted_modality(model, emb, j, threshold=threshold)
+        pred = _predicted_modality(model, emb, j, threshold=threshold, dense=dense)
         pred.obs["prediction_certainty"] = emb.prediction_certainty
         data.mod[f"{model.source_modality.get(MODALITIES[j], MODALITIES[j])}_predicted"] = pred
     data.update()
@@ -968,7 +970,7 @@ def _write_training_outputs(
     data, model, out: Path, *, source: str, cell_type_key, seed: int, t0: float, t1: float, **kw: Any
 ):
     """Model, annotated data, history, figures and ``summary.json``; returns the summary.
-    ``kw``: :func:`_write_annotated`'s ``predict_missing`` and ``threshold``.
+    ``kw``: :func:`_write_annotated`'s ``predict_missing``, ``threshold`` and ``dense``.
     """
     model.save(out / "model.pt", overwrite=True)  # the output folder was checked before training
     data_path, temperature = _write_annotated(data, model, out, **kw)
@@ -1006,7 +1008,8 @@ def train_and_report(
     overwrite: bool = False,
     inputs: dict[str, Any] | None = None,
     predict_missing: bool = False,
-    threshold: float | None = None,
+    threshold: float | str | None = None,
+    dense: bool = False,
 ) -> dict[str, Any]:
     """Train on ``data`` and write model, annotated data, figures and a summary into ``out``.
 
@@ -1040,11 +1043,11 @@ def train_and_report(
         does not write (e.g. figures of other covariates) are removed at the end.
     inputs
         Command-line name -> input file: never written over, and sized for the space check.
-    predict_missing, threshold
+    predict_missing, threshold, dense
         A mosaic's training cells that lack a modality always get
         ``obs["multidgd_prediction_certainty"]``; with ``predict_missing`` the written data
-        also holds ``<modality>_predicted`` modalities with their predicted counts (sparse,
-        values >= ``threshold``, when given).
+        also holds ``<modality>_predicted`` modalities with their predicted counts, stored as
+        :func:`embed_and_write` says for the same ``threshold`` and ``dense``.
 
     Returns
     -------
@@ -1056,6 +1059,7 @@ def train_and_report(
     from .distributed import is_main
     from .model import DGD
 
+    check_storage(threshold, dense)
     out = Path(out)
     folder = OutputFolder.check(out, overwrite=overwrite, resume=resume, inputs=inputs, writes=_TRAIN_WRITES)
     t0 = time.perf_counter()
@@ -1074,7 +1078,8 @@ def train_and_report(
         if not is_main():  # every process has the whole model; rank 0 writes the outputs
             return {}
         kw = {"source": source, "cell_type_key": cell_type_key, "seed": model.seed if seed is None else seed}
-        kw.update(t0=t0, t1=time.perf_counter() - t0, predict_missing=predict_missing, threshold=threshold)
+        kw.update(t0=t0, t1=time.perf_counter() - t0, predict_missing=predict_missing)
+        kw.update(threshold=threshold, dense=dense)
         summary = _write_training_outputs(data, model, out, **kw)
     folder.finish()
     return summary
@@ -1083,7 +1088,7 @@ def train_and_report(
 # ----------------------------------------------------------------------------- embed, predict
 
 
-def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None, prediction: str = "posterior"):
+def _add_predictions(data, model, emb, *, denoise: bool, threshold, dense: bool = False, prediction: str = "posterior"):
     """Add a ``<modality>_predicted`` modality for every modality some cells lack.
 
     Returns the (MuData) data and the names of the modalities added.
@@ -1100,7 +1105,7 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
         if emb.observed[:, j].all() and not denoise:
             continue
         key = f"{model.source_modality.get(m, m)}_predicted"
-        pred = _predicted_modality(model, emb, j, threshold=threshold, prediction=prediction)
+        pred = _predicted_modality(model, emb, j, threshold=threshold, dense=dense, prediction=prediction)
         pred.obs["observed"] = emb.observed[:, j]
         data.mod[key] = pred
         predicted.append(key)
@@ -1108,17 +1113,33 @@ def _add_predictions(data, model, emb, *, denoise: bool, threshold: float | None
     return data, predicted
 
 
-def _predicted_modality(model, emb, j: int, *, threshold: float | None, prediction: str = "posterior"):
-    """AnnData of the predicted counts of modality ``j`` for the cells of ``emb`` (CSR of the
-    values >= ``threshold`` when given, else dense float32), with obs ``library_size`` and
-    ``library_size_source`` and the features' ``var``.
+def check_storage(threshold: float | str | None, dense: bool) -> None:
+    """Refuse a storage choice for predictions that cannot be carried out (CLI names)."""
+    if threshold is None:
+        return
+    if dense:
+        raise ValueError("--threshold and --dense exclude each other: --dense stores every prediction dense")
+    check_threshold(threshold, "--threshold")
+
+
+def _predicted_modality(
+    model, emb, j: int, *, threshold: float | str | None, dense: bool = False, prediction: str = "posterior"
+):
+    """AnnData of the predicted counts of modality ``j`` for the cells of ``emb``, with obs
+    ``library_size`` and ``library_size_source`` and the features' ``var``. Stored as CSR of
+    the values >= ``threshold`` when one is given (a number, or ``"uniform"``: the features
+    above a flat profile); without one, ATAC as CSR with ``"uniform"`` and RNA dense; dense
+    float32 with ``dense``.
     """
     import anndata as ad
     import scipy.sparse as sp
 
     m = MODALITIES[j]
     getter = model.get_normalized_expression if m == "rna" else model.get_normalized_accessibility
-    kw = {"return_type": "sparse", "threshold": threshold} if threshold else {"return_type": "array"}
+    if threshold is None and m == "atac":
+        threshold = UNIFORM
+    sparse = threshold is not None and not dense
+    kw = {"return_type": "sparse", "threshold": threshold} if sparse else {"return_type": "array"}
     x = getter(emb, scale="counts", prediction=prediction, **kw)
     if not sp.issparse(x):
         x = x.astype(np.float32)
@@ -1155,7 +1176,8 @@ def embed_and_write(
     *,
     predict: bool = False,
     denoise: bool = False,
-    threshold: float | None = None,
+    threshold: float | str | None = None,
+    dense: bool = False,
     prediction: str = "posterior",
     model_out: Path | None = None,
     overwrite: bool = False,
@@ -1181,8 +1203,11 @@ def embed_and_write(
         ``<name>_predicted`` of predicted counts.
     denoise
         With ``predict``, add the present modalities too.
-    threshold
-        Store predictions >= this, sparse (must be > 0).
+    threshold, dense
+        How predictions are stored. By default predicted ATAC is sparse, keeping each cell's
+        peaks above a flat profile (share >= 1 / number of peaks; ``"uniform"``), and RNA is
+        dense. ``threshold``: every prediction sparse, keeping values >= this number (> 0,
+        counts) or ``"uniform"``. ``dense``: every prediction dense float32.
     prediction
         How a missing modality is predicted: ``"posterior"`` or ``"point"`` (see
         :meth:`~multidgd.DGD.get_normalized_expression`).
@@ -1201,8 +1226,7 @@ def embed_and_write(
     from .io import write
     from .prediction import check_prediction
 
-    if threshold is not None and not threshold > 0:
-        raise ValueError(f"--threshold must be > 0, got {threshold}")
+    check_storage(threshold, dense)
     check_prediction(prediction, "--prediction")
     out, data_path = Path(out), Path(data_path)
     outputs = OutputFiles.of({"MODEL": model_path, "DATA": data_path}, overwrite=overwrite)
@@ -1235,7 +1259,7 @@ def embed_and_write(
             summary["model_out"] = str(model_out)
         if predict:
             data, summary["predicted_modalities"] = _add_predictions(
-                data, model, emb, denoise=denoise, threshold=threshold, prediction=prediction
+                data, model, emb, denoise=denoise, threshold=threshold, dense=dense, prediction=prediction
             )
             summary["prediction"] = prediction
             summary["median_prediction_certainty"] = round(float(np.median(emb.prediction_certainty)), 4)
