@@ -4,7 +4,9 @@ The test cells of a seeded 80/10/10 split (stratified by cell type) are embedded
 saved model three ways, as ``multidgd evaluate`` does: paired, RNA only and ATAC only;
 for the single-modality ones the other modality is then predicted for all cells, once as
 the posterior-weighted mean of the candidates' profiles (the default) and once from each
-cell's own representation (``prediction="point"``, the earlier behaviour).
+cell's own representation (``prediction="point"``, the earlier behaviour); for the paired
+ones both modalities are decoded, blended with the posterior mean (the default) and from
+the own representation alone.
 
     python benchmarks/prediction_time.py DATA.h5mu MODEL.pt --cell-type-key cell_type --seed 0
 """
@@ -40,8 +42,13 @@ def main() -> None:
     out = {"data": args.data.split("/")[-1], "test_cells": int(test.n_obs), "threads": args.threads}
 
     t0 = time.perf_counter()
-    model.infer(test, progress_bar=False)
+    paired = model.infer(test, progress_bar=False)
     out["paired_embed_s"] = round(time.perf_counter() - t0, 2)
+    for m, getter in (("rna", model.get_normalized_expression), ("atac", model.get_normalized_accessibility)):
+        for prediction in ("posterior", "point"):
+            t0 = time.perf_counter()
+            getter(paired, scale="counts", return_type="array", prediction=prediction)
+            out[f"paired_denoise_{m}_{prediction}_s"] = round(time.perf_counter() - t0, 2)
     for present, hidden, getter in (
         ("rna", "atac", model.get_normalized_accessibility),
         ("atac", "rna", model.get_normalized_expression),

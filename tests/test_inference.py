@@ -533,6 +533,39 @@ def test_prediction_without_information_is_the_prior_weighted_mean(model, all_da
         model.get_normalized_accessibility(emb, prediction="mode")
 
 
+def test_what_a_new_cell_has_is_denoised_by_the_posterior(model, all_data):
+    from multidgd.prediction import DENOISE_OWN_WEIGHT, posterior_weights
+
+    query = _query(all_data, n=12)
+    emb = model.infer(query, device="cpu", progress_bar=False)
+    assert emb.observed.all()
+    w = posterior_weights(emb.candidates.nll, emb.candidates.log_prior, 50.0)  # the default for paired cells
+    np.testing.assert_allclose(emb.prediction_weights, w, rtol=1e-6)
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-9)
+    for m, getter in (("rna", model.get_normalized_expression), ("atac", model.get_normalized_accessibility)):
+        own = getter(emb, return_type="array", prediction="point")
+        with torch.no_grad():
+            decoded = model.module.decode(torch.from_numpy(emb.latent), torch.from_numpy(emb.covariate))[m]
+        np.testing.assert_allclose(own, decoded.exp().numpy(), rtol=1e-5)  # "point": the cell's own profile
+        a = DENOISE_OWN_WEIGHT[m]
+        expected = a * own + (1 - a) * (w @ _candidate_profiles(model, m))
+        got = getter(emb, return_type="array")
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)
+        assert not np.allclose(got, own)
+        # transform_batch decodes the cell's own representation in that batch, without the blend
+        moved = getter(emb, return_type="array", transform_batch="b0")
+        np.testing.assert_allclose(moved, getter(emb, return_type="array", transform_batch="b0", prediction="point"))
+    # the model's own training cells keep their own profiles
+    trained = model.training_embedding(all_data[model.obs_names[:10]].copy(), progress_bar=False)
+    assert np.isnan(trained.prediction_certainty).all()
+    np.testing.assert_allclose(
+        model.get_normalized_expression(trained, return_type="array"),
+        model.get_normalized_expression(cells=np.arange(10), return_type="array"),
+        rtol=1e-5,
+    )
+
+
 def test_candidate_profiles_are_kept_per_embedding(model, all_data):
     emb = model.infer(_single(_query(all_data, n=8), "rna"), device="cpu", progress_bar=False)
     assert emb.candidates.profiles == {}

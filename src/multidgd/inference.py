@@ -490,6 +490,7 @@ def embed_cells(
     device: torch.device | str = "cpu",
     progress_bar: bool = True,
     initial: tuple[np.ndarray, np.ndarray] | None = None,
+    score_paired: bool = True,
 ) -> Placed:
     """Best start and representation optimisation for the cells of ``query``.
 
@@ -524,9 +525,13 @@ def embed_cells(
     initial
         (n, L) basal and (n, d * V) covariate starts (e.g. from the start encoder) used
         instead of the best candidates. Cells lacking a modality are still scored against
-        the candidates (they predict what the cell lacks); cells with every modality are
-        not (NaN rows of ``Candidates.nll``). With ``covariate_start="label"`` cells of
-        known classes start at their class's mean all the same.
+        the candidates (they predict what the cell lacks); cells with every modality only
+        with ``score_paired`` (else NaN rows of ``Candidates.nll``). With
+        ``covariate_start="label"`` cells of known classes start at their class's mean all
+        the same.
+    score_paired
+        With ``initial``: score the cells that have every modality against the candidates
+        too (their posterior denoises what they have, :mod:`multidgd.prediction`).
 
     Returns
     -------
@@ -543,11 +548,12 @@ def embed_cells(
     }
     learning = new_components is not None and any(len(c) for c in new_components)
     job = _Job(module, query, device, observed, dispersion, class_codes, new_components, learning)
-    # from an initial value, cells with every modality need no candidates (nothing to predict)
-    search = (covariate_start, batch_size, memory_budget_mb, initial is None)
+    # from an initial value, cells with every modality need candidates only to denoise
+    search = (covariate_start, batch_size, memory_budget_mb, initial is None or score_paired)
     start, basal0, cov0, chunks, candidates = _best_start(job, *search)
     if initial is not None:
         basal0, cov0 = _initial_values(job, covariate_start, cov0, initial)
+        start[query.present.all(axis=1)] = -1  # paired cells started from ``initial``
     mixture_opt = _start_new_classes(job, cov0, mixture_lr, betas) if learning else None
     basal_t, cov_t = _optimise(job, chunks, basal0, cov0, supervised, n_steps, lr, betas, mixture_opt, progress_bar)
     if learning:  # the new classes have means now: score the candidates again, labelled cells under their own class

@@ -28,6 +28,7 @@ from .inference import check_infer_args, embedding_of, estimate_library, place_c
 from .initialization import choose_n_components, initial_state
 from .module import DGDModule
 from .prediction import (
+    DENOISE_OWN_WEIGHT,
     candidate_profiles,
     check_prediction,
     check_temperature,
@@ -606,9 +607,9 @@ class DGD:
             Where the representations start: ``"encoder"``, the start encoder's output
             (:mod:`multidgd.encoder`); ``"search"``, the best candidate pair (see
             ``covariate_start``); ``"auto"`` (default): the encoder when the model has one.
-            Cells lacking a modality are scored against every candidate either way (they
-            predict what it lacks); after the encoder, cells with both modalities are not
-            (their ``prediction_certainty`` is NaN).
+            Every cell is scored against every candidate either way: the posterior over
+            them predicts what a cell lacks and denoises what it has
+            (:mod:`multidgd.prediction`); ``prediction_certainty`` says how sure it is.
         n_steps, lr
             Adam steps (and learning rate) of the representations after the start; None:
             ``DEFAULT_STEPS[start]`` (3 after the encoder, 50 after the search).
@@ -718,6 +719,7 @@ class DGD:
             )
         initial = (self.get_latent_representation()[pos], self.get_covariate_matrix()[pos])
         steps = {"n_steps": 0, "lr": 1.0, "batch_size": int(batch_size), "memory_budget_mb": memory_budget_mb}
+        steps["score_paired"] = False  # a trained cell's own representation is its profile
         return self._place(query, "naive", "search", initial, steps, device, progress_bar, temperature)
 
     def _read_query(self, data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction, labels_needed=True):
@@ -859,9 +861,14 @@ class DGD:
             cov = self._covariates_at(transform_batch, len(latent))
         mixture = None
         if embedding is not None and prediction == "posterior" and embedding.candidates is not None:
+            weights = embedding.prediction_weights
             lacking = ~embedding.observed[:, j]
-            if lacking.any():
-                mixture = CandidateMixture(lacking, embedding.prediction_weights, self._profiles_of(embedding, j))
+            # what a cell has: its own profile blended with the posterior mean (not under transform_batch)
+            denoised = ~lacking & ~np.isnan(weights).any(axis=1) & (transform_batch is None)
+            if lacking.any() or denoised.any():
+                own = np.where(denoised, DENOISE_OWN_WEIGHT[modality], 0.0)
+                profiles = self._profiles_of(embedding, j)
+                mixture = CandidateMixture(lacking | denoised, weights, profiles, own)
         features = self.var_names[modality]
         return normalized_profiles(self.module, modality, names, latent, cov, library, features, request, mixture)
 

@@ -188,7 +188,8 @@ class ProfileRequest:
 
 @dataclass(frozen=True)
 class CandidateMixture:
-    """Cells whose profile is the weighted mean of candidates' decoded profiles.
+    """Cells whose profile is the weighted mean of candidates' decoded profiles (or a blend
+    of it with their own decoded profile).
 
     Attributes
     ----------
@@ -200,11 +201,15 @@ class CandidateMixture:
     profiles
         ``profiles(cols)``: the (J, F) fractions of the candidates over feature positions
         ``cols`` (None: all).
+    own
+        (n,) weight of each cell's own decoded profile in its result (the candidates' mean
+        gets 1 - own); None: 0 for every cell.
     """
 
     cells: np.ndarray
     weights: np.ndarray
     profiles: Callable[[np.ndarray | None], np.ndarray]
+    own: np.ndarray | None = None
 
 
 def normalized_profiles(
@@ -259,14 +264,16 @@ def normalized_profiles(
     sub_cols = None if full else cols
     mixed = None
     if mixture is not None and mixture.cells[rows].any():
-        mixed = (mixture.cells[rows], mixture.weights[rows].astype(np.float32), mixture.profiles(sub_cols))
+        own = np.zeros(len(names), np.float32) if mixture.own is None else mixture.own.astype(np.float32)
+        mixed = (mixture.cells[rows], mixture.weights[rows].astype(np.float32), mixture.profiles(sub_cols), own[rows])
 
     def finish(values: np.ndarray, start: int):
         if mixed is not None:
-            use, weights, profiles = mixed
+            use, weights, profiles, own = mixed
             block = np.flatnonzero(use[start : start + len(values)])
             if len(block):
-                values[block] = weights[start + block] @ profiles
+                a = own[start + block, None]
+                values[block] = a * values[block] + (1 - a) * (weights[start + block] @ profiles)
         keep = values >= 1.0 / len(feature_names) if threshold == UNIFORM else None
         if lib_rows is not None:
             values = values * lib_rows[start : start + len(values), None]
