@@ -162,11 +162,21 @@ def test_bad_start_options_are_refused(model, all_data):
         model.infer(query, start="nearest", progress_bar=False)
 
 
-def test_every_cell_is_scored_after_the_encoder(model, all_data):
+def test_paired_cells_are_scored_after_the_encoder_when_they_are_denoised(model, all_data):
     query = _cells(all_data)
     keep = np.r_[np.zeros(10), np.ones(30)]  # the first ten cells lack ATAC
     query.mod["atac"].X = sp.csr_matrix(sp.diags(keep) @ query.mod["atac"].X, dtype=np.float32)
-    emb = model.infer(query, device="cpu", progress_bar=False)
+    saved = model.denoise_record
+    try:
+        model.denoise_record = None  # own profiles alone: only cells lacking a modality are scored
+        emb = model.infer(query, device="cpu", progress_bar=False)
+        nll = emb.candidates.nll
+        assert np.isfinite(nll[:10]).all() and np.isnan(nll[10:]).all()
+        assert np.isfinite(emb.prediction_certainty[:10]).all() and np.isnan(emb.prediction_certainty[10:]).all()
+        model.denoise_record = {"own_weight": {"rna": 1.0, "atac": 0.5}}
+        emb = model.infer(query, device="cpu", progress_bar=False)
+    finally:
+        model.denoise_record = saved
     nll = emb.candidates.nll
     assert np.isfinite(nll).all()
     # paired cells started from the encoder, not from a candidate

@@ -533,37 +533,79 @@ def test_prediction_without_information_is_the_prior_weighted_mean(model, all_da
         model.get_normalized_accessibility(emb, prediction="mode")
 
 
-def test_what_a_new_cell_has_is_denoised_by_the_posterior(model, all_data):
-    from multidgd.prediction import DENOISE_OWN_WEIGHT, posterior_weights
+def test_what_a_new_cell_has_is_denoised_by_the_posterior(model, all_data, tmp_path):
+    from multidgd.prediction import posterior_weights
 
+    # train() fitted the weights on the validation cells; a saved model keeps them
+    record = model.denoise_record
+    assert record["cells"] == int((model.split == "validation").sum())
+    for m in ("rna", "atac"):
+        scores = {float(k): v for k, v in record["scores"][m].items()}
+        best = min(scores.values()) if m == "rna" else max(scores.values())
+        assert scores[record["own_weight"][m]] == best
+    path = model.save(tmp_path / "m.pt")
+    assert DGD.load(path).denoise_record == record
     query = _query(all_data, n=12)
-    emb = model.infer(query, device="cpu", progress_bar=False)
-    assert emb.observed.all()
-    w = posterior_weights(emb.candidates.nll, emb.candidates.log_prior, 50.0)  # the default for paired cells
-    np.testing.assert_allclose(emb.prediction_weights, w, rtol=1e-6)
-    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-9)
-    for m, getter in (("rna", model.get_normalized_expression), ("atac", model.get_normalized_accessibility)):
-        own = getter(emb, return_type="array", prediction="point")
-        with torch.no_grad():
-            decoded = model.module.decode(torch.from_numpy(emb.latent), torch.from_numpy(emb.covariate))[m]
-        np.testing.assert_allclose(own, decoded.exp().numpy(), rtol=1e-5)  # "point": the cell's own profile
-        a = DENOISE_OWN_WEIGHT[m]
-        expected = a * own + (1 - a) * (w @ _candidate_profiles(model, m))
-        got = getter(emb, return_type="array")
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-9)
-        np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)
-        assert not np.allclose(got, own)
-        # transform_batch decodes the cell's own representation in that batch, without the blend
-        moved = getter(emb, return_type="array", transform_batch="b0")
-        np.testing.assert_allclose(moved, getter(emb, return_type="array", transform_batch="b0", prediction="point"))
-    # the model's own training cells keep their own profiles
-    trained = model.training_embedding(all_data[model.obs_names[:10]].copy(), progress_bar=False)
-    assert np.isnan(trained.prediction_certainty).all()
-    np.testing.assert_allclose(
-        model.get_normalized_expression(trained, return_type="array"),
-        model.get_normalized_expression(cells=np.arange(10), return_type="array"),
-        rtol=1e-5,
-    )
+    saved = model.denoise_record
+    try:
+        model.denoise_record = {"own_weight": {"rna": 0.75, "atac": 0.25}}
+        emb = model.infer(query, device="cpu", progress_bar=False)
+        w = posterior_weights(emb.candidates.nll, emb.candidates.log_prior, 50.0)  # the default for paired cells
+        np.testing.assert_allclose(emb.prediction_weights, w, rtol=1e-6)
+        np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-9)
+        for m, getter in (("rna", model.get_normalized_expression), ("atac", model.get_normalized_accessibility)):
+            own = getter(emb, return_type="array", prediction="point")
+            with torch.no_grad():
+                decoded = model.module.decode(torch.from_numpy(emb.latent), torch.from_numpy(emb.covariate))[m]
+            np.testing.assert_allclose(own, decoded.exp().numpy(), rtol=1e-5)  # "point": the cell's own profile
+            a = model.denoise_weights[m]
+            expected = a * own + (1 - a) * (w @ _candidate_profiles(model, m))
+            got = getter(emb, return_type="array")
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-9)
+            np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)
+            assert not np.allclose(got, own)
+            # transform_batch decodes the cell's own representation in that batch, without the blend
+            moved = getter(emb, return_type="array", transform_batch="b0")
+            point = getter(emb, return_type="array", transform_batch="b0", prediction="point")
+            np.testing.assert_allclose(moved, point)
+        # the model's own training cells keep their own profiles
+        trained = model.training_embedding(all_data[model.obs_names[:10]].copy(), progress_bar=False)
+        assert np.isnan(trained.prediction_certainty).all()
+        np.testing.assert_allclose(
+            model.get_normalized_expression(trained, return_type="array"),
+            model.get_normalized_expression(cells=np.arange(10), return_type="array"),
+            rtol=1e-5,
+        )
+        # not fitted: weights of 1, the own profile alone
+        model.denoise_record = None
+        assert model.denoise_weights == {"rna": 1.0, "atac": 1.0}
+        emb = model.infer(query, device="cpu", progress_bar=False)
+        own = model.get_normalized_accessibility(emb, return_type="array", prediction="point")
+        np.testing.assert_allclose(model.get_normalized_accessibility(emb, return_type="array"), own)
+    finally:
+        model.denoise_record = saved
+
+
+def test_denoise_weight_is_the_best_of_the_grid():
+    from multidgd.metrics import auprc, rmse
+    from multidgd.prediction import DENOISE_WEIGHTS, fit_denoise_weight
+
+    rng = np.random.default_rng(3)
+    truth = rng.dirichlet(np.ones(40), size=30)
+    own = 0.5 * truth + 0.5 * rng.dirichlet(np.ones(40), size=30)  # noisy own profiles
+    posterior = np.full_like(truth, 1 / 40)  # the average profile
+    counts = sp.csr_matrix(rng.poisson(truth * 50).astype(np.float32))
+    lib = np.asarray(counts.sum(1)).ravel()[:, None]
+    for m, metric, pick in (("rna", rmse, min), ("atac", auprc, max)):
+        a, scores = fit_denoise_weight(counts, own, posterior, m)
+        brute = {w: metric(counts, lib * (w * own + (1 - w) * posterior)) for w in DENOISE_WEIGHTS}
+        assert set(scores) == set(DENOISE_WEIGHTS)
+        np.testing.assert_allclose([scores[w] for w in DENOISE_WEIGHTS], [brute[w] for w in DENOISE_WEIGHTS])
+        assert scores[a] == pick(brute.values())
+    # own profiles equal to the truth: the own profile alone; ties go to the larger weight
+    a, _ = fit_denoise_weight(counts, truth, posterior, "rna")
+    assert a == 1.0
+    assert fit_denoise_weight(counts, posterior, posterior, "atac")[0] == 1.0
 
 
 def test_candidate_profiles_are_kept_per_embedding(model, all_data):

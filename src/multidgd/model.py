@@ -28,15 +28,16 @@ from .inference import check_infer_args, embedding_of, estimate_library, place_c
 from .initialization import choose_n_components, initial_state
 from .module import DGDModule
 from .prediction import (
-    DENOISE_OWN_WEIGHT,
     candidate_profiles,
     check_prediction,
     check_temperature,
     component_posterior,
     fit_cluster_temperature,
+    fit_denoise_weight,
+    posterior_weights,
 )
 from .profiles import CandidateMixture, ProfileRequest, decoded_fractions, normalized_profiles
-from .query import read_query
+from .query import read_query, training_query
 from .results import Clustering, Embedding, covariate_index
 from .settings import settings
 from .train import fit, per_cell_nll
@@ -145,6 +146,9 @@ class DGD:
         #: the amortised start of new cells (:mod:`multidgd.encoder`), fitted after training
         self.encoder: StartEncoder | None = None
         self.encoder_record: dict | None = None
+        #: how a new cell's present modalities are denoised (:meth:`fit_denoising`): modality ->
+        #: weight of its own profile, the scores of every weight tried, the cells; None: not fitted
+        self.denoise_record: dict | None = None
 
     # ------------------------------------------------------------------ training
     def train(
@@ -235,7 +239,84 @@ class DGD:
             "val": torch.from_numpy(library[state.val_index]),
         }
         self.fit_encoder()
+        self.fit_denoising()
         return self
+
+    def fit_denoising(self, data: Any = None, *, max_cells: int = 1000, device: str = "auto") -> DGD:
+        """Fit how a new cell's present modalities are denoised (:mod:`multidgd.prediction`).
+
+        Up to ``max_cells`` validation cells with both modalities (a seeded sample) are
+        placed as new cells; per modality, the weight α of the own decoded profile (against
+        the posterior mean of the candidates' profiles) that best reconstructs their counts
+        is kept (:func:`~multidgd.prediction.fit_denoise_weight`). :meth:`train` calls it.
+
+        Parameters
+        ----------
+        data
+            None: the training data this model holds; else the data it was trained on (its
+            validation cells are found by ``obs_names``).
+        max_cells
+            Validation cells used at most.
+        device
+            As in :meth:`infer`.
+
+        Returns
+        -------
+        ``self``, with :attr:`denoise_record` set (None when there are fewer than 10 such cells).
+        """
+        query = self._validation_query(data, max_cells)
+        self.denoise_record = None
+        if query is None:
+            return self
+        start, n_steps = resolve_start("auto", None, self.encoder is not None)
+        initial = self.encoder.start(self.module, query) if start == "encoder" else None
+        steps = {"n_steps": n_steps, "lr": 1e-2, "batch_size": 512, "memory_budget_mb": 512, "score_paired": True}
+        emb = self._place(query, "naive", "search", initial, steps, device, False, None)
+        weights = posterior_weights(emb.candidates.nll, emb.candidates.log_prior, emb.temperature)
+        record: dict[str, Any] = {"cells": query.n_cells, "own_weight": {}, "scores": {}}
+        for j, m in enumerate(MODALITIES):
+            getter = self.get_normalized_expression if m == "rna" else self.get_normalized_accessibility
+            own = getter(emb, return_type="array", prediction="point")
+            posterior = weights @ self._profiles_of(emb, j)(None)
+            a, scores = fit_denoise_weight(query.counts[m], own, posterior, m)
+            record["own_weight"][m], record["scores"][m] = a, {str(k): round(v, 6) for k, v in scores.items()}
+        self.denoise_record = record
+        logger.info(
+            "denoising of new cells fitted on %d validation cells: own-profile weight %s",
+            query.n_cells,
+            record["own_weight"],
+        )
+        return self
+
+    @property
+    def denoise_weights(self) -> dict[str, float]:
+        """Modality -> weight of a new cell's own decoded profile in the profile of a modality
+        it has (:meth:`fit_denoising`; 1.0, the own profile alone, when not fitted).
+        """
+        fitted = (self.denoise_record or {}).get("own_weight", {})
+        return {m: float(fitted.get(m, 1.0)) for m in MODALITIES}
+
+    def _validation_query(self, data: Any, max_cells: int):
+        """The validation cells with both modalities as new cells (at most ``max_cells``, a
+        seeded sample), or None when fewer than 10 (or the held data stay on disk).
+        """
+        is_val = (self.split == "validation").to_numpy()
+        if data is None:
+            if self.data is None:
+                raise RuntimeError("this model was loaded without data: pass the data it was trained on")
+            rows = np.sort(self.state.val_index)
+            query = training_query(self.data, rows)
+        else:
+            query = self._read_query(data, None, None, None, {}, 1.0, labels_needed=False)
+            pos = self.obs_names.get_indexer(query.obs_names)
+            query = query.take(np.flatnonzero((pos >= 0) & is_val[np.maximum(pos, 0)]))
+        if query is None:
+            return None
+        rows = np.flatnonzero(query.present.all(axis=1))
+        if len(rows) < 10:
+            return None
+        rng = np.random.default_rng(0 if self.seed is None else self.seed)
+        return query.take(np.sort(rng.choice(rows, min(max_cells, len(rows)), replace=False)))
 
     def fit_encoder(
         self,
@@ -607,9 +688,10 @@ class DGD:
             Where the representations start: ``"encoder"``, the start encoder's output
             (:mod:`multidgd.encoder`); ``"search"``, the best candidate pair (see
             ``covariate_start``); ``"auto"`` (default): the encoder when the model has one.
-            Every cell is scored against every candidate either way: the posterior over
-            them predicts what a cell lacks and denoises what it has
-            (:mod:`multidgd.prediction`); ``prediction_certainty`` says how sure it is.
+            Cells lacking a modality are scored against every candidate either way (the
+            posterior over them predicts what the cell lacks); after the encoder, cells with
+            both modalities are scored when the model denoises what new cells have
+            (:attr:`denoise_weights` below 1), else their ``prediction_certainty`` is NaN.
         n_steps, lr
             Adam steps (and learning rate) of the representations after the start; None:
             ``DEFAULT_STEPS[start]`` (3 after the encoder, 50 after the search).
@@ -645,6 +727,7 @@ class DGD:
         query = self._read_query(data, rna_mod, atac_mod, layer, library_keys, min_feature_fraction, labels_needed)
         initial = self.encoder.start(self.module, query) if start == "encoder" else None
         steps = {"n_steps": int(n_steps), "lr": lr, "batch_size": int(batch_size), "memory_budget_mb": memory_budget_mb}
+        steps["score_paired"] = min(self.denoise_weights.values()) < 1  # the posterior denoises them
         return self._place(query, new_classes, covariate_start, initial, steps, device, progress_bar, temperature)
 
     def _place(self, query, new_classes, covariate_start, initial, steps, device, progress_bar, temperature):
@@ -864,9 +947,10 @@ class DGD:
             weights = embedding.prediction_weights
             lacking = ~embedding.observed[:, j]
             # what a cell has: its own profile blended with the posterior mean (not under transform_batch)
-            denoised = ~lacking & ~np.isnan(weights).any(axis=1) & (transform_batch is None)
+            own_weight = self.denoise_weights[modality]
+            denoised = ~lacking & ~np.isnan(weights).any(axis=1) & (transform_batch is None) & (own_weight < 1)
             if lacking.any() or denoised.any():
-                own = np.where(denoised, DENOISE_OWN_WEIGHT[modality], 0.0)
+                own = np.where(denoised, own_weight, 0.0)
                 profiles = self._profiles_of(embedding, j)
                 mixture = CandidateMixture(lacking | denoised, weights, profiles, own)
         features = self.var_names[modality]
@@ -1003,6 +1087,7 @@ class DGD:
             library_size=self._table_library,
         )
         payload["encoder"] = encoder_payload(self.encoder, self.encoder_record)
+        payload["denoise"] = self.denoise_record
         checkpoint.write_atomic(payload, path)
         return path
 
@@ -1021,6 +1106,7 @@ class DGD:
         self.seed = payload["seed"]
         self._table_library = payload.get("library_size")
         self.encoder, self.encoder_record = encoder_from_payload(payload.get("encoder"))
+        self.denoise_record = payload.get("denoise")
         return self
 
     def __repr__(self) -> str:

@@ -18,11 +18,14 @@ itself (features are not independent given the cell, as the NB model assumes); i
 defaults were chosen on the development files (``docs/design.md``, "Predicting a missing
 modality").
 
-A modality a new cell has is denoised the same way: its profile is a blend of the one
-decoded from its own optimised representation (weight :data:`DENOISE_OWN_WEIGHT`) and the
-posterior mean of the candidates' profiles given everything the cell has. With a handful of
-counts the optimised representation also fits their noise; the posterior mean does not.
-Cells the model trained on, and ``prediction="point"``, use their own representation alone.
+A modality a new cell has is denoised the same way: its profile is a blend, α times the
+one decoded from its own optimised representation plus 1 − α times the posterior mean of
+the candidates' profiles given everything the cell has. With a handful of counts the
+optimised representation also fits their noise; the posterior mean does not. α is fitted
+per model and modality on its validation cells, placed as new cells
+(:func:`fit_denoise_weight`, :meth:`multidgd.DGD.fit_denoising`); a model without fitted
+weights uses its own representation alone (α = 1), as do cells the model trained on and
+``prediction="point"``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from .profiles import decoded_fractions
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
-    "DENOISE_OWN_WEIGHT",
+    "DENOISE_WEIGHTS",
+    "fit_denoise_weight",
     "PREDICTIONS",
     "check_prediction",
     "check_temperature",
@@ -52,11 +56,40 @@ __all__ = [
 #: ``"both"``. Chosen on the development files (``docs/design.md``).
 DEFAULT_TEMPERATURE = {"rna": 50.0, "atac": 2.0, "both": 50.0}
 
-#: Weight of a new cell's own decoded profile in the profile of a modality it has (the
-#: posterior mean of the candidates' profiles gets the rest). Chosen on the development
-#: files (``docs/design.md``, "Denoising what a new cell has"): ATAC, with ~80 fragments
-#: over 25,000 peaks, leans on the posterior; RNA on the cell's own fit.
-DENOISE_OWN_WEIGHT = {"rna": 0.75, "atac": 0.25}
+#: Weights α of a new cell's own decoded profile tried by :func:`fit_denoise_weight` (the
+#: posterior mean of the candidates' profiles gets 1 − α); ``docs/design.md``, "Denoising
+#: what a new cell has".
+DENOISE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def fit_denoise_weight(counts, own: np.ndarray, posterior: np.ndarray, modality: str) -> tuple[float, dict]:
+    """The weight α of :data:`DENOISE_WEIGHTS` whose blend best reconstructs cells' counts.
+
+    Parameters
+    ----------
+    counts
+        (n, F) observed counts of cells the model did not train on (dense or sparse).
+    own, posterior
+        (n, F) fractions: decoded from each cell's own representation, and the posterior
+        mean of the candidates' profiles.
+    modality
+        ``"rna"``: the lowest RMSE of the counts (fractions times each cell's total);
+        ``"atac"``: the highest AUPRC of the counts' presence (the paper's metrics).
+
+    Returns
+    -------
+    The weight (on ties the larger, closer to the own profile) and ``{α: score}``.
+    """
+    from .metrics import auprc, rmse
+
+    library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()[:, None]
+    scores = {}
+    for a in DENOISE_WEIGHTS:
+        blend = library * (a * own + (1.0 - a) * posterior)
+        scores[a] = float(rmse(counts, blend) if modality == "rna" else auprc(counts, blend))
+    sign = 1.0 if modality == "rna" else -1.0
+    best = min(sorted(scores, reverse=True), key=lambda a: sign * scores[a])
+    return best, scores
 
 
 #: How a modality a cell lacks can be predicted: from the posterior over the candidates, or

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from .data import (
     MODALITIES,
+    MultiomeData,
     container_kind,
     feature_modalities,
     find_obs_column,
@@ -27,7 +28,7 @@ from .data import (
     unique_feature_names,
 )
 
-__all__ = ["QueryData", "read_query"]
+__all__ = ["QueryData", "read_query", "training_query"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,41 @@ class QueryData:
     def n_cells(self) -> int:
         """Number of cells."""
         return len(self.obs_names)
+
+    def take(self, rows: np.ndarray) -> QueryData:
+        """The cells at integer positions ``rows``, in that order."""
+        return QueryData(
+            obs_names=self.obs_names[rows],
+            counts={m: x[rows] for m, x in self.counts.items()},
+            observed=self.observed,
+            present=self.present[rows],
+            library_size=self.library_size[rows],
+            given_library_size=self.given_library_size[rows],
+            covariate_labels=[labels[rows] for labels in self.covariate_labels],
+            n_absent_features=self.n_absent_features,
+        )
+
+
+def training_query(data: MultiomeData, rows: np.ndarray) -> QueryData | None:
+    """Training-data cells at positions ``rows`` as new cells (every model feature present);
+    None when the counts stay on disk (backed).
+    """
+    if not all(isinstance(x, sp.csr_matrix) for x in data.counts.values()):
+        return None
+    n = len(rows)
+    present = np.ones((n, len(data.counts)), dtype=bool) if data.present is None else data.present[rows]
+    codes, categories = data.covariate_codes, data.covariate_categories
+    labels = [np.asarray(c, dtype=object)[codes[rows, v]] for v, c in enumerate(categories)]
+    return QueryData(
+        obs_names=data.obs_names[rows],
+        counts={m: x[rows] for m, x in data.counts.items()},
+        observed={m: np.arange(x.shape[1], dtype=np.int64) for m, x in data.counts.items()},
+        present=present,
+        library_size=np.asarray(data.library_size[rows], dtype=np.float32),
+        given_library_size=np.full((n, len(data.counts)), np.nan, dtype=np.float32),
+        covariate_labels=[lab.astype(str) for lab in labels],
+        n_absent_features={m: 0 for m in data.counts},
+    )
 
 
 def read_query(
