@@ -34,6 +34,12 @@ def test_train_bmmc_with_batch(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["components"] == 21
     assert 0 <= summary["components_used"] <= 21
+    from multidgd import DGD
+    from multidgd.prediction import DENOISE_WEIGHTS
+
+    model = DGD.load(out / "model.pt")
+    assert model.denoise_record["cells"] > 0 and summary["denoise_own_weight"] == model.denoise_weights
+    assert set(summary["denoise_own_weight"].values()) <= set(DENOISE_WEIGHTS)
     assert "ARI clusters vs cell types" in capsys.readouterr().out
 
 

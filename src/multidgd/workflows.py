@@ -904,6 +904,7 @@ def _train_summary(model, *, source: str, clusters: np.ndarray, cell_types, t0: 
     if "val_nll_rna" in best:
         summary["val_nll_rna"] = float(best["val_nll_rna"])
         summary["val_nll_atac"] = float(best["val_nll_atac"])
+    summary["denoise_own_weight"] = model.denoise_weights  # fitted on validation cells (1: not fitted)
     if model.data is not None and model.data.present is not None:  # a mosaic: the cells of each kind used
         from .data import mosaic_kinds
 
