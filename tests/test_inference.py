@@ -617,6 +617,15 @@ def test_candidate_profiles_are_kept_per_embedding(model, all_data):
     sub = model.get_normalized_accessibility(emb, peaks=[5, 2], return_type="array")
     assert emb.candidates.profiles["atac"] is kept  # not computed again
     np.testing.assert_allclose(sub, full[:, [5, 2]], rtol=1e-6)
+    # another embedding with the same candidates takes them from the model
+    other = model.infer(_single(_query(all_data, n=5), "rna"), device="cpu", progress_bar=False)
+    model.get_normalized_accessibility(other, return_type="array")
+    assert other.candidates.profiles["atac"] is kept and not kept.flags.writeable
+    # a learned class changes the candidates and the network: computed anew
+    fresh = copy.deepcopy(model)
+    learned = fresh.infer(_single(_query(all_data, ["b2"], n=20), "rna"), new_classes="learn", progress_bar=False)
+    fresh.get_normalized_accessibility(learned, return_type="array")
+    assert learned.candidates.profiles["atac"].shape[0] > kept.shape[0]
 
 
 def test_prediction_for_a_learned_class_uses_its_own_decoded_profile(model, all_data):

@@ -199,6 +199,7 @@ class DGD:
         checkpoint. See :mod:`multidgd.distributed`.
         """
         config = self._check_train_args(max_epochs, config, checkpoint_path, resume)
+        self.__dict__.pop("_profile_cache", None)  # candidates' profiles of the network before
         dev = distributed.init_from_env(resolve_device(device))
         if checkpoint_path is not None and distributed.is_main() and checkpoint.remove_stale_temporary(checkpoint_path):
             logger.info("removed a temporary file a killed checkpoint write left beside %s", checkpoint_path)
@@ -977,16 +978,32 @@ class DGD:
 
     def _profiles_of(self, embedding: Embedding, j: int):
         """``profiles(cols)`` of the embedding's candidates over the training cells (modality ``j``)."""
-        train = (self.split == "train").to_numpy()
-        library = None if self._table_library is None else self.get_library_size()[train, j]
-        latent, cov = self.get_latent_representation()[train], self.get_covariate_matrix()[train]
         c, m = embedding.candidates, MODALITIES[j]
 
         def profiles(cols: np.ndarray | None) -> np.ndarray:
             if m not in c.profiles:  # all features once per embedding; later calls take columns
-                c.profiles[m] = candidate_profiles(self.module, c, latent, cov, library, m)
+                c.profiles[m] = self._candidate_profiles(c, j)
             return c.profiles[m] if cols is None else c.profiles[m][:, cols]
 
+        return profiles
+
+    def _candidate_profiles(self, c, j: int) -> np.ndarray:
+        """(J, F) profiles of candidates ``c`` over the training cells (modality ``j``), kept on
+        the model for later embeddings with the same network, epoch and candidates.
+        """
+        m, cache = MODALITIES[j], self.__dict__.setdefault("_profile_cache", {})
+        key = (self.module, self.state.epoch)
+        kept = cache.get(m)
+        if kept is not None and kept[0][0] is key[0] and kept[0][1] == key[1]:
+            if np.array_equal(kept[1], c.latent) and np.array_equal(kept[2], c.covariate):
+                kept[3].setflags(write=False)  # a copy of the model may hold a writeable copy
+                return kept[3]
+        train = (self.split == "train").to_numpy()
+        library = None if self._table_library is None else self.get_library_size()[train, j]
+        latent, cov = self.get_latent_representation()[train], self.get_covariate_matrix()[train]
+        profiles = candidate_profiles(self.module, c, latent, cov, library, m)
+        profiles.setflags(write=False)  # shared by the embeddings that use it
+        cache[m] = (key, c.latent.copy(), c.covariate.copy(), profiles)
         return profiles
 
     def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
