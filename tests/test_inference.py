@@ -586,6 +586,19 @@ def test_what_a_new_cell_has_is_denoised_by_the_posterior(model, all_data, tmp_p
         model.denoise_record = saved
 
 
+def test_denoising_fitted_from_the_data_equals_the_one_training_fitted(trained, all_data, tmp_path):
+    model = copy.deepcopy(trained)
+    record = model.denoise_record
+    model.fit_denoising(all_data, device="cpu")  # the same validation cells, read from the data
+    assert model.denoise_record["cells"] == record["cells"]
+    assert model.denoise_record["own_weight"] == record["own_weight"]
+    for m in ("rna", "atac"):
+        got, want = model.denoise_record["scores"][m], record["scores"][m]
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-4)
+    with pytest.raises(RuntimeError, match="without data"):
+        DGD.load(model.save(tmp_path / "m.pt")).fit_denoising()
+
+
 def test_denoise_weight_is_the_best_of_the_grid():
     from multidgd.metrics import auprc, rmse
     from multidgd.prediction import DENOISE_WEIGHTS, fit_denoise_weight
