@@ -34,7 +34,6 @@ from .prediction import (
     component_posterior,
     fit_cluster_temperature,
     fit_denoise_weight,
-    posterior_weights,
 )
 from .profiles import CandidateMixture, ProfileRequest, decoded_fractions, normalized_profiles
 from .query import read_query, training_query
@@ -149,6 +148,8 @@ class DGD:
         #: how a new cell's present modalities are denoised (:meth:`fit_denoising`): modality ->
         #: weight of its own profile, the scores of every weight tried, the cells; None: not fitted
         self.denoise_record: dict | None = None
+        #: modality -> candidates' profiles kept for later embeddings (:meth:`_candidate_profiles`)
+        self._profile_cache: dict = {}
 
     # ------------------------------------------------------------------ training
     def train(
@@ -199,7 +200,7 @@ class DGD:
         checkpoint. See :mod:`multidgd.distributed`.
         """
         config = self._check_train_args(max_epochs, config, checkpoint_path, resume)
-        self.__dict__.pop("_profile_cache", None)  # candidates' profiles of the network before
+        self._profile_cache = {}  # candidates' profiles of the network before
         dev = distributed.init_from_env(resolve_device(device))
         if checkpoint_path is not None and distributed.is_main() and checkpoint.remove_stale_temporary(checkpoint_path):
             logger.info("removed a temporary file a killed checkpoint write left beside %s", checkpoint_path)
@@ -273,7 +274,7 @@ class DGD:
         initial = self.encoder.start(self.module, query) if start == "encoder" else None
         steps = {"n_steps": n_steps, "lr": 1e-2, "batch_size": 512, "memory_budget_mb": 512, "score_paired": True}
         emb = self._place(query, "naive", "search", initial, steps, device, False, None)
-        weights = posterior_weights(emb.candidates.nll, emb.candidates.log_prior, emb.temperature)
+        weights = emb.prediction_weights
         record: dict[str, Any] = {"cells": query.n_cells, "own_weight": {}, "scores": {}}
         for j, m in enumerate(MODALITIES):
             getter = self.get_normalized_expression if m == "rna" else self.get_normalized_accessibility
@@ -945,11 +946,12 @@ class DGD:
             cov = self._covariates_at(transform_batch, len(latent))
         mixture = None
         if embedding is not None and prediction == "posterior" and embedding.candidates is not None:
-            weights = embedding.prediction_weights
             lacking = ~embedding.observed[:, j]
             # what a cell has: its own profile blended with the posterior mean (not under transform_batch)
             own_weight = self.denoise_weights[modality]
-            denoised = ~lacking & ~np.isnan(weights).any(axis=1) & (transform_batch is None) & (own_weight < 1)
+            may_denoise = transform_batch is None and own_weight < 1
+            weights = embedding.prediction_weights if lacking.any() or may_denoise else None
+            denoised = ~lacking & ~np.isnan(weights).any(axis=1) if may_denoise else np.zeros_like(lacking)
             if lacking.any() or denoised.any():
                 own = np.where(denoised, own_weight, 0.0)
                 profiles = self._profiles_of(embedding, j)
@@ -991,9 +993,8 @@ class DGD:
         """(J, F) profiles of candidates ``c`` over the training cells (modality ``j``), kept on
         the model for later embeddings with the same network, epoch and candidates.
         """
-        m, cache = MODALITIES[j], self.__dict__.setdefault("_profile_cache", {})
-        key = (self.module, self.state.epoch)
-        kept = cache.get(m)
+        m, key = MODALITIES[j], (self.module, self.state.epoch)
+        kept = self._profile_cache.get(m)
         if kept is not None and kept[0][0] is key[0] and kept[0][1] == key[1]:
             if np.array_equal(kept[1], c.latent) and np.array_equal(kept[2], c.covariate):
                 kept[3].setflags(write=False)  # a copy of the model may hold a writeable copy
@@ -1003,7 +1004,7 @@ class DGD:
         latent, cov = self.get_latent_representation()[train], self.get_covariate_matrix()[train]
         profiles = candidate_profiles(self.module, c, latent, cov, library, m)
         profiles.setflags(write=False)  # shared by the embeddings that use it
-        cache[m] = (key, c.latent.copy(), c.covariate.copy(), profiles)
+        self._profile_cache[m] = (key, c.latent.copy(), c.covariate.copy(), profiles)
         return profiles
 
     def _decoder_inputs(self, embedding: Embedding | None, j: int, scale: str):
@@ -1124,6 +1125,7 @@ class DGD:
         self._table_library = payload.get("library_size")
         self.encoder, self.encoder_record = encoder_from_payload(payload.get("encoder"))
         self.denoise_record = payload.get("denoise")
+        self._profile_cache = {}
         return self
 
     def __repr__(self) -> str:

@@ -763,7 +763,13 @@ def _is_backed(data: Any) -> bool:
 
 
 def _write_annotated(
-    data: Any, model, out: Path, *, predict_missing: bool = False, threshold: float | str | None = None, dense=False
+    data: Any,
+    model,
+    out: Path,
+    *,
+    predict_missing: bool = False,
+    threshold: float | str | None = None,
+    dense: bool = False,
 ) -> tuple[Path, float | None]:
     """Write the data with the model's results (or, for backed data, the results alone); for a
     mosaic also what its single-modality cells lack (:func:`_mosaic_predictions`). Returns
