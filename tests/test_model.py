@@ -485,3 +485,48 @@ def test_configs_written_before_the_mixture_options_load_with_them_off():
     cfg = TrainConfig.from_dict(old)
     assert cfg.basal_sd_start is None and cfg.basal_init_clip is None and cfg.basal_sd_anneal_epochs == 30
     assert TrainConfig().basal_sd_start is None and TrainConfig().basal_init_clip is None  # options, off by default
+
+
+def test_atac_weight_scales_the_atac_term_of_the_training_loss(mdata, monkeypatch):
+    from multidgd.train import weighted_loss
+
+    terms = {
+        k: torch.tensor(v)
+        for k, v in {"nll_rna": [1.0, 2.0], "nll_atac": [4.0, 8.0], "basal_prior": [0.5, 0.5]}.items()
+    }
+    np.testing.assert_allclose(weighted_loss(terms, 0.25).numpy(), [2.5, 4.5])
+    np.testing.assert_allclose(weighted_loss(terms, 1.0).numpy(), [5.5, 10.5])
+    first = {}
+    per_cell_terms, minibatch = train_module.per_cell_terms, train_module._Run._minibatch
+
+    def recording_terms(*args, **kwargs):
+        out = per_cell_terms(*args, **kwargs)
+        first.setdefault("atac", float(out["nll_atac"].detach().sum()))
+        return out
+
+    def recording_loss(self, *args):
+        loss = minibatch(self, *args)
+        first.setdefault("loss", loss)
+        return loss
+
+    monkeypatch.setattr(train_module, "per_cell_terms", recording_terms)
+    monkeypatch.setattr(train_module._Run, "_minibatch", recording_loss)
+    losses, atac, histories = {}, {}, {}
+    for w in (1.0, 0.5):
+        first.clear()
+        model = _model(mdata).train(
+            max_epochs=2, seed=0, device="cpu", config=dataclasses.replace(FAST, atac_weight=w), progress_bar=False
+        )
+        losses[w], atac[w], histories[w] = first["loss"], first["atac"], model.history
+    # the same first minibatch (same seed and start): the losses differ by half its ATAC NLL
+    assert atac[1.0] == pytest.approx(atac[0.5], rel=1e-6)
+    assert losses[1.0] - losses[0.5] == pytest.approx(0.5 * atac[1.0], rel=1e-4)
+    h = histories[0.5]  # early stopping follows the weighted validation loss; the logged NLLs are not weighted
+    np.testing.assert_allclose(h["val_reconstruction"], h["val_nll_rna"] + 0.5 * h["val_nll_atac"], rtol=1e-6)
+    assert not np.allclose(h["train_nll_atac"], histories[1.0]["train_nll_atac"])
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="atac_weight"):
+            TrainConfig(atac_weight=bad)
+    old = TrainConfig(atac_weight=0.5).to_dict()
+    del old["atac_weight"]
+    assert TrainConfig.from_dict(old).atac_weight == 1.0  # files written before the option: unweighted

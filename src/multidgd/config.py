@@ -151,6 +151,11 @@ class TrainConfig:
         with ``basal_init_clip=0.95``: higher ARI on the demo file, lower on the BMMC
         file). ``None`` (default): the standard deviations are learned from ``sigma_0``
         under their hyper-prior from the first epoch (the original's schedule).
+    atac_weight
+        Weight of the ATAC NLL in the training loss: the decoder's, the mixtures' and the
+        training and validation representations' steps, and the validation loss that early
+        stopping follows (the logged NLLs are unweighted). New cells are placed by the
+        unweighted likelihood. Model files written before this option existed load with 1.
     validation_fraction
         Fraction of cells held out for validation when no split is given (stratified by
         cell type when a cell-type key is given). 0 disables validation and early stopping.
@@ -184,6 +189,7 @@ class TrainConfig:
     basal_init_clip: float | None = None
     basal_sd_start: float | None = None
     basal_sd_anneal_epochs: int = 30
+    atac_weight: float = 1.0
     validation_fraction: float = 0.1
     early_stopping: bool = True
     min_epochs: int = 50
@@ -214,6 +220,8 @@ class TrainConfig:
             raise ValueError(f"basal_init_clip must be None or in (0, 1], got {self.basal_init_clip}")
         if self.basal_sd_anneal_epochs < 1:
             raise ValueError(f"basal_sd_anneal_epochs must be >= 1, got {self.basal_sd_anneal_epochs}")
+        if not 0 < self.atac_weight < math.inf:
+            raise ValueError(f"atac_weight must be a finite number > 0, got {self.atac_weight}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -230,6 +238,7 @@ class TrainConfig:
         values = dict(values)
         for key in ("basal_sd_start", "basal_init_clip"):  # written before these existed: off
             values.setdefault(key, None)
+        values.setdefault("atac_weight", 1.0)
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         return cls(**values)

@@ -24,7 +24,7 @@ from .module import DGDModule
 from .representation import RepresentationTable
 from .settings import settings
 
-__all__ = ["TrainingState", "annealed_basal_sd", "fit", "per_cell_nll", "per_cell_terms"]
+__all__ = ["TrainingState", "annealed_basal_sd", "fit", "per_cell_nll", "per_cell_terms", "weighted_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ def per_cell_terms(
     terms["basal_prior"] = -module.basal.log_prob(basal)
     terms["covariate_prior"] = module.covariate_nll(covariate, labels)
     return terms
+
+
+def weighted_loss(terms: dict[str, torch.Tensor], atac_weight: float) -> torch.Tensor:
+    """(n,) the training loss of each cell: the sum of :func:`per_cell_terms`, the ATAC
+    NLL times ``atac_weight`` (:class:`~multidgd.TrainConfig`).
+    """
+    return sum(atac_weight * v if k == "nll_atac" and atac_weight != 1.0 else v for k, v in terms.items())
 
 
 @torch.no_grad()
@@ -191,7 +198,7 @@ class _Run:
             zb = tables["train_basal"].rows(idx)
             zc = tables["train_covariate"].rows(idx)
             terms = per_cell_terms(self.module, zb, zc, counts, lib, labels, config.precision, absent)
-            per_cell = sum(terms.values()).sum()
+            per_cell = weighted_loss(terms, config.atac_weight).sum()
             loss = per_cell if loss is None else loss + per_cell
         if loss is not None:
             loss.backward()
@@ -428,7 +435,7 @@ def _validation_epoch(
         zb = tables["val_basal"].rows(idx)
         zc = tables["val_covariate"].rows(idx)
         terms = per_cell_terms(module, zb, zc, counts, lib, None, config.precision, absent)
-        loss = sum(terms.values()).sum()
+        loss = weighted_loss(terms, config.atac_weight).sum()
         inputs = [zb, zc] if zc.shape[1] else [zb]
         grads = torch.autograd.grad(loss, inputs)
         tables["val_basal"].accumulate(idx, grads[0])
@@ -441,5 +448,6 @@ def _validation_epoch(
     if ctx is not None:
         sums = distributed.all_reduce_sums(sums, device)
     out = {f"val_{k}": v for k, v in _means(sums, len(val_index), n_with).items()}
-    out["val_reconstruction"] = sum(v for k, v in out.items() if k.startswith("val_nll_"))
+    weights = {"val_nll_atac": config.atac_weight}
+    out["val_reconstruction"] = sum(weights.get(k, 1.0) * v for k, v in out.items() if k.startswith("val_nll_"))
     return out
