@@ -90,8 +90,7 @@ def main() -> None:
         test = data[split == "test"].copy()
         emb = model.infer(test, atac_mod=args.atac_mod, progress_bar=False)
         out["model"] = score(model.get_normalized_accessibility(emb, scale="fraction", return_type="array"))
-        rows = model.obs_names.get_indexer(data.obs_names[split == "train"])
-        latent_train = model.get_latent_representation()[rows]
+        latent_train = model.get_latent_representation(indices=data.obs_names[split == "train"])
         frac_train = fractions(x_train)
         for k in NEIGHBOURS:
             out[f"neighbours_{k}"] = score(neighbour_profiles(latent_train, frac_train, emb.latent, k))

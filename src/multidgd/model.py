@@ -298,16 +298,19 @@ class DGD:
         fitted = (self.denoise_record or {}).get("own_weight", {})
         return {m: float(fitted.get(m, 1.0)) for m in MODALITIES}
 
+    def _held_data(self) -> MultiomeData:
+        """The training data this model holds; a model loaded from a file holds none (an error)."""
+        if self.data is None:
+            raise RuntimeError("this model was loaded without data: pass the data it was trained on")
+        return self.data
+
     def _validation_query(self, data: Any, max_cells: int):
         """The validation cells with both modalities as new cells (at most ``max_cells``, a
         seeded sample), or None when fewer than 10 (or the held data stay on disk).
         """
         is_val = (self.split == "validation").to_numpy()
         if data is None:
-            if self.data is None:
-                raise RuntimeError("this model was loaded without data: pass the data it was trained on")
-            rows = np.sort(self.state.val_index)
-            query = training_query(self.data, rows)
+            query = training_query(self._held_data(), np.sort(self.state.val_index))
         else:
             query = self._read_query(data, None, None, None, {}, 1.0, labels_needed=False)
             pos = self.obs_names.get_indexer(query.obs_names)
@@ -351,10 +354,9 @@ class DGD:
         state = self.state
         reps = [self._gather_table(k) for k in ("basal", "covariate")]  # per input cell, NaN: not trained
         if data is None:
-            if self.data is None:
-                raise RuntimeError("this model was loaded without data: pass the data it was trained on")
+            held = self._held_data()
             rows = np.sort(np.concatenate([state.train_index, state.val_index]))  # data order, as a data argument
-            counts, library = self.data.counts, self.data.library_size  # a mosaic: 0 where absent (not used)
+            counts, library = held.counts, held.library_size  # a mosaic: 0 where absent (not used)
             basal, covariate = (r[self.description.kept] for r in reps)  # data rows
         else:
             query = self._read_query(data, rna_mod, atac_mod, layer, {}, 1.0, labels_needed=False)

@@ -59,7 +59,7 @@ def weighted_loss(terms: dict[str, torch.Tensor], atac_weight: float) -> torch.T
     """(n,) the training loss of each cell: the sum of :func:`per_cell_terms`, the ATAC
     NLL times ``atac_weight`` (:class:`~multidgd.TrainConfig`).
     """
-    return sum(atac_weight * v if k == "nll_atac" and atac_weight != 1.0 else v for k, v in terms.items())
+    return sum(atac_weight * v if k == "nll_atac" else v for k, v in terms.items())
 
 
 @torch.no_grad()
